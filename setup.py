@@ -120,7 +120,7 @@ def _extensions():
     )
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    headers = glob.glob(str(CSRC / "**" / "*.h"), recursive=True)
+    headers = glob.glob(str(CSRC / "**" / "*.h"), recursive=True) + glob.glob(str(CSRC / "**" / "*.cuh"), recursive=True)
     _write_build_info(with_cuda, why, cpp_sources + cuda_sources + headers)
     if not with_cuda:
         return [CppExtension(extra_compile_args={"cxx": cxx_flags}, **kwargs)]

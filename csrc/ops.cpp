@@ -5,6 +5,8 @@
 // CUDA kernels here.
 #include <torch/library.h>
 
+#include "cpu/cpu_kernels.h"
+
 TORCH_LIBRARY(sgmcmc_fused, m) {
   // pSGLD over a list of tensors (SPEC §1). steps[i] is the noise counter t of
   // params[i]; element_offsets[i] is where params[i] starts in the whole
@@ -21,4 +23,7 @@ TORCH_LIBRARY(sgmcmc_fused, m) {
   // The noise stream alone (SPEC §2): fills the float32 tensor `out` with the
   // N(0, 1) draws of elements element_offset .. element_offset + out.numel() - 1.
   m.def("philox_normal_(Tensor(a!) out, int seed, int stream_id, int step, int element_offset) -> ()");
+  // Which CPU kernel variant runs here ("baseline", "avx2", "avx512"); see
+  // csrc/cpu/cpu_kernels.h. Takes no tensors, so it has one catch-all kernel.
+  m.def("cpu_isa() -> str", [] { return sgmcmc_fused::cpu::cpu_isa(); });
 }

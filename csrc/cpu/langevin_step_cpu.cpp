@@ -5,7 +5,8 @@
 // intra-op thread pool, so a thousand small tensors cost one parallel region,
 // not a thousand. Each chunk makes one pass over memory: the noise of up to
 // kElementsPerBlock elements is drawn into an L1-resident buffer, then one loop
-// reads theta, g, V and writes theta, V (20 bytes per fp32 element).
+// reads theta, g, V and writes theta, V (20 bytes per fp32 element). The
+// kernels themselves (cpu_kernels.h) are compiled per instruction set.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -15,7 +16,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "philox_normal_cpu.h"
+#include "cpu_kernels.h"
 #include "sgmcmc_fused/langevin_math.h"
 #include "sgmcmc_fused/step_inputs.h"
 
@@ -41,54 +42,29 @@ std::vector<Chunk> make_chunks(at::TensorList params) {
   return chunks;
 }
 
-template <typename scalar_t, bool kPreconditioned>
-void step_chunk(scalar_t* param, const scalar_t* grad, at::opmath_type<scalar_t>* square_avg, int64_t begin,
-                int64_t end, uint64_t element_offset, uint32_t stream_id, uint32_t step, uint64_t seed,
-                const LangevinHyper<at::opmath_type<scalar_t>>& h) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const bool noisy = h.noise_var_scale != opmath_t(0);
-  alignas(64) float noise[kElementsPerBlock];
-  for (int64_t b = begin; b < end; b += kElementsPerBlock) {
-    const int64_t n = std::min<int64_t>(kElementsPerBlock, end - b);
-    if (noisy) philox_normal_range(seed, stream_id, step, element_offset + static_cast<uint64_t>(b), n, noise);
-    scalar_t* p = param + b;
-    const scalar_t* g = grad + b;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      opmath_t theta = static_cast<opmath_t>(p[i]);
-      const opmath_t xi = noisy ? static_cast<opmath_t>(noise[i]) : opmath_t(0);
-      if constexpr (kPreconditioned) {
-        opmath_t v = square_avg[b + i];
-        psgld_element<opmath_t>(theta, static_cast<opmath_t>(g[i]), v, xi, h);
-        square_avg[b + i] = v;
-      } else {
-        sgld_element<opmath_t>(theta, static_cast<opmath_t>(g[i]), xi, h);
-      }
-      p[i] = static_cast<scalar_t>(theta);
-    }
-  }
-}
-
 template <bool kPreconditioned>
 void langevin_step_cpu(const char* op, const StepTensors& t, const StepScalars& s) {
   check_step_inputs(op, t, s, kPreconditioned, c10::DeviceType::CPU);
   const std::vector<Chunk> chunks = make_chunks(t.params);
   if (chunks.empty()) return;
-  const uint64_t seed = static_cast<uint64_t>(s.seed);
+  const KernelTable& k = kernels();
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const Chunk& chunk = chunks[c];
       const at::Tensor& p = t.params[chunk.tensor];
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "langevin_step_cpu", [&] {
-        using opmath_t = at::opmath_type<scalar_t>;
-        const auto h = make_hyper<opmath_t>(s);
-        opmath_t* v = kPreconditioned ? t.square_avgs[chunk.tensor].data_ptr<opmath_t>() : nullptr;
-        step_chunk<scalar_t, kPreconditioned>(
-            p.data_ptr<scalar_t>(), t.grads[chunk.tensor].const_data_ptr<scalar_t>(), v, chunk.begin,
-            chunk.end, static_cast<uint64_t>(t.element_offsets[chunk.tensor]),
-            static_cast<uint32_t>(t.stream_ids[chunk.tensor]), static_cast<uint32_t>(t.steps[chunk.tensor]),
-            seed, h);
-      });
+      const int64_t item = p.element_size();
+      const int64_t state_item = kPreconditioned ? t.square_avgs[chunk.tensor].element_size() : 0;
+      const StepSpan span{
+          static_cast<char*>(p.data_ptr()) + chunk.begin * item,
+          static_cast<const char*>(t.grads[chunk.tensor].const_data_ptr()) + chunk.begin * item,
+          kPreconditioned ? static_cast<char*>(t.square_avgs[chunk.tensor].data_ptr()) + chunk.begin * state_item
+                          : nullptr,
+          chunk.end - chunk.begin,
+          static_cast<uint64_t>(t.element_offsets[chunk.tensor] + chunk.begin),
+          static_cast<uint32_t>(t.stream_ids[chunk.tensor]),
+          static_cast<uint32_t>(t.steps[chunk.tensor]),
+      };
+      (kPreconditioned ? k.psgld_span : k.sgld_span)(p.scalar_type(), span, s);
     }
   });
 }
@@ -115,8 +91,9 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t stream_id, i
   check_noise_inputs("philox_normal_", out, seed, stream_id, step, element_offset, c10::DeviceType::CPU);
   float* data = out.data_ptr<float>();
   const int64_t n = out.numel();
+  const KernelTable& k = kernels();
   at::parallel_for(0, n, kChunkElements, [&](int64_t begin, int64_t end) {
-    philox_normal_range(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream_id),
+    k.philox_normal(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream_id),
                         static_cast<uint32_t>(step), static_cast<uint64_t>(element_offset + begin), end - begin,
                         data + begin);
   });

@@ -34,12 +34,14 @@ SGMCMC_VEC_INLINE float bits_float(int32_t i) {
 // Natural log of a positive normal float (the Box-Muller u is in [2^-24, 1)).
 SGMCMC_VEC_INLINE float log_positive(float x) {
   const int32_t bits = float_bits(x);
-  int32_t exponent = ((bits >> 23) & 0xff) - 127;
-  float m = bits_float((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
-  // Centre the mantissa on 1 so the series argument stays in [-0.29, 0.41].
-  const bool high = m > 1.41421356f;
-  m = high ? 0.5f * m : m;
-  exponent = high ? exponent + 1 : exponent;
+  const int32_t mantissa_bits = bits & 0x007fffff;
+  // Centre the mantissa on 1 so the series argument stays in [-0.29, 0.41]:
+  // mantissas above sqrt(2) (0x3504f3 is its fraction field) are halved and
+  // the exponent raised by one. Integer arithmetic only, no branch or select
+  // the vectoriser might refuse.
+  const int32_t high = static_cast<int32_t>(mantissa_bits > 0x3504f3);
+  const int32_t exponent = ((bits >> 23) & 0xff) - 127 + high;
+  const float m = bits_float((mantissa_bits | 0x3f800000) - (high << 23));
   const float e = static_cast<float>(exponent);
   const float f = m - 1.0f;
   const float z = f * f;
@@ -80,12 +82,15 @@ SGMCMC_VEC_INLINE void sincos_0_2pi(float x, float& sin_out, float& cos_out) {
   s = s * z + 8.3321608736e-3f;
   s = s * z - 1.6666654611e-1f;
   s = s * z * r + r;
-  // sin(k*pi/2 + r) and cos(k*pi/2 + r) by quadrant k.
-  const bool swap = (quadrant & 1) != 0;
-  const float sin_mag = swap ? c : s;
-  const float cos_mag = swap ? s : c;
-  sin_out = (quadrant & 2) ? -sin_mag : sin_mag;
-  cos_out = ((quadrant + 1) & 2) ? -cos_mag : cos_mag;
+  // sin(k*pi/2 + r) and cos(k*pi/2 + r) by quadrant k: odd quadrants swap the
+  // two polynomials, and the signs follow bit 1 of k (sin) and of k + 1 (cos).
+  // Done on the bit patterns so the loop stays branch-free.
+  const int32_t swap = -(quadrant & 1);  // all ones in odd quadrants
+  const int32_t s_bits = float_bits(s), c_bits = float_bits(c);
+  const int32_t sin_mag = (c_bits & swap) | (s_bits & ~swap);
+  const int32_t cos_mag = (s_bits & swap) | (c_bits & ~swap);
+  sin_out = bits_float(sin_mag ^ ((quadrant & 2) << 30));
+  cos_out = bits_float(cos_mag ^ (((quadrant + 1) & 2) << 30));
 }
 
 }  // namespace sgmcmc_fused::cpu

@@ -29,25 +29,47 @@ struct LangevinHyper {
   opmath_t noise_std;        // sqrt(noise_var_scale) rounded from double (SGLD)
 };
 
-// pSGLD: updates theta and v in place. xi is the N(0, 1) draw (ignored when
-// noise_var_scale == 0, so callers may pass 0 without drawing).
-template <typename opmath_t>
-SGMCMC_HD void psgld_element(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi,
-                             const LangevinHyper<opmath_t>& h) {
+// pSGLD: updates theta and v in place. xi is the N(0, 1) draw. The flags
+// remove the weight-decay and noise terms at compile time (a CPU loop stays
+// branch-free and vectorises); with kNoise == false xi is ignored.
+template <typename opmath_t, bool kWeightDecay, bool kNoise>
+SGMCMC_HD void psgld_update(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi,
+                            const LangevinHyper<opmath_t>& h) {
   using std::sqrt;
-  if (h.weight_decay != opmath_t(0)) g = g + h.weight_decay * theta;
+  if constexpr (kWeightDecay) g = g + h.weight_decay * theta;
   v = h.alpha * v + h.one_minus_alpha * (g * g);
   const opmath_t precond = opmath_t(1) / (h.eps + sqrt(v));
   theta = theta - (h.lr * precond) * g;
-  if (h.noise_var_scale != opmath_t(0)) theta = theta + sqrt(h.noise_var_scale * precond) * xi;
+  if constexpr (kNoise) theta = theta + sqrt(h.noise_var_scale * precond) * xi;
 }
 
 // SGLD: pSGLD with G = 1 and no second-moment state.
+template <typename opmath_t, bool kWeightDecay, bool kNoise>
+SGMCMC_HD void sgld_update(opmath_t& theta, opmath_t g, opmath_t xi, const LangevinHyper<opmath_t>& h) {
+  if constexpr (kWeightDecay) g = g + h.weight_decay * theta;
+  theta = theta - h.lr * g;
+  if constexpr (kNoise) theta = theta + h.noise_std * xi;
+}
+
+// The same with the flags read from h at run time (weight_decay != 0,
+// noise_var_scale != 0), for kernels where a uniform branch costs nothing.
+template <typename opmath_t>
+SGMCMC_HD void psgld_element(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi,
+                             const LangevinHyper<opmath_t>& h) {
+  const bool decay = h.weight_decay != opmath_t(0), noise = h.noise_var_scale != opmath_t(0);
+  if (decay && noise) psgld_update<opmath_t, true, true>(theta, g, v, xi, h);
+  else if (decay) psgld_update<opmath_t, true, false>(theta, g, v, xi, h);
+  else if (noise) psgld_update<opmath_t, false, true>(theta, g, v, xi, h);
+  else psgld_update<opmath_t, false, false>(theta, g, v, xi, h);
+}
+
 template <typename opmath_t>
 SGMCMC_HD void sgld_element(opmath_t& theta, opmath_t g, opmath_t xi, const LangevinHyper<opmath_t>& h) {
-  if (h.weight_decay != opmath_t(0)) g = g + h.weight_decay * theta;
-  theta = theta - h.lr * g;
-  if (h.noise_var_scale != opmath_t(0)) theta = theta + h.noise_std * xi;
+  const bool decay = h.weight_decay != opmath_t(0), noise = h.noise_var_scale != opmath_t(0);
+  if (decay && noise) sgld_update<opmath_t, true, true>(theta, g, xi, h);
+  else if (decay) sgld_update<opmath_t, true, false>(theta, g, xi, h);
+  else if (noise) sgld_update<opmath_t, false, true>(theta, g, xi, h);
+  else sgld_update<opmath_t, false, false>(theta, g, xi, h);
 }
 
 }  // namespace sgmcmc_fused

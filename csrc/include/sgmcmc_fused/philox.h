@@ -39,9 +39,12 @@ constexpr uint32_t kMaskStreamBit = 0x80000000u;
 // output words out (in place).
 SGMCMC_HD void philox4x32_10(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3,
                              uint32_t k0, uint32_t k1) {
-#if defined(__CUDACC__) || defined(__HIPCC__)
+  // No unroll pragma in the host pass of a .cu file: the CUDA front end
+  // rejects `#pragma GCC unroll` and the host compiler `#pragma unroll`, and
+  // .cu files call this function from device code only.
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
 #pragma unroll
-#else
+#elif !defined(__CUDACC__) && !defined(__HIPCC__)
 #pragma GCC unroll 10
 #endif
   for (int round = 0; round < kPhiloxRounds; ++round) {

@@ -1,0 +1,134 @@
+"""The registered ops themselves: schemas (opcheck), torch.compile, the build's
+dispatch registrations, and clear errors for bad input."""
+
+import importlib
+
+import pytest
+import torch
+from tolerances import assert_close
+
+from sgmcmc_fused import _extension, reference
+from sgmcmc_fused.optim import PSGLD
+
+pytestmark = pytest.mark.usefixtures("extension_loaded")
+
+SCALARS = dict(lr=1e-3, alpha=0.99, eps=1e-5, weight_decay=1e-4, temperature=1.0, num_data=100, add_noise=True, seed=7)
+SGLD_SCALARS = {k: v for k, v in SCALARS.items() if k not in ("alpha", "eps")}
+
+
+def psgld_args(device="cpu", dtype=torch.float32, sizes=(5, 17)):
+    params = [torch.randn(n, device=device, dtype=dtype) for n in sizes]
+    grads = [torch.randn_like(p) for p in params]
+    state = reference.opmath_dtype(dtype)
+    square_avgs = [torch.rand(n, device=device, dtype=state) for n in sizes]
+    ids = list(range(len(sizes)))
+    return params, grads, square_avgs, ids, [0] * len(sizes), [3] * len(sizes)
+
+
+def test_opcheck_psgld_step():
+    torch.library.opcheck(torch.ops.sgmcmc_fused.psgld_step_.default, psgld_args(), SCALARS)
+
+
+def test_opcheck_sgld_step():
+    params, grads, _, ids, offs, steps = psgld_args()
+    torch.library.opcheck(torch.ops.sgmcmc_fused.sgld_step_.default, (params, grads, ids, offs, steps), SGLD_SCALARS)
+
+
+def test_opcheck_philox_normal():
+    torch.library.opcheck(torch.ops.sgmcmc_fused.philox_normal_.default, (torch.empty(9), 5, 1, 2, 3))
+
+
+def test_cuda_kernels_registered_when_built_with_cuda():
+    info = importlib.import_module("sgmcmc_fused._build_info")
+    for op in ("psgld_step_", "sgld_step_", "philox_normal_"):
+        assert _extension.has_kernel(op, "CPU"), op
+        assert _extension.has_kernel(op, "CUDA") == info.WITH_CUDA, (op, info.CUDA_REASON)
+
+
+def test_compiled_training_step_matches_eager():
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        return model, PSGLD(model.parameters(), lr=1e-3, num_data=64, seed=3)
+
+    def train_step(model, opt, x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 8, generator=g), torch.randn(4, 1, generator=g)) for _ in range(4)]
+    eager_model, eager_opt = make()
+    compiled_model, compiled_opt = make()
+    compiled_step = torch.compile(train_step, backend="eager" if not torch.cuda.is_available() else "inductor")
+    for x, y in batches:
+        train_step(eager_model, eager_opt, x, y)
+        compiled_step(compiled_model, compiled_opt, x, y)
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_function_calling_the_op_traces_it():
+    """fullgraph=True: the fused op (with its fake kernel) lives inside the graph."""
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(params, grads, square_avgs):
+        torch.ops.sgmcmc_fused.psgld_step_(params, grads, square_avgs, [0, 1], [0, 0], [0, 0], **SCALARS)
+
+    args = psgld_args()
+    expected = [t.clone() for t in args[0]], [t.clone() for t in args[2]]
+    reference.psgld_step_(expected[0], args[1], expected[1], [0, 1], [0, 0], [0, 0], **SCALARS)
+    step(args[0], args[1], args[2])
+    for got, want in zip(args[0] + args[2], expected[0] + expected[1]):
+        assert_close(got, want)
+
+
+def _call_psgld(**overrides):
+    params, grads, square_avgs, ids, offs, steps = psgld_args()
+    args = dict(params=params, grads=grads, square_avgs=square_avgs, stream_ids=ids, element_offsets=offs, steps=steps)
+    args.update(overrides)
+    scalars = {**SCALARS, **{k: v for k, v in overrides.items() if k in SCALARS}}
+    positional = [args[k] for k in ("params", "grads", "square_avgs", "stream_ids", "element_offsets", "steps")]
+    torch.ops.sgmcmc_fused.psgld_step_(*positional, **scalars)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(grads=[torch.randn(5)]), "got 2 params but 1 grads"),
+        (dict(square_avgs=[torch.zeros(5)]), "got 2 params but 1 square_avgs"),
+        (dict(stream_ids=[0]), "got 2 params but 1 stream_ids"),
+        (dict(grads=[torch.randn(5), torch.randn(16)]), r"grads\[1\] has shape \[16\] but params\[1\] has shape \[17\]"),
+        (dict(grads=[torch.randn(5), torch.randn(17, dtype=torch.float64)]), r"grads\[1\] has dtype Double"),
+        (dict(square_avgs=[torch.zeros(5), torch.zeros(17, dtype=torch.float16)]), r"square_avgs\[1\] has dtype Half, expected Float"),
+        (dict(params=[torch.randn(5), torch.randn(34)[::2]]), r"params\[1\] is not contiguous"),
+        (dict(params=[torch.randn(5), torch.randint(0, 3, (17,))]), r"params\[1\] has dtype Long"),
+        (dict(stream_ids=[0, 2**31]), r"stream_ids\[1\] = 2147483648 is outside \[0, 2\^31\)"),
+        (dict(element_offsets=[0, -1]), r"element_offsets\[1\] = -1 is negative"),
+        (dict(steps=[0, 2**32]), r"steps\[1\] = 4294967296 is outside"),
+        (dict(num_data=0), "num_data must be >= 1"),
+        (dict(alpha=1.0), r"alpha must be in \[0, 1\)"),
+        (dict(seed=-1), r"seed must be in \[0, 2\^63\)"),
+    ],
+)
+def test_bad_input_is_named(overrides, match):
+    with pytest.raises(RuntimeError, match=match):
+        _call_psgld(**overrides)
+
+
+def test_bad_input_leaves_tensors_untouched():
+    params, grads, square_avgs, ids, offs, steps = psgld_args()
+    before = [t.clone() for t in params + square_avgs]
+    with pytest.raises(RuntimeError):
+        torch.ops.sgmcmc_fused.psgld_step_(params, grads, square_avgs, ids, offs, [0, -5], **SCALARS)
+    assert all(torch.equal(a, b) for a, b in zip(before, params + square_avgs))
+
+
+def test_cuda_tensors_to_cpu_kernel_are_refused_by_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    params, grads, square_avgs, ids, offs, steps = psgld_args()
+    with pytest.raises(RuntimeError, match=r"grads\[0\] is on cuda"):
+        torch.ops.sgmcmc_fused.psgld_step_(params, [g.cuda() for g in grads], square_avgs, ids, offs, steps, **SCALARS)

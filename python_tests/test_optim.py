@@ -1,0 +1,211 @@
+"""PSGLD / SGLD as torch optimizers: equivalences, checkpoints, schedulers, input errors."""
+
+import copy
+import io
+
+import pytest
+import torch
+from conftest import DEVICES
+from step_cases import grad_sequence, make_params, run_optimizer
+from tolerances import assert_close
+
+from sgmcmc_fused.optim import PSGLD, SGLD
+
+
+def small_model(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(13, 17), torch.nn.Tanh(), torch.nn.Linear(17, 3)).to(dtype)
+
+
+def train(model, opt, steps, seed=5, sched=None):
+    g = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    for _ in range(steps):
+        x = torch.randn(8, 13, generator=g).to(dtype)
+        y = torch.randint(0, 3, (8,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+@pytest.mark.parametrize("impl", ["cpu", "eager", "foreach"])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_psgld_without_noise_is_rmsprop(impl, weight_decay):
+    a, b = small_model(), small_model()
+    opt = PSGLD(a.parameters(), lr=1e-2, num_data=100, alpha=0.9, eps=1e-5, weight_decay=weight_decay,
+                add_noise=False, impl=impl)  # fmt: skip
+    rms = torch.optim.RMSprop(b.parameters(), lr=1e-2, alpha=0.9, eps=1e-5, weight_decay=weight_decay)
+    train(a, opt, 10)
+    train(b, rms, 10)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert_close(p, q, rtol=1e-5, atol=1e-6, what=name)
+        assert_close(opt.state[p]["square_avg"], rms.state[q]["square_avg"], rtol=1e-5, atol=1e-9, what=name)
+        assert opt.state[p]["step"] == 0  # noisy steps only
+
+
+@pytest.mark.parametrize("impl", ["cpu", "eager", "foreach"])
+def test_sgld_without_noise_is_sgd(impl):
+    a, b = small_model(), small_model()
+    opt = SGLD(a.parameters(), lr=0.1, num_data=100, weight_decay=1e-3, add_noise=False, impl=impl)
+    sgd = torch.optim.SGD(b.parameters(), lr=0.1, weight_decay=1e-3)
+    train(a, opt, 10)
+    train(b, sgd, 10)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert_close(p, q, rtol=1e-5, atol=1e-7, what=name)
+
+
+def test_noise_has_the_langevin_scale():
+    """One step from zero gradient: theta moves by sqrt(2 lr G T / N) * xi with G = 1/eps."""
+    p = torch.nn.Parameter(torch.zeros(200_000))
+    p.grad = torch.zeros_like(p)
+    opt = PSGLD([p], lr=1e-3, num_data=1000, eps=1e-2, temperature=0.5, seed=1)
+    opt.step()
+    want_std = (2 * 1e-3 * (1 / 1e-2) * 0.5 / 1000) ** 0.5
+    assert p.detach().std().item() == pytest.approx(want_std, rel=0.01)
+
+
+def test_manual_seed_makes_runs_reproducible():
+    def seeded_run(torch_seed):
+        model = small_model()  # same initial weights every time
+        torch.manual_seed(torch_seed)
+        opt = PSGLD(model.parameters(), lr=1e-3, num_data=50)
+        train(model, opt, 3)
+        return opt.param_groups[0]["seed"], [p.detach().clone() for p in model.parameters()]
+
+    seed_a, run_a = seeded_run(123)
+    seed_b, run_b = seeded_run(123)
+    seed_c, run_c = seeded_run(124)
+    assert seed_a == seed_b != seed_c
+    assert all(torch.equal(x, y) for x, y in zip(run_a, run_b))
+    assert not any(torch.equal(x, y) for x, y in zip(run_a, run_c))
+
+
+@pytest.mark.parametrize("cls", [PSGLD, SGLD])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_round_trip_continues_bit_for_bit(cls, dtype):
+    model = small_model(dtype=dtype)
+    opt = cls(model.parameters(), lr=1e-3, num_data=50, seed=77)
+    train(model, opt, 4)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    train(model, opt, 5, seed=9)  # the uninterrupted run
+
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = small_model(seed=1, dtype=dtype)
+    resumed.load_state_dict(saved["model"])
+    opt2 = cls(resumed.parameters(), lr=1.0, num_data=1, seed=1)  # overwritten by the checkpoint
+    opt2.load_state_dict(saved["opt"])
+    if cls is PSGLD:
+        assert all(opt2.state[p]["square_avg"].dtype == torch.float32 for p in resumed.parameters())
+    train(resumed, opt2, 5, seed=9)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert opt.state[p]["step"] == opt2.state[q]["step"] == 9
+
+
+def test_load_state_dict_rejects_mismatches():
+    model = small_model()
+    opt = PSGLD(model.parameters(), lr=1e-3, num_data=50)
+    train(model, opt, 1)
+    sd = opt.state_dict()
+    other = PSGLD(list(model.parameters())[:2], lr=1e-3, num_data=50)
+    with pytest.raises(ValueError, match="has 2 parameters, the state_dict 4"):
+        other.load_state_dict(sd)
+    bad = copy.deepcopy(sd)
+    bad["state"][0]["square_avg"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="square_avg of parameter id 0 has shape"):
+        PSGLD(model.parameters(), lr=1e-3, num_data=50).load_state_dict(bad)
+
+
+def test_lr_scheduler_changes_the_step():
+    a, b = small_model(), small_model()
+    opt_a = SGLD(a.parameters(), lr=0.1, num_data=10, add_noise=False)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
+    train(a, opt_a, 6, sched=torch.optim.lr_scheduler.StepLR(opt_a, step_size=2, gamma=0.5))
+    train(b, opt_b, 6, sched=torch.optim.lr_scheduler.StepLR(opt_b, step_size=2, gamma=0.5))
+    assert opt_a.param_groups[0]["lr"] == pytest.approx(0.0125)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_closure_and_parameters_without_grad():
+    model = small_model()
+    frozen = torch.nn.Parameter(torch.ones(5))
+    opt = PSGLD([*model.parameters(), frozen], lr=1e-3, num_data=50)
+    x, y = torch.randn(4, 13), torch.randint(0, 3, (4,))
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() > 0
+    assert torch.equal(frozen.detach(), torch.ones(5))
+    assert frozen not in opt.state
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_dtypes_are_grouped(device):
+    sizes = [10, 20, 30]
+    params = [make_params([n], dt, device)[0] for n, dt in zip(sizes, (torch.float32, torch.float64, torch.float16))]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = [[grad_sequence([n], p.dtype, device, steps=1)[0][0] for n, p in zip(sizes, params)] for _ in range(3)]
+    run_optimizer(PSGLD, params, grads, lr=1e-3, num_data=10, seed=4)
+    run_optimizer(PSGLD, ref, grads, lr=1e-3, num_data=10, seed=4, impl="eager")
+    for p, q in zip(params, ref):
+        assert p.dtype == q.dtype
+        assert_close(p, q, rtol=1e-6, atol=1e-6 if p.dtype != torch.float16 else 1e-3)
+
+
+def test_sparse_gradients_are_refused():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = PSGLD(emb.parameters(), lr=1e-3, num_data=10)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(lr=1e-3), TypeError, "num_data is required"),
+        (dict(lr=1e-3, num_data=0), ValueError, "num_data must be an int >= 1"),
+        (dict(lr=-1.0, num_data=1), ValueError, "lr must be >= 0"),
+        (dict(lr=float("nan"), num_data=1), ValueError, "lr must be a finite number"),
+        (dict(lr=1e-3, num_data=1, alpha=1.0), ValueError, "alpha must be < 1"),
+        (dict(lr=1e-3, num_data=1, eps=0.0), ValueError, "eps must be > 0"),
+        (dict(lr=1e-3, num_data=1, seed=-3), ValueError, "seed must be an int"),
+        (dict(lr=1e-3, num_data=1, impl="fast"), ValueError, "unknown impl 'fast'"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        PSGLD(small_model().parameters(), **kwargs)
+
+
+def _step_with_zero_grads(opt):
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+
+
+def test_backend_that_cannot_serve_lists_reasons():
+    opt = PSGLD(small_model(dtype=torch.float16).parameters(), lr=1e-3, num_data=10, impl="foreach")
+    with pytest.raises(ValueError, match=r"impl='foreach' cannot serve cpu tensors: unsupported dtype\(s\) torch.float16"):
+        _step_with_zero_grads(opt)
+    opt = PSGLD(small_model().parameters(), lr=1e-3, num_data=10, impl="cuda")
+    with pytest.raises(ValueError, match="the CUDA kernel needs cuda tensors, got cpu"):
+        _step_with_zero_grads(opt)
+
+
+def test_grad_fixture_changes_between_steps():
+    """The gradient fixture changes between steps (otherwise step tests would be weak)."""
+    seq = grad_sequence([100], torch.float32, "cpu", steps=2)
+    assert not torch.equal(seq[0][0], seq[1][0])

@@ -1,0 +1,153 @@
+"""The step backends and how one is chosen.
+
+Every backend implements the same three functions with the arguments of
+`reference.psgld_step_`, `reference.sgld_step_` and `reference.philox_normal`,
+and says which inputs it cannot serve (`not_supported_reasons`, after
+xformers). `select_backend("auto", ...)` takes the first that fits: the CUDA
+kernel for CUDA tensors, the C++ kernel for CPU tensors, then Triton (CUDA
+tensors), then the eager reference. Asking for a backend by name that cannot
+serve the input raises with every reason.
+
+| name      | devices              | dtypes                  | noise stream  |
+|-----------|----------------------|-------------------------|---------------|
+| "cuda"    | CUDA                 | fp32, fp64, fp16, bf16  | SPEC §2       |
+| "cpu"     | CPU                  | fp32, fp64, fp16, bf16  | SPEC §2       |
+| "triton"  | CUDA; CPU under TRITON_INTERPRET=1 | fp32, fp64, fp16, bf16 | SPEC §2 |
+| "eager"   | any                  | fp32, fp64, fp16, bf16  | SPEC §2       |
+| "foreach" | any                  | fp32, fp64              | torch.randn   |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import _extension, foreach_step, ops, reference
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the step ops."""
+
+    name: str
+    psgld_step_: Callable[..., None]
+    sgld_step_: Callable[..., None]
+    philox_normal: Callable[..., torch.Tensor] | None
+    reasons: Callable[[torch.device, Sequence[torch.dtype]], list[str]]
+    draws_spec_stream: bool = True
+
+    def not_supported_reasons(self, device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
+        """Why this backend cannot update tensors of `device` with these dtypes (empty if it can)."""
+        return self.reasons(torch.device(device), dtypes)
+
+
+def _compiled_reasons(dispatch_key: str, device_type: str) -> Callable[[torch.device, Sequence[torch.dtype]], list[str]]:
+    def reasons(device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
+        out = []
+        if device.type != device_type:
+            out.append(f"the {dispatch_key} kernel needs {device_type} tensors, got {device.type}")
+        if not _extension.LOADED:
+            out.append(_extension.LOAD_ERROR)
+        elif dispatch_key == "CUDA" and (why := _extension.cuda_unavailable_reason()):
+            out.append(why)
+        elif not _extension.has_kernel("psgld_step_", dispatch_key):
+            out.append(f"sgmcmc_fused._C has no {dispatch_key} kernel")
+        out += _dtype_reasons(dtypes, SUPPORTED_DTYPES)
+        return out
+
+    return reasons
+
+
+def _dtype_reasons(dtypes: Sequence[torch.dtype], allowed: Sequence[torch.dtype]) -> list[str]:
+    bad = sorted({str(d) for d in dtypes if d not in allowed})
+    return [f"unsupported dtype(s) {', '.join(bad)}"] if bad else []
+
+
+def _triton_reasons(device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
+    from . import triton_kernels
+
+    return triton_kernels.not_supported_reasons(device) + _dtype_reasons(dtypes, SUPPORTED_DTYPES)
+
+
+def _triton_op(name: str) -> Callable[..., object]:
+    def call(*args, **kwargs):
+        from . import triton_kernels
+
+        return getattr(triton_kernels, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+BACKENDS: dict[str, Backend] = {
+    "cuda": Backend("cuda", ops.psgld_step_, ops.sgld_step_, ops.philox_normal, _compiled_reasons("CUDA", "cuda")),
+    "cpu": Backend("cpu", ops.psgld_step_, ops.sgld_step_, ops.philox_normal, _compiled_reasons("CPU", "cpu")),
+    "triton": Backend(
+        "triton", _triton_op("psgld_step_"), _triton_op("sgld_step_"), _triton_op("philox_normal"), _triton_reasons
+    ),
+    "eager": Backend(
+        "eager",
+        reference.psgld_step_,
+        reference.sgld_step_,
+        reference.philox_normal,
+        lambda device, dtypes: _dtype_reasons(dtypes, SUPPORTED_DTYPES),
+    ),
+    "foreach": Backend(
+        "foreach",
+        foreach_step.psgld_step_,
+        foreach_step.sgld_step_,
+        None,
+        lambda device, dtypes: _dtype_reasons(dtypes, (torch.float32, torch.float64)),
+        draws_spec_stream=False,
+    ),
+}
+
+_AUTO_ORDER = ("cuda", "cpu", "triton", "eager")
+
+
+def select_backend(impl: str, device: torch.device, dtypes: Sequence[torch.dtype]) -> Backend:
+    """The backend `impl` ("auto" or a name of BACKENDS) for tensors of `device` and `dtypes`.
+
+    Raises:
+        ValueError: `impl` is unknown, or names a backend that cannot serve these
+            tensors (the message lists every reason), or no backend fits.
+    """
+    device = torch.device(device)
+    if impl == "auto":
+        all_reasons = []
+        for name in _AUTO_ORDER:
+            if name == "triton" and device.type != "cuda":
+                continue  # the Triton interpreter is a test tool, never an automatic choice
+            why = BACKENDS[name].not_supported_reasons(device, dtypes)
+            if not why:
+                return BACKENDS[name]
+            all_reasons.append(f"{name}: {'; '.join(why)}")
+        raise ValueError("no step backend can serve these tensors:\n  " + "\n  ".join(all_reasons))
+    if impl not in BACKENDS:
+        raise ValueError(f"unknown impl {impl!r}; choose 'auto' or one of {sorted(BACKENDS)}")
+    why = BACKENDS[impl].not_supported_reasons(device, dtypes)
+    if why:
+        raise ValueError(f"impl={impl!r} cannot serve {device.type} tensors: " + "; ".join(why))
+    return BACKENDS[impl]
+
+
+def availability() -> dict[str, str]:
+    """Each backend's status on this machine ("available" or why not), for users and bug reports."""
+    status = {}
+    probe = {"cuda": "cuda", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
+    for name, backend in BACKENDS.items():
+        device = torch.device(probe.get(name, "cpu"))
+        if name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            device = torch.device("cuda")
+        why = backend.not_supported_reasons(device, [torch.float32])
+        if name == "cuda" and not torch.cuda.is_available() and _extension.has_kernel("psgld_step_", "CUDA"):
+            why = ["compiled, but no CUDA device is visible"]
+        status[name] = "available" if not why else "; ".join(why)
+    if _extension.STALE_REASON:
+        status["cpu"] += f" (warning: {_extension.STALE_REASON})"
+    return status

@@ -1,0 +1,87 @@
+"""Typed Python entry points of the compiled ops (torch.ops.sgmcmc_fused.*) and
+their fake (meta) kernels, so torch.compile and opcheck can trace them.
+
+The argument conventions are those of reference.psgld_step_ / sgld_step_ /
+philox_normal; the schemas live in csrc/ops.cpp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import _extension
+
+
+def psgld_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    square_avgs: Sequence[torch.Tensor],
+    stream_ids: Sequence[int],
+    element_offsets: Sequence[int],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    temperature: float,
+    num_data: int,
+    add_noise: bool,
+    seed: int,
+) -> None:
+    """Fused pSGLD step (C++ on CPU tensors, CUDA on CUDA tensors); see reference.psgld_step_."""
+    torch.ops.sgmcmc_fused.psgld_step_(
+        list(params), list(grads), list(square_avgs), list(stream_ids), list(element_offsets), list(steps),
+        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, temperature=temperature,
+        num_data=num_data, add_noise=add_noise, seed=seed,
+    )  # fmt: skip
+
+
+def sgld_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    stream_ids: Sequence[int],
+    element_offsets: Sequence[int],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    weight_decay: float,
+    temperature: float,
+    num_data: int,
+    add_noise: bool,
+    seed: int,
+) -> None:
+    """Fused SGLD step; see reference.sgld_step_."""
+    torch.ops.sgmcmc_fused.sgld_step_(
+        list(params), list(grads), list(stream_ids), list(element_offsets), list(steps),
+        lr=lr, weight_decay=weight_decay, temperature=temperature, num_data=num_data,
+        add_noise=add_noise, seed=seed,
+    )  # fmt: skip
+
+
+def philox_normal(
+    numel: int, seed: int, stream_id: int, step: int, element_offset: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The SPEC §2 normal draws of elements element_offset .. +numel-1, shape [numel], fp32."""
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    torch.ops.sgmcmc_fused.philox_normal_(out, seed, stream_id, step, element_offset)
+    return out
+
+
+if _extension.LOADED:
+    # The ops only mutate their inputs, so the fake kernels have nothing to
+    # compute; they exist so that tracing (torch.compile, opcheck) never runs
+    # the real kernel on fake tensors.
+    @torch.library.register_fake("sgmcmc_fused::psgld_step_")
+    def _psgld_step_fake(params, grads, square_avgs, stream_ids, element_offsets, steps, **_scalars) -> None:
+        return None
+
+    @torch.library.register_fake("sgmcmc_fused::sgld_step_")
+    def _sgld_step_fake(params, grads, stream_ids, element_offsets, steps, **_scalars) -> None:
+        return None
+
+    @torch.library.register_fake("sgmcmc_fused::philox_normal_")
+    def _philox_normal_fake(out, seed, stream_id, step, element_offset) -> None:
+        return None

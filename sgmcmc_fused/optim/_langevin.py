@@ -1,0 +1,218 @@
+"""Shared machinery of the Langevin optimizers (PSGLD, SGLD): hyperparameter
+checks, per-parameter state, grouping tensors into fused calls, backend
+selection, and a state_dict that keeps fp32 state for low-precision params.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ..backends import select_backend
+from ..reference import opmath_dtype
+
+#: Stream ids index the optimizer's parameters; bit 31 belongs to DropConnect masks.
+MAX_STREAM_ID = 2**31 - 1
+
+
+def draw_seed() -> int:
+    """A 63-bit seed from torch's default generator, so torch.manual_seed fixes it."""
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+
+
+def _check_hyper(name: str, value: Any, *, positive: bool = False, below_one: bool = False) -> None:
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a Python number, got a tensor")
+    if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    if below_one and value >= 1:
+        raise ValueError(f"{name} must be < 1, got {value!r}")
+
+
+class LangevinOptimizer(Optimizer):
+    """Base class: subclasses set PRECONDITIONED and the step-function name.
+
+    Per-parameter state:
+        ``square_avg`` (pSGLD only): V, same shape as the parameter, fp32
+            (fp64 for fp64 parameters).
+        ``step``: int, number of noisy steps taken; it is the Philox counter t.
+        ``stream_id``: int, the parameter's index in the optimizer (its noise stream).
+        ``element_offset``: int, where this tensor starts in the whole parameter
+            (non-zero only for shards; see `set_element_offset`).
+    """
+
+    PRECONDITIONED: bool = False
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        _check_hyper("lr", defaults["lr"])
+        _check_hyper("weight_decay", defaults["weight_decay"])
+        _check_hyper("temperature", defaults["temperature"])
+        num_data = defaults["num_data"]
+        if num_data is None:
+            raise TypeError("num_data is required: the number of training data (tokens or sentences)")
+        if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
+            raise ValueError(f"num_data must be an int >= 1 (the training-set size), got {num_data!r}")
+        if self.PRECONDITIONED:
+            _check_hyper("alpha", defaults["alpha"], below_one=True)
+            _check_hyper("eps", defaults["eps"], positive=True)
+        if defaults["seed"] is None:
+            defaults["seed"] = draw_seed()
+        seed = defaults["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
+        if defaults["impl"] not in ("auto", "cuda", "cpu", "triton", "eager", "foreach"):
+            raise ValueError(
+                f"unknown impl {defaults['impl']!r}; choose one of 'auto', 'cuda', 'cpu', 'triton', 'eager', 'foreach'"
+            )
+        self._next_stream_id = 0
+        self._stream_ids: dict[torch.Tensor, int] = {}
+        super().__init__(params, defaults)
+
+    # -- parameters and their noise streams ------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As torch.optim.Optimizer.add_param_group; new parameters get the next stream ids."""
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.is_sparse:
+                raise ValueError("sparse parameters are not supported")
+            if self._next_stream_id > MAX_STREAM_ID:
+                raise ValueError(f"more than {MAX_STREAM_ID + 1} parameters")
+            self._stream_ids[p] = self._next_stream_id
+            self._next_stream_id += 1
+
+    def set_element_offset(self, param: torch.Tensor, element_offset: int) -> None:
+        """Declare `param` a shard starting at flat element `element_offset` of a
+        larger parameter, so it draws exactly that slice of the whole tensor's noise."""
+        if param not in self._stream_ids:
+            raise ValueError("set_element_offset: the tensor is not a parameter of this optimizer")
+        if not isinstance(element_offset, int) or element_offset < 0:
+            raise ValueError(f"element_offset must be an int >= 0, got {element_offset!r}")
+        self._init_state(param)["element_offset"] = element_offset
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["stream_id"] = self._stream_ids[p]
+            state["element_offset"] = 0
+            if self.PRECONDITIONED:
+                state["square_avg"] = torch.zeros_like(
+                    p, dtype=opmath_dtype(p.dtype), memory_format=torch.contiguous_format
+                )
+        return state
+
+    # -- the step ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One Langevin step for every parameter that has a gradient.
+
+        Args:
+            closure: optional; re-evaluates the model and returns the loss
+                (called with gradients enabled).
+        Returns:
+            the closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        # One fused call per (device, dtype): a call updates tensors of one device.
+        buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            buckets[(p.device, p.dtype)].append(p)
+        for (device, dtype), params in buckets.items():
+            backend = select_backend(group["impl"], device, [dtype])
+            self._step_bucket(group, params, backend)
+
+    def _step_bucket(self, group: dict[str, Any], params: list[torch.Tensor], backend) -> None:
+        states = [self._init_state(p) for p in params]
+        # The kernels take contiguous tensors; a non-contiguous parameter is
+        # stepped on a contiguous copy (logical element order, so the noise is
+        # the same) and copied back.
+        work = [p if p.is_contiguous() else p.contiguous() for p in params]
+        grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in params]
+        add_noise = bool(group["add_noise"])
+        scalars = dict(
+            lr=float(group["lr"]),
+            weight_decay=float(group["weight_decay"]),
+            temperature=float(group["temperature"]),
+            num_data=int(group["num_data"]),
+            add_noise=add_noise,
+            seed=int(group["seed"]),
+        )
+        stream_ids = [s["stream_id"] for s in states]
+        offsets = [s["element_offset"] for s in states]
+        steps = [s["step"] for s in states]
+        if self.PRECONDITIONED:
+            backend.psgld_step_(
+                work, grads, [s["square_avg"] for s in states], stream_ids, offsets, steps,
+                alpha=float(group["alpha"]), eps=float(group["eps"]), **scalars,
+            )  # fmt: skip
+        else:
+            backend.sgld_step_(work, grads, stream_ids, offsets, steps, **scalars)
+        for p, w in zip(params, work):
+            if w is not p:
+                p.copy_(w)
+        if add_noise:
+            for s in states:
+                s["step"] += 1
+
+    # -- checkpoints ---------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch.optim.Optimizer.load_state_dict, but keeps ``square_avg`` in
+        its math dtype (torch's loader would cast it to a fp16/bf16 parameter's dtype).
+
+        Raises:
+            ValueError: the groups, parameter counts or state shapes do not match.
+        """
+        groups = self.param_groups
+        saved_groups = state_dict["param_groups"]
+        if len(groups) != len(saved_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, the optimizer {len(groups)}")
+        id_to_param = {}
+        for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(
+                    f"parameter group {i} has {len(g['params'])} parameters, the state_dict {len(sg['params'])}"
+                )
+            id_to_param.update(zip(sg["params"], g["params"]))
+        new_state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+        for key, saved in state_dict["state"].items():
+            if key not in id_to_param:
+                raise ValueError(f"state_dict has state for parameter id {key}, which no group lists")
+            p = id_to_param[key]
+            entry = {k: (int(v) if k in ("step", "stream_id", "element_offset") else v) for k, v in saved.items()}
+            if self.PRECONDITIONED:
+                if "square_avg" not in entry:
+                    raise ValueError(f"state of parameter id {key} has no square_avg")
+                v = entry["square_avg"]
+                if tuple(v.shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"square_avg of parameter id {key} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}"
+                    )
+                entry["square_avg"] = v.to(device=p.device, dtype=opmath_dtype(p.dtype), copy=True).contiguous()
+            new_state[p] = entry
+        new_groups = []
+        for g, sg in zip(groups, saved_groups):
+            merged = dict(sg)
+            merged["params"] = g["params"]
+            new_groups.append(merged)
+        self.__setstate__({"state": new_state, "param_groups": new_groups})

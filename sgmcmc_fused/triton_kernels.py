@@ -1,0 +1,887 @@
+"""Triton backend: the pSGLD / SGLD step and the noise draw as Triton kernels (SPEC §1, §2).
+
+Three custom operators, registered with ``torch.library.triton_op`` so that ``torch.compile`` traces
+into them and sees the kernels (each launch goes through ``torch.library.wrap_triton``); under the
+Triton interpreter they are registered as opaque custom ops instead (see :func:`_register_op`):
+
+- ``torch.ops.sgmcmc_fused.triton_psgld_step_`` (mutates ``params`` and ``square_avgs``),
+- ``torch.ops.sgmcmc_fused.triton_sgld_step_`` (mutates ``params``),
+- ``torch.ops.sgmcmc_fused.triton_philox_normal_`` (mutates ``out``).
+
+Their arguments are those of the C++ schemas in csrc/ops.cpp, and the Python helpers below
+(:func:`psgld_step_`, :func:`sgld_step_`, :func:`philox_normal`) take exactly the arguments of their
+counterparts in :mod:`sgmcmc_fused.reference`, the oracle they are tested against.
+
+Layout. A program handles ``BLOCK_QUADS`` consecutive *quads* of the whole (unsharded) parameter:
+quad ``q`` holds the elements ``4q .. 4q + 3`` and one Philox4x32-10 call gives its four normals
+(SPEC §2), so every random word is drawn once. The four normals are interleaved into a
+``[BLOCK_QUADS, 4]`` tile that lines up with the memory of those elements; a mask drops the elements
+of the first and last quad that lie outside this tensor (any ``element_offset``, not only multiples
+of 4). Element indices are int64, so tensors beyond 2^31 elements are fine.
+
+Limitations:
+
+- One kernel launch per (non-empty) tensor, no multi-tensor apply: a model with many small
+  parameters pays one launch each, every step.
+- Float scalars: Triton passes Python floats to kernels as fp32 (the interpreter too), so each
+  hyperparameter travels as three fp32 numbers whose fp64 sum is the exact double (see
+  :func:`_split_fp64`); fp32 kernels use the first, which is the double rounded to fp32 exactly as
+  the C++ kernels round it. Hyperparameters must lie within the fp32 range (|x| < 3.4e38).
+- Compiled kernels contract ``a * b + c`` into fused multiply-adds (the sm_90 PTX has fma.rn), so
+  they can differ from the eager reference in the last bit (SPEC §5 allows 1e-6 relative); under
+  the interpreter every operation rounds separately. Division, square roots and the bf16 rounding
+  are IEEE round-to-nearest in both (div.rn / sqrt.rn; tl.sqrt and fp32 `/` are approximate).
+
+Interpreter mode is decided when ``@triton.jit`` runs, that is when this module is imported: set
+``TRITON_INTERPRET=1`` before importing it to run the kernels on CPU tensors (slow; a test tool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+import struct
+from collections.abc import Sequence
+
+import torch
+from torch.library import triton_op, wrap_triton
+
+from .reference import TWO_PI_F32, noise_var_scale
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as _exc:  # the module still imports: every entry point reports the reason
+    triton = None
+    tl = None
+    _TRITON_IMPORT_ERROR: str | None = f"triton is not installed ({_exc})"
+else:
+    _TRITON_IMPORT_ERROR = None
+
+__all__ = ["not_supported_reasons", "philox_normal", "psgld_step_", "sgld_step_", "unavailable_reason"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+#: stream ids of optimizer noise stay below the DropConnect bit (SPEC §2); the noise op alone takes any uint32.
+_STEP_STREAM_ID_LIMIT = 1 << 31
+_UINT32_LIMIT = 1 << 32
+_INT64_LIMIT = 1 << 63
+
+
+def _jit(**options):
+    """``triton.jit(**options)`` when triton is importable, else a no-op decorator (the plain functions
+    are then never called: no op is registered and the public helpers raise first)."""
+    if triton is None:
+        return lambda fn: fn
+    return triton.jit(**options)
+
+
+def _constexpr(value):
+    """A global a Triton kernel may read (kernels may only read constexpr globals)."""
+    return value if tl is None else tl.constexpr(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Device code
+# --------------------------------------------------------------------------------------------------
+
+_TWO_PI = _constexpr(TWO_PI_F32)
+#: 2^-23: ((x >> 9) + 0.5) * 2^-23 maps a uint32 to the open interval (0, 1), exactly in fp32.
+_UNIFORM_SCALE = _constexpr(2.0**-23)
+
+#: Quads per program on the GPU: 1024 elements, 8 per thread with 4 warps.
+_BLOCK_QUADS_GPU = 256
+#: The interpreter runs every program as a sequence of numpy calls over the block, so fewer, larger
+#: programs are much faster there (the noise does not depend on the block size).
+_BLOCK_QUADS_INTERPRETER = 4096
+_NUM_WARPS = 4
+
+
+@_jit()
+def _sqrt_rn(x):
+    """IEEE square root. tl.sqrt is the approximate one for fp32; fp64 has no approximate variant."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@_jit()
+def _div_rn(x, y):
+    """IEEE division x / y (y a block; x a block or a scalar). Triton's `/` on fp32 is a 2-ulp
+    approximation; on fp64 it is IEEE."""
+    if y.dtype == tl.float64:
+        return x / y
+    else:
+        return tl.div_rn(x, y)
+
+
+@_jit()
+def _to_math_dtype(x, IS_FP64: tl.constexpr):
+    """fp16 / bf16 / fp32 -> fp32; fp64 stays fp64."""
+    if IS_FP64:
+        return x.to(tl.float64)
+    else:
+        return x.to(tl.float32)
+
+
+@_jit()
+def _to_storage_dtype(x, storage_dtype: tl.constexpr):
+    """Math-type block -> the parameter's storage dtype, rounding to nearest even.
+
+    bf16 is rounded with integer ops rather than ``x.to(tl.bfloat16)``: the Triton interpreter
+    truncates that cast, and this way the interpreter (what CI without a GPU tests) and the
+    compiled kernel round alike. The fp32 bit pattern plus 0x7FFF plus the lowest kept bit, shifted
+    right by 16, is round-to-nearest-even (overflowing to inf as it should); NaN stays a quiet NaN.
+    """
+    if storage_dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, 0x7FC0, rounded)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(storage_dtype)
+
+
+@_jit()
+def _hyperparameter(hi, mid, lo, IS_FP64: tl.constexpr):
+    """A hyperparameter in the math type from its three fp32 parts (host side: _split_fp64).
+
+    fp32: ``hi`` is the double rounded to fp32. fp64: ``(lo + mid) + hi`` is the double exactly
+    (``lo + mid`` is the exact fp64 remainder, then adding ``hi`` restores the value).
+    """
+    if IS_FP64:
+        return (tl.cast(lo, tl.float64) + tl.cast(mid, tl.float64)) + tl.cast(hi, tl.float64)
+    else:
+        return tl.cast(hi, tl.float32)
+
+
+@_jit()
+def _uint32_to_open_uniform(x):
+    """uint32 block -> fp32 uniforms in (0, 1): ((x >> 9) + 0.5) * 2^-23 (exact in fp32)."""
+    return ((x >> 9).to(tl.float32) + 0.5) * _UNIFORM_SCALE
+
+
+@_jit()
+def _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr):
+    """The N(0, 1) draws of the quads ``quad`` of stream (seed, stream_id, step), SPEC §2.
+
+    Args:
+        quad: int64 block [BLOCK_QUADS], quad indices q (elements 4q .. 4q + 3).
+    Returns:
+        fp32 [BLOCK_QUADS, 4]: row i holds the normals of elements 4 * quad[i] + (0, 1, 2, 3).
+    """
+    quad_lo = quad.to(tl.uint32)  # truncation keeps the low 32 bits
+    quad_hi = (quad >> 32).to(tl.uint32)
+    zeros = tl.zeros_like(quad_lo)
+    # All four counter words must be uint32 blocks; stream_id / step may arrive as int32, int64 or
+    # (specialised to 1) constexpr, hence tl.cast.
+    x0, x1, x2, x3 = tl.philox(
+        seed, quad_lo, quad_hi, zeros + tl.cast(stream_id, tl.uint32), zeros + tl.cast(step, tl.uint32)
+    )
+    radius01 = tl.sqrt_rn(-2.0 * tl.log(_uint32_to_open_uniform(x0)))
+    radius23 = tl.sqrt_rn(-2.0 * tl.log(_uint32_to_open_uniform(x2)))
+    angle1 = _uint32_to_open_uniform(x1) * _TWO_PI
+    angle3 = _uint32_to_open_uniform(x3) * _TWO_PI
+    n0 = radius01 * tl.cos(angle1)
+    n1 = radius01 * tl.sin(angle1)
+    n2 = radius23 * tl.cos(angle3)
+    n3 = radius23 * tl.sin(angle3)
+    # join(join(n0, n2), join(n1, n3))[q, i, j] is n[2 i + j], so the row-major reshape gives lanes 0..3.
+    return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (BLOCK_QUADS, 4))
+
+
+@_jit()
+def _quad_tile(element_offset, numel, BLOCK_QUADS: tl.constexpr):
+    """This program's quads and the local element index / mask of each (quad, lane).
+
+    Returns:
+        quad: int64 [BLOCK_QUADS], global quad indices.
+        local: int64 [BLOCK_QUADS, 4], index into this tensor of element 4 * quad + lane.
+        in_bounds: bool [BLOCK_QUADS, 4], 0 <= local < numel.
+    """
+    offset = tl.cast(element_offset, tl.int64)
+    quad = offset // 4 + tl.program_id(0).to(tl.int64) * BLOCK_QUADS + tl.arange(0, BLOCK_QUADS).to(tl.int64)
+    local = (quad * 4 - offset)[:, None] + tl.arange(0, 4).to(tl.int64)[None, :]
+    in_bounds = (local >= 0) & (local < numel)
+    return quad, local, in_bounds
+
+
+# seed / stream_id / step change every call: specialising on their value (== 1, divisible by 16)
+# would only compile more variants. element_offset stays specialised: knowing it is a multiple of
+# 16 lets the compiler vectorise the tile's loads and stores.
+@_jit(do_not_specialize=["seed", "stream_id", "step"])
+def _langevin_step_kernel(
+    param_ptr,
+    grad_ptr,
+    square_avg_ptr,
+    numel,
+    element_offset,
+    seed,
+    stream_id,
+    step,
+    lr_hi,
+    lr_mid,
+    lr_lo,
+    alpha_hi,
+    alpha_mid,
+    alpha_lo,
+    one_minus_alpha_hi,
+    one_minus_alpha_mid,
+    one_minus_alpha_lo,
+    eps_hi,
+    eps_mid,
+    eps_lo,
+    weight_decay_hi,
+    weight_decay_mid,
+    weight_decay_lo,
+    noise_hi,
+    noise_mid,
+    noise_lo,
+    PRECONDITIONED: tl.constexpr,
+    HAS_WEIGHT_DECAY: tl.constexpr,
+    ADD_NOISE: tl.constexpr,
+    BLOCK_QUADS: tl.constexpr,
+):
+    """One pSGLD (PRECONDITIONED) or SGLD step on one contiguous tensor, in place.
+
+    Mirrors csrc/include/sgmcmc_fused/langevin_math.h operation by operation:
+        g' = g + wd * theta                              (only if HAS_WEIGHT_DECAY)
+        pSGLD: V = alpha * V + (1 - alpha) * (g' * g');  G = 1 / (eps + sqrt(V))
+               theta = theta - (lr * G) * g' + sqrt(noise * G) * xi      (noise = 2 lr T / N)
+        SGLD:  theta = theta - lr * g' + noise * xi                      (noise = sqrt(2 lr T / N))
+
+    Args:
+        param_ptr: [numel] fp32 / fp64 / fp16 / bf16, updated in place.
+        grad_ptr: [numel], the dtype of param.
+        square_avg_ptr: [numel] fp32 (fp64 for fp64 params), updated in place; None for SGLD.
+        numel, element_offset: this tensor's size and its first element's index in the whole
+            parameter (the noise of element i is that of element element_offset + i).
+        seed, stream_id, step: the noise stream (SPEC §2).
+        *_hi, *_mid, *_lo: the hyperparameters, split by _split_fp64.
+    Math runs in fp32, fp64 for fp64 params.
+    """
+    IS_FP64: tl.constexpr = param_ptr.dtype.element_ty == tl.float64
+    quad, local, in_bounds = _quad_tile(element_offset, numel, BLOCK_QUADS)
+
+    theta = _to_math_dtype(tl.load(param_ptr + local, mask=in_bounds), IS_FP64)
+    grad = _to_math_dtype(tl.load(grad_ptr + local, mask=in_bounds), IS_FP64)
+
+    lr = _hyperparameter(lr_hi, lr_mid, lr_lo, IS_FP64)
+    if HAS_WEIGHT_DECAY:
+        grad = grad + _hyperparameter(weight_decay_hi, weight_decay_mid, weight_decay_lo, IS_FP64) * theta
+
+    if PRECONDITIONED:
+        alpha = _hyperparameter(alpha_hi, alpha_mid, alpha_lo, IS_FP64)
+        one_minus_alpha = _hyperparameter(one_minus_alpha_hi, one_minus_alpha_mid, one_minus_alpha_lo, IS_FP64)
+        eps = _hyperparameter(eps_hi, eps_mid, eps_lo, IS_FP64)
+        square_avg = tl.load(square_avg_ptr + local, mask=in_bounds)
+        square_avg = alpha * square_avg + one_minus_alpha * (grad * grad)
+        precond = _div_rn(1.0, eps + _sqrt_rn(square_avg))
+        theta = theta - (lr * precond) * grad
+        if ADD_NOISE:
+            noise_var_scale = _hyperparameter(noise_hi, noise_mid, noise_lo, IS_FP64)
+            xi = _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS).to(theta.dtype)
+            theta = theta + _sqrt_rn(noise_var_scale * precond) * xi
+        tl.store(square_avg_ptr + local, square_avg, mask=in_bounds)
+    else:
+        theta = theta - lr * grad
+        if ADD_NOISE:
+            noise_std = _hyperparameter(noise_hi, noise_mid, noise_lo, IS_FP64)
+            xi = _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS).to(theta.dtype)
+            theta = theta + noise_std * xi
+
+    tl.store(param_ptr + local, _to_storage_dtype(theta, param_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@_jit(do_not_specialize=["seed", "stream_id", "step"])
+def _philox_normal_kernel(out_ptr, numel, element_offset, seed, stream_id, step, BLOCK_QUADS: tl.constexpr):
+    """out[i] = N(0, 1) draw of element element_offset + i of stream (seed, stream_id, step).
+
+    Args:
+        out_ptr: [numel] fp32, written.
+    """
+    quad, local, in_bounds = _quad_tile(element_offset, numel, BLOCK_QUADS)
+    tl.store(out_ptr + local, _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS), mask=in_bounds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Availability
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_interpreted() -> bool:
+    """Whether the kernels were created in interpreter mode (TRITON_INTERPRET=1 at import time)."""
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_langevin_step_kernel, InterpretedFunction)
+
+
+def not_supported_reasons(device: torch.device | str) -> list[str]:
+    """Why the Triton backend cannot update tensors on ``device`` (empty list: it can).
+
+    CUDA tensors need triton; CPU tensors need triton in interpreter mode, i.e. TRITON_INTERPRET=1
+    set before this module was imported.
+    """
+    if _TRITON_IMPORT_ERROR is not None:
+        return [_TRITON_IMPORT_ERROR]
+    device = torch.device(device)
+    if device.type == "cuda":
+        return []
+    if device.type == "cpu":
+        if _is_interpreted():
+            return []
+        return [
+            "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing "
+            "sgmcmc_fused.triton_kernels (Triton reads it when the kernels are defined)"
+        ]
+    return [f"the Triton backend runs on CUDA tensors (CPU tensors under TRITON_INTERPRET=1), not on {device.type}"]
+
+
+def unavailable_reason(device: torch.device | str | None = None) -> str | None:
+    """None when the Triton backend is usable, else why not.
+
+    With ``device`` None: usable on some device here (triton importable, and a CUDA GPU present or
+    the interpreter on); otherwise: usable for tensors on ``device``.
+    """
+    if device is not None:
+        reasons = not_supported_reasons(device)
+        return "; ".join(reasons) if reasons else None
+    if _TRITON_IMPORT_ERROR is not None:
+        return _TRITON_IMPORT_ERROR
+    if torch.cuda.is_available() or _is_interpreted():
+        return None
+    return "no CUDA GPU, and the Triton interpreter is off (set TRITON_INTERPRET=1 before importing sgmcmc_fused)"
+
+
+def _require_triton() -> None:
+    if _TRITON_IMPORT_ERROR is not None:
+        raise RuntimeError(f"sgmcmc_fused Triton backend unavailable: {_TRITON_IMPORT_ERROR}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Host side: validation, scalar handling, launches
+# --------------------------------------------------------------------------------------------------
+
+
+def _split_fp64(op: str, name: str, value: float) -> tuple[float, float, float]:
+    """Three fp32 numbers (hi, mid, lo) with hi = value rounded to fp32 and (lo + mid) + hi == value in fp64.
+
+    Why: Triton passes Python floats to a kernel as fp32 (the interpreter rounds them to fp32 too), so
+    an fp64 kernel would otherwise see fp32-rounded hyperparameters. Each part is exactly representable
+    in fp32 (value - hi and the next remainder are exact in fp64 and, with a 53-bit significand, the
+    last remainder has at most a few bits), so however the launcher types the argument, the kernel
+    receives these numbers exactly and rebuilds the double (_hyperparameter). Exact for 0 and for
+    2^-78 (about 3e-24) <= |value| < 2^128; below that ``lo`` is an fp32 subnormal and the rebuilt
+    value is off by at most 2^-149.
+    """
+    hi = _round_to_fp32(value)
+    if not math.isfinite(hi):
+        raise ValueError(f"{op}: {name} = {value} is outside the float32 range the kernels accept")
+    rest = value - hi
+    mid = _round_to_fp32(rest)
+    lo = _round_to_fp32(rest - mid)
+    return hi, mid, lo
+
+
+def _round_to_fp32(value: float) -> float:
+    """value rounded to the nearest fp32 (ties to even), as a Python float; +-inf beyond the fp32 range."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _check_tensor_list(op: str, name: str, tensors: object) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError(f"{op}: {name} must be a list of tensors, got {type(tensors).__name__}")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name}[{i}] has type {type(t).__name__}, expected a torch.Tensor")
+    return list(tensors)
+
+
+def _check_int_list(op: str, name: str, values: object) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{op}: {name} must be a list of ints, got {type(values).__name__}")
+    checked = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool):
+            raise TypeError(f"{op}: {name}[{i}] has type bool, expected an int")
+        try:
+            checked.append(operator.index(v))
+        except TypeError:
+            raise TypeError(f"{op}: {name}[{i}] has type {type(v).__name__}, expected an int") from None
+    return checked
+
+
+def _check_device(op: str, what: str, device: torch.device) -> None:
+    reasons = not_supported_reasons(device)
+    if reasons:
+        raise ValueError(f"{op}: {what} is on {device}, where the Triton backend cannot run: {'; '.join(reasons)}")
+
+
+def _check_finite_at_least(op: str, name: str, value: float, low: float, strict: bool = False) -> None:
+    ok = math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        raise ValueError(f"{op}: {name} must be a finite number {'>' if strict else '>='} {low}, got {value}")
+
+
+def _check_step_inputs(
+    op: str,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    square_avgs: list[torch.Tensor] | None,
+    stream_ids: list[int],
+    element_offsets: list[int],
+    steps: list[int],
+    *,
+    lr: float,
+    alpha: float | None,
+    eps: float | None,
+    weight_decay: float,
+    temperature: float,
+    num_data: int,
+    seed: int,
+) -> None:
+    """The checks of csrc/step_inputs.cpp, raising ValueError (values) or TypeError (dtypes)."""
+    n = len(params)
+    lists = [("grads", grads), ("stream_ids", stream_ids), ("element_offsets", element_offsets), ("steps", steps)]
+    if square_avgs is not None:
+        lists.insert(1, ("square_avgs", square_avgs))
+    for name, values in lists:
+        if len(values) != n:
+            raise ValueError(f"{op}: got {n} params but {len(values)} {name}")
+
+    _check_finite_at_least(op, "lr", lr, 0.0)
+    _check_finite_at_least(op, "weight_decay", weight_decay, 0.0)
+    _check_finite_at_least(op, "temperature", temperature, 0.0)
+    if num_data < 1:
+        raise ValueError(f"{op}: num_data must be >= 1, got {num_data}")
+    if not 0 <= seed < _INT64_LIMIT:
+        raise ValueError(f"{op}: seed must be in [0, 2^63), got {seed}")
+    if square_avgs is not None:
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"{op}: alpha must be in [0, 1), got {alpha}")
+        _check_finite_at_least(op, "eps", eps, 0.0, strict=True)
+
+    device = params[0].device if params else None
+    for i in range(n):
+        p, g = params[i], grads[i]
+        if p.device != device:
+            raise ValueError(
+                f"{op}: params[{i}] is on {p.device} but params[0] is on {device}; "
+                "one call updates tensors of one device"
+            )
+        if i == 0:
+            _check_device(op, "params[0]", device)
+        if p.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{op}: params[{i}] has dtype {p.dtype}; supported are float32, float64, float16 and bfloat16"
+            )
+        if p.layout != torch.strided or g.layout != torch.strided:
+            raise ValueError(f"{op}: params[{i}] or its grad is sparse; sparse gradients are not supported")
+        if g.device != p.device:
+            raise ValueError(f"{op}: grads[{i}] is on {g.device} but params[{i}] is on {p.device}")
+        if g.dtype != p.dtype:
+            raise TypeError(f"{op}: grads[{i}] has dtype {g.dtype} but params[{i}] has dtype {p.dtype}")
+        if g.shape != p.shape:
+            raise ValueError(f"{op}: grads[{i}] has shape {tuple(g.shape)} but params[{i}] has shape {tuple(p.shape)}")
+        if not p.is_contiguous():
+            raise ValueError(
+                f"{op}: params[{i}] is not contiguous; pass a contiguous tensor "
+                "(the optimizer copies non-contiguous parameters for you)"
+            )
+        if not g.is_contiguous():
+            raise ValueError(f"{op}: grads[{i}] is not contiguous")
+        if square_avgs is not None:
+            v = square_avgs[i]
+            want = torch.float64 if p.dtype == torch.float64 else torch.float32
+            if v.device != p.device:
+                raise ValueError(f"{op}: square_avgs[{i}] is on {v.device} but params[{i}] is on {p.device}")
+            if v.dtype != want:
+                raise TypeError(f"{op}: square_avgs[{i}] has dtype {v.dtype}, expected {want} for {p.dtype} params")
+            if v.shape != p.shape:
+                raise ValueError(
+                    f"{op}: square_avgs[{i}] has shape {tuple(v.shape)} but params[{i}] has shape {tuple(p.shape)}"
+                )
+            if not v.is_contiguous():
+                raise ValueError(f"{op}: square_avgs[{i}] is not contiguous")
+        if not 0 <= stream_ids[i] < _STEP_STREAM_ID_LIMIT:
+            raise ValueError(
+                f"{op}: stream_ids[{i}] = {stream_ids[i]} is outside [0, 2^31) (the upper half of the "
+                "stream space belongs to DropConnect masks)"
+            )
+        if element_offsets[i] < 0:
+            raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is negative")
+        if not 0 <= steps[i] < _UINT32_LIMIT:
+            raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
+
+
+def _launches_skipped(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether to skip the kernels because the call only traces (fake tensors) under the interpreter.
+
+    Why: compiled kernels go through wrap_triton, which records them into the graph when tracing; in
+    interpreter mode wrap_triton hands back the bare kernel, which cannot run on fake tensors. These
+    ops return nothing, so skipping is the exact fake implementation and lets torch.compile and
+    opcheck exercise the ops on CPU.
+    """
+    if not _is_interpreted():
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(is_fake(t) for t in tensors)
+
+
+def _device_guard(tensor: torch.Tensor):
+    """Makes the tensor's CUDA device current for a launch: Triton launches on the *current* device,
+    whatever device the pointers belong to. A no-op on CPU and for fake tensors (tracing launches
+    nothing; the compiled graph guards devices itself)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if tensor.device.type != "cuda" or is_fake(tensor):
+        return contextlib.nullcontext()
+    return torch.cuda.device(tensor.device)
+
+
+def _block_quads() -> int:
+    return _BLOCK_QUADS_INTERPRETER if _is_interpreted() else _BLOCK_QUADS_GPU
+
+
+def _num_quads(numel: int, element_offset: int) -> int:
+    """How many quads elements element_offset .. element_offset + numel - 1 touch (numel > 0)."""
+    return (element_offset + numel - 1) // 4 - element_offset // 4 + 1
+
+
+def _launch_langevin_steps(
+    op: str,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    square_avgs: list[torch.Tensor] | None,
+    stream_ids: list[int],
+    element_offsets: list[int],
+    steps: list[int],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    noise: float,
+    add_noise: bool,
+    seed: int,
+) -> None:
+    """One kernel launch per non-empty tensor. ``noise`` is 2 lr T / N (pSGLD) or its root (SGLD)."""
+    lr_parts = _split_fp64(op, "lr", lr)
+    alpha_parts = _split_fp64(op, "alpha", alpha)
+    one_minus_alpha_parts = _split_fp64(op, "1 - alpha", 1.0 - alpha)
+    eps_parts = _split_fp64(op, "eps", eps)
+    weight_decay_parts = _split_fp64(op, "weight_decay", weight_decay)
+    noise_parts = _split_fp64(op, "the noise scale 2 * lr * temperature / num_data", noise)
+    if _launches_skipped(params):
+        return
+    block_quads = _block_quads()
+    for i, param in enumerate(params):
+        numel = param.numel()
+        if numel == 0:
+            continue
+        grid = (triton.cdiv(_num_quads(numel, element_offsets[i]), block_quads),)
+        with _device_guard(param):
+            wrap_triton(_langevin_step_kernel)[grid](
+                param,
+                grads[i],
+                square_avgs[i] if square_avgs is not None else None,
+                numel,
+                element_offsets[i],
+                seed,
+                stream_ids[i],
+                steps[i],
+                *lr_parts,
+                *alpha_parts,
+                *one_minus_alpha_parts,
+                *eps_parts,
+                *weight_decay_parts,
+                *noise_parts,
+                PRECONDITIONED=square_avgs is not None,
+                HAS_WEIGHT_DECAY=weight_decay != 0.0,
+                ADD_NOISE=add_noise,
+                BLOCK_QUADS=block_quads,
+                num_warps=_NUM_WARPS,
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Custom operators (schemas mirror csrc/ops.cpp)
+# --------------------------------------------------------------------------------------------------
+
+
+def _psgld_step_op(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    square_avgs: list[torch.Tensor],
+    stream_ids: list[int],
+    element_offsets: list[int],
+    steps: list[int],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    temperature: float,
+    num_data: int,
+    add_noise: bool,
+    seed: int,
+) -> None:
+    op = "triton_psgld_step_"
+    _check_step_inputs(
+        op,
+        params,
+        grads,
+        square_avgs,
+        stream_ids,
+        element_offsets,
+        steps,
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        temperature=temperature,
+        num_data=num_data,
+        seed=seed,
+    )
+    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
+    _launch_langevin_steps(
+        op,
+        params,
+        grads,
+        square_avgs,
+        stream_ids,
+        element_offsets,
+        steps,
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        noise=nvs,
+        add_noise=nvs != 0.0,
+        seed=seed,
+    )
+
+
+def _sgld_step_op(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    stream_ids: list[int],
+    element_offsets: list[int],
+    steps: list[int],
+    *,
+    lr: float,
+    weight_decay: float,
+    temperature: float,
+    num_data: int,
+    add_noise: bool,
+    seed: int,
+) -> None:
+    op = "triton_sgld_step_"
+    _check_step_inputs(
+        op,
+        params,
+        grads,
+        None,
+        stream_ids,
+        element_offsets,
+        steps,
+        lr=lr,
+        alpha=None,
+        eps=None,
+        weight_decay=weight_decay,
+        temperature=temperature,
+        num_data=num_data,
+        seed=seed,
+    )
+    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
+    # alpha / eps are unused without the preconditioner; 0.0 keeps their (ignored) arguments valid.
+    _launch_langevin_steps(
+        op,
+        params,
+        grads,
+        None,
+        stream_ids,
+        element_offsets,
+        steps,
+        lr=lr,
+        alpha=0.0,
+        eps=0.0,
+        weight_decay=weight_decay,
+        noise=math.sqrt(nvs),
+        add_noise=nvs != 0.0,
+        seed=seed,
+    )
+
+
+def _philox_normal_op(out: torch.Tensor, seed: int, stream_id: int, step: int, element_offset: int) -> None:
+    op = "triton_philox_normal_"
+    _check_device(op, "out", out.device)
+    if out.dtype != torch.float32:
+        raise TypeError(f"{op}: out must be float32, got {out.dtype}")
+    if not out.is_contiguous():
+        raise ValueError(f"{op}: out must be contiguous")
+    if not 0 <= seed < _INT64_LIMIT:
+        raise ValueError(f"{op}: seed must be in [0, 2^63), got {seed}")
+    if not 0 <= stream_id < _UINT32_LIMIT:
+        raise ValueError(f"{op}: stream_id = {stream_id} is outside [0, 2^32)")
+    if not 0 <= step < _UINT32_LIMIT:
+        raise ValueError(f"{op}: step = {step} is outside [0, 2^32)")
+    if element_offset < 0:
+        raise ValueError(f"{op}: element_offset = {element_offset} is negative")
+    numel = out.numel()
+    if numel == 0 or _launches_skipped([out]):
+        return
+    block_quads = _block_quads()
+    grid = (triton.cdiv(_num_quads(numel, element_offset), block_quads),)
+    with _device_guard(out):
+        wrap_triton(_philox_normal_kernel)[grid](
+            out, numel, element_offset, seed, stream_id, step, BLOCK_QUADS=block_quads, num_warps=_NUM_WARPS
+        )
+
+
+# The schemas of csrc/ops.cpp under the triton_ names (so int stays int, not SymInt).
+_PSGLD_SCHEMA = (
+    "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, int[] stream_ids, int[] element_offsets, "
+    "int[] steps, *, float lr, float alpha, float eps, float weight_decay, float temperature, int num_data, "
+    "bool add_noise, int seed) -> ()"
+)
+_SGLD_SCHEMA = (
+    "(Tensor(a!)[] params, Tensor[] grads, int[] stream_ids, int[] element_offsets, int[] steps, *, float lr, "
+    "float weight_decay, float temperature, int num_data, bool add_noise, int seed) -> ()"
+)
+_PHILOX_NORMAL_SCHEMA = "(Tensor(a!) out, int seed, int stream_id, int step, int element_offset) -> ()"
+
+
+def _register_op(name: str, fn, mutates_args: set[str], schema: str):
+    """Registers ``fn`` as the operator ``name``.
+
+    Compiled kernels: ``triton_op``, so torch.compile traces into ``fn`` and sees the kernels.
+    Interpreter: wrap_triton cannot capture interpreted kernels, so a traced ``fn`` would record
+    nothing and a compiled graph would silently skip the update; the op is registered opaque
+    instead (``custom_op``; the fake implementation is ``fn``, which validates and skips the
+    launches on fake tensors), so torch.compile calls it like any built-in operator.
+    """
+    if _is_interpreted():
+        op = torch.library.custom_op(name, fn, mutates_args=mutates_args, schema=schema)
+        op.register_fake(fn)
+        return op
+    return triton_op(name, fn, mutates_args=mutates_args, schema=schema)
+
+
+if _TRITON_IMPORT_ERROR is None:
+    _register_op("sgmcmc_fused::triton_psgld_step_", _psgld_step_op, {"params", "square_avgs"}, _PSGLD_SCHEMA)
+    _register_op("sgmcmc_fused::triton_sgld_step_", _sgld_step_op, {"params"}, _SGLD_SCHEMA)
+    _register_op("sgmcmc_fused::triton_philox_normal_", _philox_normal_op, {"out"}, _PHILOX_NORMAL_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public helpers (the signatures of sgmcmc_fused.reference)
+# --------------------------------------------------------------------------------------------------
+
+
+def psgld_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    square_avgs: Sequence[torch.Tensor],
+    stream_ids: Sequence[int],
+    element_offsets: Sequence[int],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    temperature: float,
+    num_data: int,
+    add_noise: bool,
+    seed: int,
+) -> None:
+    """pSGLD step (SPEC §1) in place on ``params`` and ``square_avgs``, with the Triton kernels.
+
+    Args:
+        params: contiguous tensors of any shape, fp32 / fp64 / fp16 / bf16, one device.
+        grads: gradients of the minibatch-mean loss, shapes and dtypes of ``params``.
+        square_avgs: V, shapes of ``params``, fp32 (fp64 for fp64 params).
+        stream_ids: noise stream of each param, in [0, 2^31).
+        element_offsets: index of each tensor's first element in the whole (unsharded) parameter.
+        steps: noise counter t of each param, in [0, 2^32).
+        lr, alpha, eps, weight_decay, temperature, num_data, add_noise, seed: as in SPEC §1, §2.
+    """
+    op = "psgld_step_"
+    _require_triton()
+    with torch.no_grad():
+        torch.ops.sgmcmc_fused.triton_psgld_step_(
+            _check_tensor_list(op, "params", params),
+            _check_tensor_list(op, "grads", grads),
+            _check_tensor_list(op, "square_avgs", square_avgs),
+            _check_int_list(op, "stream_ids", stream_ids),
+            _check_int_list(op, "element_offsets", element_offsets),
+            _check_int_list(op, "steps", steps),
+            lr=float(lr),
+            alpha=float(alpha),
+            eps=float(eps),
+            weight_decay=float(weight_decay),
+            temperature=float(temperature),
+            num_data=operator.index(num_data),
+            add_noise=bool(add_noise),
+            seed=operator.index(seed),
+        )
+
+
+def sgld_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    stream_ids: Sequence[int],
+    element_offsets: Sequence[int],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    weight_decay: float,
+    temperature: float,
+    num_data: int,
+    add_noise: bool,
+    seed: int,
+) -> None:
+    """SGLD step (SPEC §1, G = 1) in place on ``params``, with the Triton kernels. Arguments as
+    :func:`psgld_step_`."""
+    op = "sgld_step_"
+    _require_triton()
+    with torch.no_grad():
+        torch.ops.sgmcmc_fused.triton_sgld_step_(
+            _check_tensor_list(op, "params", params),
+            _check_tensor_list(op, "grads", grads),
+            _check_int_list(op, "stream_ids", stream_ids),
+            _check_int_list(op, "element_offsets", element_offsets),
+            _check_int_list(op, "steps", steps),
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            temperature=float(temperature),
+            num_data=operator.index(num_data),
+            add_noise=bool(add_noise),
+            seed=operator.index(seed),
+        )
+
+
+def philox_normal(
+    numel: int,
+    seed: int,
+    stream_id: int,
+    step: int,
+    element_offset: int = 0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """N(0, 1) draws (fp32, shape [numel]) of elements element_offset .. element_offset + numel - 1
+    of the stream (seed, stream_id, step), SPEC §2, drawn by the Triton kernel on ``device``."""
+    _require_triton()
+    numel = operator.index(numel)
+    if numel < 0:
+        raise ValueError(f"philox_normal: numel must be >= 0, got {numel}")
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    torch.ops.sgmcmc_fused.triton_philox_normal_(
+        out, operator.index(seed), operator.index(stream_id), operator.index(step), operator.index(element_offset)
+    )
+    return out
