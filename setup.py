@@ -107,16 +107,19 @@ def _extensions():
     cpp_sources = sorted(glob.glob(str(CSRC / "**" / "*.cpp"), recursive=True))
     cuda_sources = sorted(glob.glob(str(CSRC / "**" / "*.cu"), recursive=True))
     sources = cpp_sources + (cuda_sources if with_cuda else [])
-    # -ffp-contract=off: no FMA contraction, so every ISA clone of the CPU
-    # kernel rounds like the eager reference. -fno-math-errno lets sqrt
-    # vectorise. -fopenmp-simd honours `#pragma omp simd` without libgomp.
-    cxx_flags = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=off"]
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in torch's
+    # OpenMP builds, so without it the CPU kernels silently run on one thread
+    # (libgomp is the one torch already loaded). -ffp-contract=off: no FMA
+    # contraction, so every ISA variant of the CPU kernel rounds like the eager
+    # reference. -fno-math-errno lets sqrt vectorise.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
     include_dirs = [str(CSRC / "include")]
     kwargs = dict(
         name="sgmcmc_fused._C",
         sources=[os.path.relpath(s, ROOT) for s in sources],
         include_dirs=include_dirs,
         py_limited_api=False,
+        extra_link_args=["-fopenmp"],
     )
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
