@@ -209,3 +209,44 @@ def test_grad_fixture_changes_between_steps():
     """The gradient fixture changes between steps (otherwise step tests would be weak)."""
     seq = grad_sequence([100], torch.float32, "cpu", steps=2)
     assert not torch.equal(seq[0][0], seq[1][0])
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_gradient_raises_naming_the_parameter_and_updates_nothing(bad_value):
+    model = small_model()
+    opt = PSGLD(model.named_parameters(), lr=1e-3, num_data=50, seed=1)
+    train(model, opt, 2)
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model[2].weight.grad[1, 4] = bad_value
+    with pytest.raises(FloatingPointError, match=r"parameter '2.weight' \(shape \(3, 17\)\) holds NaN or inf"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before[0].values(), model.state_dict().values()))
+    after = opt.state_dict()
+    for i, s in before[1]["state"].items():
+        assert s["step"] == after["state"][i]["step"]
+        assert torch.equal(s["square_avg"], after["state"][i]["square_avg"])
+
+
+def test_nan_policy_skip_counts_and_leaves_state_untouched():
+    model = small_model()
+    opt = SGLD(model.parameters(), lr=1e-3, num_data=50, nan_policy="skip")
+    train(model, opt, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model[0].bias.grad[0] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert opt.state_dict()["skipped_steps"] == 1
+    with pytest.raises(ValueError, match="nan_policy must be"):
+        SGLD(model.parameters(), lr=1e-3, num_data=50, nan_policy="ignore")
+
+
+def test_huge_but_finite_gradients_are_not_reported_as_nan():
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.full((4,), 3e19)  # its squares overflow fp32, the values do not
+    SGLD([p], lr=1e-20, num_data=10, add_noise=False).step()
+    assert torch.allclose(p.detach(), torch.full((4,), -0.3))

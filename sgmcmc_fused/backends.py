@@ -43,7 +43,11 @@ class Backend:
 
     def not_supported_reasons(self, device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
         """Why this backend cannot update tensors of `device` with these dtypes (empty if it can)."""
-        return self.reasons(torch.device(device), dtypes)
+        device = torch.device(device)
+        reasons = self.reasons(device, dtypes)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            reasons.append("no CUDA device is available")
+        return reasons
 
 
 def _compiled_reasons(dispatch_key: str, device_type: str) -> Callable[[torch.device, Sequence[torch.dtype]], list[str]]:
@@ -145,8 +149,6 @@ def availability() -> dict[str, str]:
         if name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             device = torch.device("cuda")
         why = backend.not_supported_reasons(device, [torch.float32])
-        if name == "cuda" and not torch.cuda.is_available() and _extension.has_kernel("psgld_step_", "CUDA"):
-            why = ["compiled, but no CUDA device is visible"]
         status[name] = "available" if not why else "; ".join(why)
     if _extension.STALE_REASON:
         status["cpu"] += f" (warning: {_extension.STALE_REASON})"

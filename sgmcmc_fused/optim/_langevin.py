@@ -49,7 +49,7 @@ class LangevinOptimizer(Optimizer):
 
     PRECONDITIONED: bool = False
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], nan_policy: str = "raise") -> None:
         _check_hyper("lr", defaults["lr"])
         _check_hyper("weight_decay", defaults["weight_decay"])
         _check_hyper("temperature", defaults["temperature"])
@@ -70,6 +70,12 @@ class LangevinOptimizer(Optimizer):
             raise ValueError(
                 f"unknown impl {defaults['impl']!r}; choose one of 'auto', 'cuda', 'cpu', 'triton', 'eager', 'foreach'"
             )
+        if nan_policy not in ("raise", "skip", "propagate"):
+            raise ValueError(f"nan_policy must be 'raise', 'skip' or 'propagate', got {nan_policy!r}")
+        #: What a NaN/inf gradient does: "raise", "skip" the whole step, or "propagate" (no check).
+        self.nan_policy = nan_policy
+        #: Steps skipped because of a NaN/inf gradient (nan_policy="skip").
+        self.skipped_steps = 0
         self._next_stream_id = 0
         self._stream_ids: dict[torch.Tensor, int] = {}
         super().__init__(params, defaults)
@@ -119,17 +125,31 @@ class LangevinOptimizer(Optimizer):
                 (called with gradients enabled).
         Returns:
             the closure's loss, or None.
+        Raises:
+            FloatingPointError: a gradient holds NaN or inf and nan_policy is
+                "raise" (nothing has been updated).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        work = []
         for group in self.param_groups:
-            self._step_group(group)
+            for params in self._buckets(group):
+                backend = select_backend(group["impl"], params[0].device, [params[0].dtype])
+                work.append((group, params, backend))
+        # Every gradient is checked before anything is updated, so a bad one
+        # leaves all parameters and state as they were.
+        if not self._gradients_are_finite(work):
+            self.skipped_steps += 1
+            return loss
+        for group, params, backend in work:
+            self._step_bucket(group, params, backend)
         return loss
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        # One fused call per (device, dtype): a call updates tensors of one device.
+    def _buckets(self, group: dict[str, Any]) -> list[list[torch.Tensor]]:
+        """The group's parameters with gradients, one list per (device, dtype): a fused call
+        updates tensors of one device."""
         buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = defaultdict(list)
         for p in group["params"]:
             if p.grad is None:
@@ -137,9 +157,36 @@ class LangevinOptimizer(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             buckets[(p.device, p.dtype)].append(p)
-        for (device, dtype), params in buckets.items():
-            backend = select_backend(group["impl"], device, [dtype])
-            self._step_bucket(group, params, backend)
+        return list(buckets.values())
+
+    def _gradients_are_finite(self, work) -> bool:
+        """Applies nan_policy: True to go ahead with the step, False to skip it."""
+        policy = self.nan_policy
+        if policy == "propagate":
+            return True
+        for group, params, _ in work:
+            # A NaN or inf gradient makes its L2 norm non-finite. The 2-norm is one
+            # fast multi-tensor pass (the inf-norm and isfinite().all() are ~8x
+            # slower on CPU); the rare non-finite norm is confirmed element-wise,
+            # since squares of finite gradients above ~1e19 overflow fp32 too.
+            norms = torch.stack(torch._foreach_norm([p.grad for p in params], 2))
+            suspects = (~torch.isfinite(norms)).nonzero().flatten().tolist()
+            bad = [i for i in suspects if not bool(torch.isfinite(params[i].grad).all())]
+            if not bad:
+                continue
+            if policy == "skip":
+                return False
+            names = group.get("param_names")
+            p = params[bad[0]]
+            if names:  # the optimizer was given named_parameters()
+                label = repr(next(n for n, q in zip(names, group["params"]) if q is p))
+            else:
+                label = f"with stream id {self._stream_ids[p]}"
+            raise FloatingPointError(
+                f"{type(self).__name__}: the gradient of parameter {label} (shape {tuple(p.shape)}) holds NaN "
+                f"or inf; no parameter was updated. Pass nan_policy='skip' to skip such steps."
+            )
+        return True
 
     def _step_bucket(self, group: dict[str, Any], params: list[torch.Tensor], backend) -> None:
         states = [self._init_state(p) for p in params]
@@ -175,6 +222,12 @@ class LangevinOptimizer(Optimizer):
                 s["step"] += 1
 
     # -- checkpoints ---------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """As torch.optim.Optimizer.state_dict, plus the count of skipped steps."""
+        state = super().state_dict()
+        state["skipped_steps"] = self.skipped_steps
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch.optim.Optimizer.load_state_dict, but keeps ``square_avg`` in
@@ -216,3 +269,4 @@ class LangevinOptimizer(Optimizer):
             merged["params"] = g["params"]
             new_groups.append(merged)
         self.__setstate__({"state": new_state, "param_groups": new_groups})
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))

@@ -38,6 +38,9 @@ class PSGLD(LangevinOptimizer):
             generator (so torch.manual_seed makes runs reproducible).
         impl: "auto" (CUDA kernel for CUDA tensors, C++ kernel for CPU tensors),
             or "cuda", "cpu", "triton", "eager", "foreach"; see sgmcmc_fused.backends.
+        nan_policy: what a NaN or inf gradient does: "raise" (default; names the
+            parameter, updates nothing), "skip" (the whole step is skipped and
+            counted in ``skipped_steps``), or "propagate" (no check, one pass less).
 
     Other conventions map onto these arguments (see README, "Noise conventions"):
     the pSGLD reference code's noise is ``temperature = 1 / num_data``;
@@ -58,9 +61,10 @@ class PSGLD(LangevinOptimizer):
         add_noise: bool = True,
         seed: int | None = None,
         impl: str = "auto",
+        nan_policy: str = "raise",
     ) -> None:
         defaults = dict(
             lr=lr, num_data=num_data, alpha=alpha, eps=eps, weight_decay=weight_decay,
             temperature=temperature, add_noise=add_noise, seed=seed, impl=impl,
         )  # fmt: skip
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, nan_policy=nan_policy)

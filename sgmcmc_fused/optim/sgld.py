@@ -35,9 +35,10 @@ class SGLD(LangevinOptimizer):
         add_noise: bool = True,
         seed: int | None = None,
         impl: str = "auto",
+        nan_policy: str = "raise",
     ) -> None:
         defaults = dict(
             lr=lr, num_data=num_data, weight_decay=weight_decay, temperature=temperature,
             add_noise=add_noise, seed=seed, impl=impl,
         )  # fmt: skip
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, nan_policy=nan_policy)
