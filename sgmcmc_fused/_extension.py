@@ -52,7 +52,10 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether sgmcmc_fused::<op> has a kernel registered for dispatch_key ("CPU", "CUDA")."""
     if not LOADED:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"sgmcmc_fused::{op}", dispatch_key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"sgmcmc_fused::{op}", dispatch_key)
+    except RuntimeError:  # the op does not exist: _C is older than the sources that define it
+        return False
 
 
 def cuda_unavailable_reason() -> str | None:

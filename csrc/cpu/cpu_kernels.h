@@ -28,6 +28,43 @@ struct StepSpan {
   uint32_t step;
 };
 
+// A DropConnect mask stream (SPEC §2, §3): stream = 0x80000000 | weight_id,
+// step = the forward-call counter; scale = 1 / (1 - p) and sigma =
+// sqrt(p / (1 - p)) rounded from double.
+struct MaskParams {
+  uint64_t seed;
+  uint32_t stream;
+  uint32_t call;
+  int64_t kind;  // 0 Bernoulli, 1 Gaussian
+  float p;
+  float scale;
+  float sigma;
+};
+
+// Row-major LSTM cell tensors of one step; rows are batch entries. Dtype of
+// every tensor: the op's dtype.
+struct CellForwardArgs {
+  const void* gates;   // [B, 4H] pre-activations without bias
+  const void* bias;    // [4H]
+  const void* c_prev;  // [B, H]
+  void* h;             // [B, H], row stride h_row_stride (a slice of the layer output)
+  void* c;             // [B, H]
+  void* activations;   // [B, 4H]: sigmoid i, sigmoid f, tanh g, sigmoid o
+  int64_t hidden;
+  int64_t h_row_stride;
+};
+
+struct CellBackwardArgs {
+  const void* grad_h;       // [B, H]
+  const void* grad_c;       // [B, H]
+  const void* activations;  // [B, 4H]
+  const void* c_prev;       // [B, H]
+  const void* c;            // [B, H]
+  void* grad_gates;         // [B, 4H]
+  void* grad_c_prev;        // [B, H]
+  int64_t hidden;
+};
+
 struct KernelTable {
   const char* isa;  // "baseline", "avx2" or "avx512"
   // N(0, 1) draws of elements [first_element, first_element + count) of the
@@ -36,6 +73,13 @@ struct KernelTable {
                         float* out);
   void (*psgld_span)(c10::ScalarType dtype, const StepSpan& span, const StepScalars& scalars);
   void (*sgld_span)(c10::ScalarType dtype, const StepSpan& span, const StepScalars& scalars);
+  // out[i] = weight[i] * M(first_element + i) for i < count (pointers at the run's start).
+  void (*dropconnect_weight)(c10::ScalarType dtype, const void* weight, void* out, uint64_t first_element,
+                             int64_t count, const MaskParams& mask);
+  // The cell on rows [row_begin, row_end).
+  void (*lstm_cell_forward)(c10::ScalarType dtype, const CellForwardArgs& args, int64_t row_begin, int64_t row_end);
+  void (*lstm_cell_backward)(c10::ScalarType dtype, const CellBackwardArgs& args, int64_t row_begin,
+                             int64_t row_end);
 };
 
 // Per-ISA tables; nullptr where the variant is not built for this platform.

@@ -22,7 +22,8 @@ namespace baseline {
 }  // namespace baseline
 
 const KernelTable* baseline_kernels() {
-  static const KernelTable table{"baseline", &baseline::philox_normal, &baseline::psgld_span, &baseline::sgld_span};
+  static const KernelTable table{"baseline", &baseline::philox_normal, &baseline::psgld_span, &baseline::sgld_span,
+                                 &baseline::dropconnect_weight, &baseline::lstm_cell_forward, &baseline::lstm_cell_backward};
   return &table;
 }
 

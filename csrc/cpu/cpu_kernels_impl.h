@@ -164,6 +164,189 @@ inline void philox_normal(uint64_t seed, uint32_t stream_id, uint32_t step, uint
   }
 }
 
+// Open uniforms of quads [first_quad, first_quad + num_quads) in element order.
+inline void philox_uniform_quads(uint64_t seed, uint32_t stream_id, uint32_t step, uint64_t first_quad,
+                                 int64_t num_quads, float* out) {
+  alignas(64) uint32_t x0[kQuadsPerBlock], x1[kQuadsPerBlock], x2[kQuadsPerBlock], x3[kQuadsPerBlock];
+  const uint32_t k0 = seed_lo(seed), k1 = seed_hi(seed);
+  for (int64_t g = 0; g < num_quads; g += kQuadsPerGroup) {
+    philox_group(first_quad + static_cast<uint64_t>(g), stream_id, step, k0, k1, x0 + g, x1 + g, x2 + g, x3 + g);
+  }
+  for (int64_t i = 0; i < num_quads; ++i) {
+    out[4 * i + 0] = uint32_to_open_uniform(x0[i]);
+    out[4 * i + 1] = uint32_to_open_uniform(x1[i]);
+    out[4 * i + 2] = uint32_to_open_uniform(x2[i]);
+    out[4 * i + 3] = uint32_to_open_uniform(x3[i]);
+  }
+}
+
+// ---- DropConnect -----------------------------------------------------------------
+
+template <typename scalar_t>
+void dropconnect_typed(const scalar_t* __restrict weight, scalar_t* __restrict out, uint64_t first_element,
+                       int64_t count, const MaskParams& m) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  alignas(64) float block[kElementsPerBlock];
+  int64_t done = 0;
+  uint64_t e = first_element;
+  while (done < count) {
+    const int64_t lead = static_cast<int64_t>(e % 4);  // elements of the first quad before ours
+    const int64_t n = count - done < kElementsPerBlock - lead ? count - done : kElementsPerBlock - lead;
+    const int64_t quads = (lead + n + 3) / 4;
+    if (m.kind == 0) {
+      philox_uniform_quads(m.seed, m.stream, m.call, e / 4, quads, block);
+    } else {
+      philox_normal_quads(m.seed, m.stream, m.call, e / 4, quads, block);
+    }
+    const float* draw = block + lead;
+    const scalar_t* w = weight + done;
+    scalar_t* o = out + done;
+    if (m.kind == 0) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const float mask = select_bits(draw[i] >= m.p, m.scale, 0.0f);
+        o[i] = static_cast<scalar_t>(static_cast<opmath_t>(w[i]) * static_cast<opmath_t>(mask));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const float mask = 1.0f + m.sigma * draw[i];
+        o[i] = static_cast<scalar_t>(static_cast<opmath_t>(w[i]) * static_cast<opmath_t>(mask));
+      }
+    }
+    done += n;
+    e += static_cast<uint64_t>(n);
+  }
+}
+
+// ---- LSTM cell ---------------------------------------------------------------------
+
+SGMCMC_KERNEL_INLINE float sigmoid_op(float x) { return sigmoid_float(x); }
+SGMCMC_KERNEL_INLINE float tanh_op(float x) { return tanh_float(x); }
+SGMCMC_KERNEL_INLINE double sigmoid_op(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+SGMCMC_KERNEL_INLINE double tanh_op(double x) { return std::tanh(x); }
+
+// One row of the cell: gate activations first, one loop per gate block (each
+// a plain streaming loop the vectoriser takes), then the state update.
+// `activations` may alias `gates` (the layer overwrites its pre-activations).
+template <typename scalar_t>
+void lstm_cell_forward_row(const scalar_t* gates, const scalar_t* __restrict bias,
+                           const scalar_t* __restrict c_prev, scalar_t* __restrict h, scalar_t* __restrict c,
+                           scalar_t* activations, int64_t H) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  for (int64_t block = 0; block < 4; ++block) {
+    const scalar_t* in = gates + block * H;
+    const scalar_t* b = bias + block * H;
+    scalar_t* out = activations + block * H;
+    if (block == 2) {  // the cell candidate g
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) out[j] = static_cast<scalar_t>(tanh_op(static_cast<opmath_t>(in[j]) + static_cast<opmath_t>(b[j])));
+    } else {  // the input, forget and output gates
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) out[j] = static_cast<scalar_t>(sigmoid_op(static_cast<opmath_t>(in[j]) + static_cast<opmath_t>(b[j])));
+    }
+  }
+  const scalar_t* i = activations;
+  const scalar_t* f = activations + H;
+  const scalar_t* g = activations + 2 * H;
+  const scalar_t* o = activations + 3 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const opmath_t cell = static_cast<opmath_t>(f[j]) * static_cast<opmath_t>(c_prev[j]) +
+                          static_cast<opmath_t>(i[j]) * static_cast<opmath_t>(g[j]);
+    c[j] = static_cast<scalar_t>(cell);
+    h[j] = static_cast<scalar_t>(static_cast<opmath_t>(o[j]) * tanh_op(cell));
+  }
+}
+
+template <typename scalar_t>
+void lstm_cell_forward_typed(const CellForwardArgs& a, int64_t row_begin, int64_t row_end) {
+  const int64_t H = a.hidden;
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    lstm_cell_forward_row<scalar_t>(static_cast<const scalar_t*>(a.gates) + b * 4 * H,
+                                    static_cast<const scalar_t*>(a.bias),
+                                    static_cast<const scalar_t*>(a.c_prev) + b * H,
+                                    static_cast<scalar_t*>(a.h) + b * a.h_row_stride,
+                                    static_cast<scalar_t*>(a.c) + b * H,
+                                    static_cast<scalar_t*>(a.activations) + b * 4 * H, H);
+  }
+}
+
+template <typename scalar_t>
+void lstm_cell_backward_row(const scalar_t* __restrict dh, const scalar_t* __restrict dc,
+                            const scalar_t* __restrict act, const scalar_t* __restrict c_prev,
+                            const scalar_t* __restrict c, scalar_t* __restrict dgates,
+                            scalar_t* __restrict dc_prev, int64_t H) {
+  using opmath_t = at::opmath_type<scalar_t>;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const opmath_t i = act[j], f = act[H + j], g = act[2 * H + j], o = act[3 * H + j];
+    const opmath_t dhj = dh[j];
+    const opmath_t tanh_c = tanh_op(static_cast<opmath_t>(c[j]));
+    const opmath_t dc_total = static_cast<opmath_t>(dc[j]) + dhj * o * (opmath_t(1) - tanh_c * tanh_c);
+    dgates[j] = static_cast<scalar_t>(dc_total * g * i * (opmath_t(1) - i));
+    dgates[H + j] = static_cast<scalar_t>(dc_total * static_cast<opmath_t>(c_prev[j]) * f * (opmath_t(1) - f));
+    dgates[2 * H + j] = static_cast<scalar_t>(dc_total * i * (opmath_t(1) - g * g));
+    dgates[3 * H + j] = static_cast<scalar_t>(dhj * tanh_c * o * (opmath_t(1) - o));
+    dc_prev[j] = static_cast<scalar_t>(dc_total * f);
+  }
+}
+
+template <typename scalar_t>
+void lstm_cell_backward_typed(const CellBackwardArgs& a, int64_t row_begin, int64_t row_end) {
+  const int64_t H = a.hidden;
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    lstm_cell_backward_row<scalar_t>(
+        static_cast<const scalar_t*>(a.grad_h) + b * H, static_cast<const scalar_t*>(a.grad_c) + b * H,
+        static_cast<const scalar_t*>(a.activations) + b * 4 * H, static_cast<const scalar_t*>(a.c_prev) + b * H,
+        static_cast<const scalar_t*>(a.c) + b * H, static_cast<scalar_t*>(a.grad_gates) + b * 4 * H,
+        static_cast<scalar_t*>(a.grad_c_prev) + b * H, H);
+  }
+}
+
+#define SGMCMC_DISPATCH_FLOATING(dtype, NAME, ...)                                          \
+  switch (dtype) {                                                                          \
+    case c10::ScalarType::Float: {                                                          \
+      using scalar_t = float;                                                               \
+      __VA_ARGS__;                                                                          \
+      break;                                                                                \
+    }                                                                                       \
+    case c10::ScalarType::Double: {                                                         \
+      using scalar_t = double;                                                              \
+      __VA_ARGS__;                                                                          \
+      break;                                                                                \
+    }                                                                                       \
+    case c10::ScalarType::Half: {                                                           \
+      using scalar_t = c10::Half;                                                           \
+      __VA_ARGS__;                                                                          \
+      break;                                                                                \
+    }                                                                                       \
+    case c10::ScalarType::BFloat16: {                                                       \
+      using scalar_t = c10::BFloat16;                                                       \
+      __VA_ARGS__;                                                                          \
+      break;                                                                                \
+    }                                                                                       \
+    default:                                                                                \
+      TORCH_CHECK(false, NAME, ": unsupported dtype ", dtype);                              \
+  }
+
+inline void dropconnect_weight(c10::ScalarType dtype, const void* weight, void* out, uint64_t first_element,
+                               int64_t count, const MaskParams& mask) {
+  SGMCMC_DISPATCH_FLOATING(dtype, "dropconnect_weight",
+                           dropconnect_typed<scalar_t>(static_cast<const scalar_t*>(weight),
+                                                       static_cast<scalar_t*>(out), first_element, count, mask));
+}
+
+inline void lstm_cell_forward(c10::ScalarType dtype, const CellForwardArgs& args, int64_t row_begin,
+                              int64_t row_end) {
+  SGMCMC_DISPATCH_FLOATING(dtype, "lstm_cell_forward", lstm_cell_forward_typed<scalar_t>(args, row_begin, row_end));
+}
+
+inline void lstm_cell_backward(c10::ScalarType dtype, const CellBackwardArgs& args, int64_t row_begin,
+                               int64_t row_end) {
+  SGMCMC_DISPATCH_FLOATING(dtype, "lstm_cell_backward", lstm_cell_backward_typed<scalar_t>(args, row_begin, row_end));
+}
+
 // ---- the update ----------------------------------------------------------------
 
 template <typename scalar_t, bool kPreconditioned, bool kWeightDecay, bool kNoise>

@@ -13,23 +13,14 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 namespace sgmcmc_fused::cpu {
 
 #define SGMCMC_VEC_INLINE inline __attribute__((always_inline))
 
-SGMCMC_VEC_INLINE int32_t float_bits(float x) {
-  int32_t i;
-  std::memcpy(&i, &x, sizeof(i));
-  return i;
-}
+SGMCMC_VEC_INLINE int32_t float_bits(float x) { return __builtin_bit_cast(int32_t, x); }
 
-SGMCMC_VEC_INLINE float bits_float(int32_t i) {
-  float x;
-  std::memcpy(&x, &i, sizeof(x));
-  return x;
-}
+SGMCMC_VEC_INLINE float bits_float(int32_t i) { return __builtin_bit_cast(float, i); }
 
 // Natural log of a positive normal float (the Box-Muller u is in [2^-24, 1)).
 SGMCMC_VEC_INLINE float log_positive(float x) {
@@ -91,6 +82,56 @@ SGMCMC_VEC_INLINE void sincos_0_2pi(float x, float& sin_out, float& cos_out) {
   const int32_t cos_mag = (s_bits & swap) | (c_bits & ~swap);
   sin_out = bits_float(sin_mag ^ ((quadrant & 2) << 30));
   cos_out = bits_float(cos_mag ^ (((quadrant + 1) & 2) << 30));
+}
+
+// Bitwise select: a where mask is all ones, b where it is zero (vectorises
+// into a blend; a ternary on floats sometimes stops the vectoriser).
+SGMCMC_VEC_INLINE float select_bits(bool take_a, float a, float b) {
+  const int32_t mask = -static_cast<int32_t>(take_a);
+  return bits_float((float_bits(a) & mask) | (float_bits(b) & ~mask));
+}
+
+// exp(x) for fp32, about 1 ulp: 2^n * exp(r), r = x - n ln 2 in [-ln2/2, ln2/2].
+// Inputs are clamped to [-87.3, 88.7], where exp stays a normal float.
+SGMCMC_VEC_INLINE float exp_float(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  // ln 2 in two parts (Cody-Waite) so that n * kLn2Hi is exact.
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
+  // Round x / ln 2 to the nearest integer by adding and subtracting 1.5 * 2^23
+  // (floorf would stop GCC vectorising the loop unless -fno-trapping-math).
+  constexpr float kRoundingShift = 12582912.0f;
+  const float n = (x * kLog2e + kRoundingShift) - kRoundingShift;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * (r * r) + r + 1.0f;
+  return e * bits_float((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// Logistic sigmoid 1 / (1 + exp(-x)).
+SGMCMC_VEC_INLINE float sigmoid_float(float x) { return 1.0f / (1.0f + exp_float(-x)); }
+
+// tanh(x) for fp32: an odd polynomial for |x| < 0.625 (where 1 - 2 / (e^2x + 1)
+// would lose relative accuracy), the exponential form above it.
+SGMCMC_VEC_INLINE float tanh_float(float x) {
+  const float ax = __builtin_fabsf(x);
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = x + x * z * p;
+  const float large_abs = 1.0f - 2.0f / (exp_float(2.0f * ax) + 1.0f);
+  const float large = bits_float(float_bits(large_abs) | (float_bits(x) & static_cast<int32_t>(0x80000000)));
+  return select_bits(ax < 0.625f, small, large);
 }
 
 }  // namespace sgmcmc_fused::cpu
