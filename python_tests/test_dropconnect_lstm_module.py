@@ -14,12 +14,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from sgmcmc_fused import lstm_reference
 from sgmcmc_fused.nn import DropConnectLSTM, functional
 
-#: (impl, device) pairs; compiled impls skip (with the reason) until their kernels are built.
+#: (impl, device) pairs; compiled impls skip (with the reason) where their kernels are not built.
+#: Triton on CPU (the interpreter) is covered kernel by kernel in test_lstm_ops.py.
 IMPL_DEVICE = [
     pytest.param("eager", "cpu", id="eager-cpu"),
     pytest.param("cpu", "cpu", id="cpu-cpu"),
     pytest.param("eager", "cuda", id="eager-cuda", marks=pytest.mark.cuda),
     pytest.param("cuda", "cuda", id="cuda-cuda", marks=pytest.mark.cuda),
+    pytest.param("triton", "cuda", id="triton-cuda", marks=pytest.mark.cuda),
 ]
 #: fp32 / fp64 agreement with nn.LSTM (different GEMM and accumulation orders).
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}

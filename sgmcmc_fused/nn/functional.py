@@ -184,24 +184,23 @@ def _layer_fake(input, h0, c0, w_ih, w_hh, bias, lengths, *mask_args):
     )
 
 
+def _empty_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """What the real kernels return for `t`: same shape, dtype and device, contiguous."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, *rest):
     hidden = w_hh.shape[1]
-    return (
-        torch.empty_like(input),
-        torch.empty_like(h0),
-        torch.empty_like(c0),
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
-        w_hh.new_empty(4 * hidden),
-    )
+    grads = (input, grad_h_n, grad_c_n, w_ih, w_hh)
+    return (*(_empty_contiguous(t) for t in grads), w_hh.new_empty(4 * hidden))
 
 
 def _cell_forward_fake(gates, bias, c_prev):
-    return torch.empty_like(c_prev), torch.empty_like(c_prev), torch.empty_like(gates)
+    return _empty_contiguous(c_prev), _empty_contiguous(c_prev), _empty_contiguous(gates)
 
 
 def _cell_backward_fake(grad_h, grad_c, activations, c_prev, c):
-    return torch.empty_like(activations), torch.empty_like(c_prev)
+    return _empty_contiguous(activations), _empty_contiguous(c)
 
 
 if _extension.LOADED and _extension.has_kernel("dropconnect_lstm_layer", "CPU"):
@@ -213,5 +212,5 @@ if _extension.LOADED and _extension.has_kernel("dropconnect_lstm_layer", "CPU"):
     torch.library.register_fake("sgmcmc_fused::lstm_cell_forward")(_cell_forward_fake)
     torch.library.register_fake("sgmcmc_fused::lstm_cell_backward")(_cell_backward_fake)
     torch.library.register_fake("sgmcmc_fused::dropconnect_weight")(
-        lambda weight, seed, weight_id, call, p, kind: torch.empty_like(weight)
+        lambda weight, seed, weight_id, call, p, kind: _empty_contiguous(weight)
     )
