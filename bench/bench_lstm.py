@@ -72,14 +72,17 @@ PROVIDERS = ["nn_lstm", "weight_drop", "python_loop"] + [
 
 
 def rounds_for(provider: str, case: str, device: torch.device) -> int:
-    """Best-of rounds (after two untimed steps: warm-up and memory). On 2 CPU cores a ptb_medium
-    step takes ~0.6-0.9 s (python_loop ~2.7 s), the other cases ~60-250 ms; the CPU suite then
-    runs in ~2-3 minutes on an idle machine."""
+    """Best-of rounds, after two untimed steps (warm-up, memory).
+
+    On 2 idle CPU cores a step takes ~20-110 ms (ptb_small, classifier) and ~150-380 ms
+    (ptb_medium), and the CPU suite runs in ~40 s. On a loaded machine the 2 OpenMP threads of each
+    op wait for each other at every barrier and a step can take 5-7x longer (the suite ~5 minutes).
+    """
     if device.type == "cuda":
         return 10 if provider.startswith("dropconnect_triton") or provider == "python_loop" else 30
     if case == "ptb_medium":
-        return 3 if provider == "python_loop" else 5
-    return 8 if provider == "python_loop" else 15
+        return 4 if provider == "python_loop" else 8
+    return 12 if provider == "python_loop" else 25
 
 
 def skip_reason(provider: str, device: torch.device) -> str | None:
@@ -172,10 +175,11 @@ def saved_bytes(step, exclude: list[torch.Tensor]) -> tuple[int, int]:
     return total, total - sum(n for ptr, n in storages.items() if ptr in excluded)
 
 
-def peak_bytes(step, params: list[torch.Tensor], device: torch.device) -> tuple[int, int]:
-    """(peak allocated during `step`, that peak minus what was allocated before it)."""
-    for p in params:
-        p.grad = None
+def peak_bytes(step, tensors: list[torch.Tensor], device: torch.device) -> tuple[int, int]:
+    """(peak allocated during `step`, that peak minus what was allocated before it), with the
+    gradients of `tensors` freed first."""
+    for t in tensors:
+        t.grad = None
     synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -208,7 +212,7 @@ def run_case(benchmark, provider: str, case_name: str, device: torch.device) -> 
         step()  # warm-up: Triton compilation, oneDNN primitive creation, allocator caches
         if device.type == "cuda":
             memory_metric, step_metric = "peak_bytes", "peak_minus_allocated_before"
-            memory, step_memory = peak_bytes(step, params, device)
+            memory, step_memory = peak_bytes(step, [*params, x], device)
         else:
             memory_metric, step_metric = "saved_bytes", "saved_bytes_excl_params_input"
             memory, step_memory = saved_bytes(step, [*params, x])
