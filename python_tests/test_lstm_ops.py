@@ -257,3 +257,18 @@ def test_cell_bad_shapes_are_named():
     require("cpu", "cpu")
     with pytest.raises(RuntimeError, match=r"gates must be \[B, 4H\] = \[3, 28\], got \[3, 27\]"):
         torch.ops.sgmcmc_fused.lstm_cell_forward(torch.randn(3, 27), torch.randn(28), torch.randn(3, 7))
+
+
+@pytest.mark.parametrize("gemm", ["always", "never"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cpu_recurrent_gemm_paths_equal_reference(monkeypatch, gemm, reverse):
+    """Both CPU recurrent-GEMM paths (oneDNN with a packed weight, ATen addmm/mm)
+    give the reference's layer and gradients (csrc/lstm/recurrent_gemm.h)."""
+    require("cpu", "cpu")
+    monkeypatch.setenv("SGMCMC_FUSED_ONEDNN_GEMM", gemm)
+    inputs = layer_inputs(torch.float32, "cpu", steps=5, batch=3, input_size=4, hidden=9)
+    masks = MASKINGS["bernoulli_hh"]
+    got = run_layer("cpu", inputs, torch.tensor([5, 2, 4]), reverse, masks)
+    want = run_layer("eager", inputs, torch.tensor([5, 2, 4]), reverse, masks)
+    for key in want:
+        assert_close(got[key], want[key], rtol=2e-5, atol=2e-5, what=f"{gemm} {key}")

@@ -13,9 +13,12 @@
 namespace sgmcmc_fused::cpu {
 namespace {
 
-// Work per task below which a second thread costs more than it saves (a PTB
-// small step, B = 20 and H = 200, is 4000 units: one thread).
+// Elements per task below which another thread costs more than it saves. The
+// mask is a cheap streaming pass; a cell unit costs five transcendentals, so
+// even a PTB-small step (B = 20, H = 200: 4000 units, ~30 us) is worth two
+// threads.
 constexpr int64_t kGrainElements = 1 << 14;
+constexpr int64_t kCellGrainUnits = 1 << 10;
 
 MaskParams mask_params(const lstm::MaskArgs& m) {
   return MaskParams{static_cast<uint64_t>(m.seed),
@@ -45,7 +48,7 @@ void cell_forward_out(const at::Tensor& gates, const at::Tensor& bias, const at:
   const CellForwardArgs args{gates.const_data_ptr(), bias.const_data_ptr(), c_prev.const_data_ptr(), h.data_ptr(),
                              c.data_ptr(),           activations.data_ptr(), hidden,                h.stride(0)};
   const KernelTable& k = kernels();
-  const int64_t grain_rows = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, 4 * hidden));
+  const int64_t grain_rows = std::max<int64_t>(1, kCellGrainUnits / std::max<int64_t>(1, hidden));
   at::parallel_for(0, c_prev.size(0), grain_rows, [&](int64_t begin, int64_t end) {
     k.lstm_cell_forward(gates.scalar_type(), args, begin, end);
   });
@@ -59,7 +62,7 @@ void cell_backward_out(const at::Tensor& grad_h, const at::Tensor& grad_c, const
                               c_prev.const_data_ptr(), c.const_data_ptr(),      grad_gates.data_ptr(),
                               grad_c_prev.data_ptr(),  hidden};
   const KernelTable& k = kernels();
-  const int64_t grain_rows = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, 4 * hidden));
+  const int64_t grain_rows = std::max<int64_t>(1, kCellGrainUnits / std::max<int64_t>(1, hidden));
   at::parallel_for(0, c.size(0), grain_rows, [&](int64_t begin, int64_t end) {
     k.lstm_cell_backward(c.scalar_type(), args, begin, end);
   });

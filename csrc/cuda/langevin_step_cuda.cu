@@ -30,45 +30,13 @@
 #include <vector>
 
 #include "multi_tensor_apply.cuh"
+#include "philox_cuda.cuh"
 #include "sgmcmc_fused/langevin_math.h"
 #include "sgmcmc_fused/philox.h"
 #include "sgmcmc_fused/step_inputs.h"
 
 namespace sgmcmc_fused::cuda {
 namespace {
-
-// The four storage values of a quad, aligned to its size so that it moves as a
-// vector: one 16-byte access for fp32, 8 bytes for fp16/bf16, two 16-byte
-// accesses for fp64 on sm_90.
-template <typename T>
-struct alignas(4 * sizeof(T)) Quad {
-  T v[4];
-};
-
-template <typename T>
-__device__ __forceinline__ bool is_quad_aligned(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % alignof(Quad<T>) == 0;
-}
-
-// The N(0, 1) draws of quad q of stream (seed, stream_id, step), SPEC §2.
-// Written out with precise logf/sqrtf/sincosf on fp32 so that the result
-// matches the eager reference to the last bit or two.
-__device__ __forceinline__ void philox_normal_quad(uint64_t seed, uint32_t stream_id, uint32_t step, uint64_t q,
-                                                   float (&n)[4]) {
-  uint32_t x0 = static_cast<uint32_t>(q), x1 = static_cast<uint32_t>(q >> 32), x2 = stream_id, x3 = step;
-  philox4x32_10(x0, x1, x2, x3, seed_lo(seed), seed_hi(seed));
-  const float u0 = uint32_to_open_uniform(x0), u1 = uint32_to_open_uniform(x1);
-  const float u2 = uint32_to_open_uniform(x2), u3 = uint32_to_open_uniform(x3);
-  const float r01 = sqrtf(-2.0f * logf(u0));
-  const float r23 = sqrtf(-2.0f * logf(u2));
-  float sin1, cos1, sin3, cos3;
-  sincosf(kTwoPiF * u1, &sin1, &cos1);
-  sincosf(kTwoPiF * u3, &sin3, &cos3);
-  n[0] = r01 * cos1;
-  n[1] = r01 * sin1;
-  n[2] = r23 * cos3;
-  n[3] = r23 * sin3;
-}
 
 template <typename scalar_t, bool kPreconditioned>
 __device__ __forceinline__ void update_element(scalar_t& p, scalar_t g, at::opmath_type<scalar_t>* v, float xi,

@@ -53,6 +53,7 @@
 #include <limits>
 #include <utility>
 
+#include "philox_cuda.cuh"
 #include "sgmcmc_fused/lstm_kernels.h"
 #include "sgmcmc_fused/philox.h"
 
@@ -88,18 +89,6 @@ __device__ __forceinline__ T sigmoid_op(T x) {
 
 // ---- dropconnect_weight ------------------------------------------------------
 
-// Four storage values aligned to their size, so that a full quad of a weight
-// moves as one vector access (16 bytes for fp32, 8 for fp16/bf16).
-template <typename T>
-struct alignas(4 * sizeof(T)) Vec4 {
-  T v[4];
-};
-
-template <typename T>
-__device__ __forceinline__ bool is_vec4_aligned(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % alignof(Vec4<T>) == 0;
-}
-
 // Everything a thread needs to regenerate the mask, prepared on the host.
 struct MaskStream {
   uint64_t seed;
@@ -109,27 +98,20 @@ struct MaskStream {
   float value;      // Bernoulli: (float)(1 / (1 - p)); Gaussian: (float)sqrt(p / (1 - p))
 };
 
-// M of the four lanes of quad q. Box-Muller as philox_normal_quad in
-// langevin_step_cuda.cu (the same stream layout, fp32, precise logf / sqrtf /
-// sincosf), so a mask's normals are those the noise op draws for this counter.
+// M of the four lanes of quad q. The normals are those the noise op draws for
+// this counter (philox_cuda.cuh).
 template <int64_t kKind>
 __device__ __forceinline__ void mask_quad(const MaskStream& s, uint64_t q, float (&m)[4]) {
-  uint32_t x[4] = {static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32), s.stream, s.call};
-  philox4x32_10(x[0], x[1], x[2], x[3], seed_lo(s.seed), seed_hi(s.seed));
+  uint32_t x[4];
+  philox_quad_words(s.seed, s.stream, s.call, q, x);
   if constexpr (kKind == kBernoulli) {
 #pragma unroll
     for (int lane = 0; lane < 4; ++lane) {
       m[lane] = uint32_to_open_uniform(x[lane]) >= s.threshold ? s.value : 0.0f;
     }
   } else {
-    const float u0 = uint32_to_open_uniform(x[0]), u1 = uint32_to_open_uniform(x[1]);
-    const float u2 = uint32_to_open_uniform(x[2]), u3 = uint32_to_open_uniform(x[3]);
-    const float r01 = sqrtf(-2.0f * logf(u0));
-    const float r23 = sqrtf(-2.0f * logf(u2));
-    float sin1, cos1, sin3, cos3;
-    sincosf(kTwoPiF * u1, &sin1, &cos1);
-    sincosf(kTwoPiF * u3, &sin3, &cos3);
-    const float n[4] = {r01 * cos1, r01 * sin1, r23 * cos3, r23 * sin3};
+    float n[4];
+    box_muller_quad(x, n);
 #pragma unroll
     for (int lane = 0; lane < 4; ++lane) m[lane] = add_rn(1.0f, mul_rn(s.value, n[lane]));
   }
@@ -148,20 +130,20 @@ __global__ void __launch_bounds__(kThreads)
     dropconnect_weight_kernel(const scalar_t* weight, scalar_t* out, const int64_t numel, const MaskStream s) {
   const int64_t num_quads = (numel + 3) / 4;
   // A contiguous weight may still be a view at an odd storage offset.
-  const bool vectorised = is_vec4_aligned(weight) && is_vec4_aligned(out);
+  const bool vectorised = is_quad_aligned(weight) && is_quad_aligned(out);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; q < num_quads; q += stride) {
     const int64_t base = 4 * q;
     if (vectorised && base + 4 <= numel) {
       // Load first: the load does not depend on the draw, so its latency
       // hides behind the Philox rounds.
-      const Vec4<scalar_t> w = *reinterpret_cast<const Vec4<scalar_t>*>(weight + base);
+      const Quad<scalar_t> w = *reinterpret_cast<const Quad<scalar_t>*>(weight + base);
       float m[4];
       mask_quad<kKind>(s, static_cast<uint64_t>(q), m);
-      Vec4<scalar_t> r;
+      Quad<scalar_t> r;
 #pragma unroll
       for (int lane = 0; lane < 4; ++lane) r.v[lane] = masked(w.v[lane], m[lane]);
-      *reinterpret_cast<Vec4<scalar_t>*>(out + base) = r;
+      *reinterpret_cast<Quad<scalar_t>*>(out + base) = r;
     } else {
       float m[4];
       mask_quad<kKind>(s, static_cast<uint64_t>(q), m);

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "recurrent_gemm.h"
 #include "sgmcmc_fused/lstm_kernels.h"
 
 namespace sgmcmc_fused::lstm {
@@ -98,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropconne
   const DeviceKernels& k = device_kernels(input.device().type());
 
   const at::Tensor w_ih_eff = effective_weight(w_ih, mask_ih, seed, ih_weight_id, call, p, kind);
-  const at::Tensor w_hh_t = effective_weight(w_hh, mask_hh, seed, hh_weight_id, call, p, kind).t();
+  const RecurrentGemm recurrent(effective_weight(w_hh, mask_hh, seed, hh_weight_id, call, p, kind), s.batch);
   const at::Tensor bias_eff = bias ? bias->contiguous() : at::zeros({4 * s.hidden}, input.options());
 
   // The input projection of every step at once; becomes the activations.
@@ -109,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropconne
   for (int64_t i = 0; i < s.steps; ++i) {
     const int64_t t = reverse ? s.steps - 1 - i : i;
     at::Tensor gates_t = gates[t];
-    gates_t.addmm_(h, w_hh_t);
+    recurrent.accumulate(h, gates_t);
     at::Tensor h_t = output[t], c_t = cells[t];
     k.cell_forward_out(gates_t, bias_eff, c, h_t, c_t, gates_t);  // activations overwrite the pre-activations
     if (lengths) {
@@ -144,12 +145,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   // The masked weights again, from the seed.
   const at::Tensor w_ih_eff = effective_weight(w_ih, mask_ih, seed, ih_weight_id, call, p, kind);
-  const at::Tensor w_hh_eff = effective_weight(w_hh, mask_hh, seed, hh_weight_id, call, p, kind);
+  // dh_prev = dgates W_hh': a GEMM with weight W_hh'^T [H, 4H].
+  const RecurrentGemm recurrent_t(effective_weight(w_hh, mask_hh, seed, hh_weight_id, call, p, kind).t(), s.batch);
 
   const at::Tensor grad_out = grad_output.contiguous();
   at::Tensor grad_gates = at::empty({s.steps, s.batch, 4 * s.hidden}, input.options());
+  // Per-step buffers, reused: at PTB-small sizes an allocation per op costs
+  // as much as the op.
   at::Tensor dh = grad_h_n.contiguous().clone(), dc = grad_c_n.contiguous().clone();
-  at::Tensor dc_prev = at::empty_like(dc);
+  at::Tensor dh_total = at::empty_like(dh), dc_prev = at::empty_like(dc);
   for (int64_t i = s.steps - 1; i >= 0; --i) {
     const int64_t t = reverse ? s.steps - 1 - i : i;
     const bool first = i == 0;  // the first processed step starts from h0, c0
@@ -157,18 +161,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor c_prev = first ? c0.contiguous() : cells[prev];
     // output[t] is the state after step t, also where a row is inactive (the
     // frozen state), so its gradient always joins dh.
-    const at::Tensor dh_total = dh + grad_out[t];
-    at::Tensor active;
-    if (lengths) active = lengths->gt(t).unsqueeze(1);
+    at::add_out(dh_total, dh, grad_out[t]);
     at::Tensor grad_gates_t = grad_gates[t];
     k.cell_backward_out(dh_total, dc, activations[t], c_prev, cells[t], grad_gates_t, dc_prev);
     if (lengths) {
       // Inactive rows: no gate gradient; dh and dc pass through unchanged.
+      const at::Tensor active = lengths->gt(t).unsqueeze(1);
       grad_gates_t.masked_fill_(active.logical_not(), 0);
       dc_prev.copy_(at::where(active, dc_prev, dc));
-      dh = at::mm(grad_gates_t, w_hh_eff) + at::where(active, at::zeros_like(dh_total), dh_total);
+      recurrent_t.assign(grad_gates_t, dh);
+      dh.add_(at::where(active, at::zeros_like(dh_total), dh_total));
     } else {
-      dh = at::mm(grad_gates_t, w_hh_eff);
+      recurrent_t.assign(grad_gates_t, dh);
     }
     std::swap(dc, dc_prev);
   }

