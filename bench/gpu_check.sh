@@ -25,7 +25,7 @@
 #   summary.txt         the per-step exit statuses
 #
 # Time limits in seconds (environment; the defaults sum to under 10 minutes):
-#   GPU_CHECK_BUILD_TIMEOUT (240), GPU_CHECK_TEST_TIMEOUT (150),
+#   GPU_CHECK_BUILD_TIMEOUT (200), GPU_CHECK_TEST_TIMEOUT (220),
 #   GPU_CHECK_BENCH_TIMEOUT (150).
 set -u
 
@@ -43,8 +43,8 @@ mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 SUMMARY=$OUTDIR/summary.txt
 PYTHON=${PYTHON:-python}
-BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT:-240}
-TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-150}
+BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT:-200}
+TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-220}
 BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-150}
 FAILED=0
 
@@ -117,7 +117,8 @@ cp sgmcmc_fused/_build_info.py "$OUTDIR/build_info.py" 2>/dev/null
 run_step registration 120 "$OUTDIR/registration.txt" "$PYTHON" -c '
 import sys, torch, sgmcmc_fused._C
 missing = []
-for op in ("psgld_step_", "sgld_step_", "philox_normal_"):
+for op in ("psgld_step_", "sgld_step_", "philox_normal_", "dropconnect_weight", "lstm_cell_forward",
+           "lstm_cell_backward", "dropconnect_lstm_layer", "dropconnect_lstm_layer_backward"):
     ok = torch._C._dispatch_has_kernel_for_dispatch_key("sgmcmc_fused::" + op, "CUDA")
     print(op, "CUDA kernel:", ok)
     missing += [] if ok else [op]
