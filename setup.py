@@ -49,9 +49,7 @@ def _locate_cuda_home() -> str | None:
             pass
     candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
     for home in candidates:
-        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isdir(
-            os.path.join(home, "include")
-        ):
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isdir(os.path.join(home, "include")):
             return os.path.realpath(home)
     return None
 
@@ -123,7 +121,9 @@ def _extensions():
     )
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    headers = glob.glob(str(CSRC / "**" / "*.h"), recursive=True) + glob.glob(str(CSRC / "**" / "*.cuh"), recursive=True)
+    headers = glob.glob(str(CSRC / "**" / "*.h"), recursive=True) + glob.glob(
+        str(CSRC / "**" / "*.cuh"), recursive=True
+    )
     _write_build_info(with_cuda, why, cpp_sources + cuda_sources + headers)
     if not with_cuda:
         return [CppExtension(extra_compile_args={"cxx": cxx_flags}, **kwargs)]

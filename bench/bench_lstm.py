@@ -119,7 +119,7 @@ def make_forward(provider: str, lstm: nn.LSTM, case: Case):
 
         def forward(x):
             weights = [F.dropout(w, P, training=True) if n.startswith("weight_hh") else w
-                       for n, w in zip(names, params)]  # fmt: skip
+                       for n, w in zip(names, params, strict=False)]  # fmt: skip
             zeros = x.new_zeros(case.layers * directions, x.shape[1], case.hidden)
             # (input, hx, flat weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
             out, _, _ = torch._VF.lstm(x, (zeros, zeros), weights, True, case.layers, 0.0, True,

@@ -87,7 +87,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     groups = sorted({r["group"] for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    for ax, group in zip(axes[0], groups, strict=False):
         sub = sorted((r for r in rows if r["group"] == group), key=lambda r: r["seconds"])
         ax.bar([r["provider"] for r in sub], [r["gbytes_per_s"] for r in sub], color="tab:blue")
         ax.axhline(sub[0]["copy_gbytes_per_s"], color="tab:red", linestyle="--", label="copy bandwidth")
@@ -103,7 +103,17 @@ def plot(rows: list[dict], path: Path) -> None:
 def append_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
-    fields = ["device", "group", "provider", "seconds", "gelem_per_s", "gbytes_per_s", "copy_fraction", "vs_eager", "vs_foreach"]
+    fields = [
+        "device",
+        "group",
+        "provider",
+        "seconds",
+        "gelem_per_s",
+        "gbytes_per_s",
+        "copy_fraction",
+        "vs_eager",
+        "vs_foreach",
+    ]
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
@@ -190,7 +200,7 @@ def plot_lstm(rows: list[dict], path: Path) -> None:
 
     groups = sorted({r["group"] for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.5), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    for ax, group in zip(axes[0], groups, strict=False):
         sub = sorted((r for r in rows if r["group"] == group), key=lambda r: r["seconds"])
         colors = ["tab:red" if r["provider"] == LSTM_BASELINE else "tab:blue" for r in sub]
         ax.bar([r["provider"] for r in sub], [r["seconds"] * 1e3 for r in sub], color=colors)

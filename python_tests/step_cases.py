@@ -32,7 +32,7 @@ def grad_sequence(sizes, dtype: torch.dtype, device: str, steps: int = STEPS, se
 def run_optimizer(opt_cls, params, grads_per_step, **kwargs):
     opt = opt_cls(params, **kwargs)
     for grads in grads_per_step:
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=False):
             p.grad = g.clone()
         opt.step()
     return opt

@@ -25,7 +25,7 @@ IMPL_DEVICE = [
 ]
 #: fp32 / fp64 agreement with nn.LSTM (different GEMM and accumulation orders).
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-I, H = 5, 6  # odd sizes on purpose
+I, H = 5, 6  # noqa: E741  (input and hidden sizes, as in the docs; odd on purpose)
 
 
 def require_impl(impl: str, device: str, dtype: torch.dtype) -> None:
@@ -176,7 +176,7 @@ def test_construction_matches_nn_lstm_init_and_seed_from_default_generator():
         torch.manual_seed(3)
         module = DropConnectLSTM(I, H, dropconnect=0.2, **kw)
         assert list(module.state_dict()) == list(lstm.state_dict())  # seed, calls are not state
-        for (name, a), b in zip(module.state_dict().items(), lstm.state_dict().values()):
+        for (name, a), b in zip(module.state_dict().items(), lstm.state_dict().values(), strict=False):
             assert torch.equal(a, b), name
     torch.manual_seed(4)
     a = DropConnectLSTM(I, H).seed
@@ -248,7 +248,7 @@ def test_training_forward_and_backward_use_the_documented_masks(impl, device, ma
     close(h_n, ref_h, dtype, "h_n")
     close(c_n, ref_c, dtype, "c_n")
     names = ["input", "h0", "c0", *(n for n, _ in module.named_parameters())]
-    for name, g, g_ref in zip(names, grads, ref_grads):
+    for name, g, g_ref in zip(names, grads, ref_grads, strict=False):
         close(g, g_ref, dtype, f"grad {name}")
     # The masks did something: the unmasked model gives another output.
     plain, _, _ = reference_stack(module, x, h0, c0, call=11, masked="none")

@@ -107,11 +107,13 @@ def test_cell_forward_and_backward_equal_reference(impl, device, dtype):
     want = ref.lstm_cell_forward(*args)
     # fp32/fp64: SPEC §5; half types: one rounding of the fp32 result.
     tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}.get(dtype, 1e-6)
-    for name, a, b in zip(("h", "c", "activations"), got, want):
+    for name, a, b in zip(("h", "c", "activations"), got, want, strict=False):
         assert_close(a, b, rtol=tol, atol=tol, what=f"{impl} {name}")
     act, c = want[2], want[1]
     bargs = [t.to(device=device, dtype=dtype) for t in (dh, dc)] + [act, args[2], c]
-    for name, a, b in zip(("grad_gates", "grad_c_prev"), backward(*bargs), ref.lstm_cell_backward(*bargs)):
+    for name, a, b in zip(
+        ("grad_gates", "grad_c_prev"), backward(*bargs), ref.lstm_cell_backward(*bargs), strict=False
+    ):
         assert_close(a, b, rtol=tol, atol=tol, what=f"{impl} {name}")
 
 
@@ -124,7 +126,7 @@ def test_cell_backward_is_the_gradient_of_the_forward():
     dh, dc = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     want = torch.autograd.grad((h * dh).sum() + (c * dc).sum(), [gates, c_prev])
     got = torch.ops.sgmcmc_fused.lstm_cell_backward(dh, dc, act.detach(), c_prev.detach(), c.detach())
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=False):
         assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -155,9 +157,9 @@ def run_layer(impl, inputs, lengths, reverse, dropconnect):
     )  # fmt: skip
     g = torch.Generator().manual_seed(9)
     weights = [torch.randn(t.shape, generator=g).to(t) for t in (out, h_n, c_n)]
-    loss = sum((t * w).sum() for t, w in zip((out, h_n, c_n), weights))
+    loss = sum((t * w).sum() for t, w in zip((out, h_n, c_n), weights, strict=False))
     grads = torch.autograd.grad(loss, list(inputs.values()))
-    return dict(output=out, h_n=h_n, c_n=c_n, **{f"grad_{k}": v for k, v in zip(inputs, grads)})
+    return dict(output=out, h_n=h_n, c_n=c_n, **{f"grad_{k}": v for k, v in zip(inputs, grads, strict=False)})
 
 
 MASKINGS = {

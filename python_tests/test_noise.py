@@ -28,15 +28,24 @@ def test_reference_philox_random123_known_answers():
     # Known-answer vectors of the Random123 reference implementation
     # (kat_vectors, philox4x32 10): counter, key -> output.
     assert tuple(int(w) for w in reference.philox4x32_10([torch.tensor(0)] * 4, 0)) == (
-        0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8,
+        0x6627E8D5,
+        0xE169C58D,
+        0xBC57AC4C,
+        0x9B00DBD8,
     )
     ones = torch.tensor(0xFFFFFFFF)
     assert tuple(int(w) for w in reference.philox4x32_10([ones] * 4, 0xFFFFFFFFFFFFFFFF)) == (
-        0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD,
+        0x408F276D,
+        0x41C83B0E,
+        0xA20BC7C6,
+        0x6D5451FD,
     )
     pi_words = [torch.tensor(w) for w in (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344)]
     assert tuple(int(w) for w in reference.philox4x32_10(pi_words, 0x299F31D0_A4093822)) == (
-        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1,
+        0xD16CFE09,
+        0x94FDCCEB,
+        0x5001E420,
+        0x24126EA1,
     )
 
 

@@ -56,7 +56,11 @@ def test_cuda_kernels_registered_when_built_with_cuda():
 
 @pytest.mark.parametrize(
     "impl,device",
-    [("cpu", "cpu"), pytest.param("cuda", "cuda", marks=pytest.mark.cuda), pytest.param("triton", "cuda", marks=pytest.mark.cuda)],
+    [
+        ("cpu", "cpu"),
+        pytest.param("cuda", "cuda", marks=pytest.mark.cuda),
+        pytest.param("triton", "cuda", marks=pytest.mark.cuda),
+    ],
 )
 def test_compiled_training_step_matches_eager(impl, device):
     require_backend(impl, device)
@@ -83,7 +87,7 @@ def test_compiled_training_step_matches_eager(impl, device):
     for x, y in batches:
         train_step(eager_model, eager_opt, x, y)
         compiled_step(compiled_model, compiled_opt, x, y)
-    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters(), strict=False):
         assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
@@ -98,7 +102,7 @@ def test_compiled_function_calling_the_op_traces_it():
     expected = [t.clone() for t in args[0]], [t.clone() for t in args[2]]
     reference.psgld_step_(expected[0], args[1], expected[1], [0, 1], [0, 0], [0, 0], **SCALARS)
     step(args[0], args[1], args[2])
-    for got, want in zip(args[0] + args[2], expected[0] + expected[1]):
+    for got, want in zip(args[0] + args[2], expected[0] + expected[1], strict=False):
         assert_close(got, want)
 
 
@@ -117,9 +121,15 @@ def _call_psgld(**overrides):
         (dict(grads=[torch.randn(5)]), "got 2 params but 1 grads"),
         (dict(square_avgs=[torch.zeros(5)]), "got 2 params but 1 square_avgs"),
         (dict(stream_ids=[0]), "got 2 params but 1 stream_ids"),
-        (dict(grads=[torch.randn(5), torch.randn(16)]), r"grads\[1\] has shape \[16\] but params\[1\] has shape \[17\]"),
+        (
+            dict(grads=[torch.randn(5), torch.randn(16)]),
+            r"grads\[1\] has shape \[16\] but params\[1\] has shape \[17\]",
+        ),
         (dict(grads=[torch.randn(5), torch.randn(17, dtype=torch.float64)]), r"grads\[1\] has dtype Double"),
-        (dict(square_avgs=[torch.zeros(5), torch.zeros(17, dtype=torch.float16)]), r"square_avgs\[1\] has dtype Half, expected Float"),
+        (
+            dict(square_avgs=[torch.zeros(5), torch.zeros(17, dtype=torch.float16)]),
+            r"square_avgs\[1\] has dtype Half, expected Float",
+        ),
         (dict(params=[torch.randn(5), torch.randn(34)[::2]]), r"params\[1\] is not contiguous"),
         (dict(params=[torch.randn(5), torch.randint(0, 3, (17,))]), r"params\[1\] has dtype Long"),
         (dict(stream_ids=[0, 2**31]), r"stream_ids\[1\] = 2147483648 is outside \[0, 2\^31\)"),
@@ -140,7 +150,7 @@ def test_bad_input_leaves_tensors_untouched():
     before = [t.clone() for t in params + square_avgs]
     with pytest.raises(RuntimeError):
         torch.ops.sgmcmc_fused.psgld_step_(params, grads, square_avgs, ids, offs, [0, -5], **SCALARS)
-    assert all(torch.equal(a, b) for a, b in zip(before, params + square_avgs))
+    assert all(torch.equal(a, b) for a, b in zip(before, params + square_avgs, strict=False))
 
 
 @pytest.mark.cuda

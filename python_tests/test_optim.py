@@ -39,7 +39,7 @@ def test_psgld_without_noise_is_rmsprop(impl, weight_decay):
     rms = torch.optim.RMSprop(b.parameters(), lr=1e-2, alpha=0.9, eps=1e-5, weight_decay=weight_decay)
     train(a, opt, 10)
     train(b, rms, 10)
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=False):
         assert_close(p, q, rtol=1e-5, atol=1e-6, what=name)
         assert_close(opt.state[p]["square_avg"], rms.state[q]["square_avg"], rtol=1e-5, atol=1e-9, what=name)
         assert opt.state[p]["step"] == 0  # noisy steps only
@@ -52,7 +52,7 @@ def test_sgld_without_noise_is_sgd(impl):
     sgd = torch.optim.SGD(b.parameters(), lr=0.1, weight_decay=1e-3)
     train(a, opt, 10)
     train(b, sgd, 10)
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=False):
         assert_close(p, q, rtol=1e-5, atol=1e-7, what=name)
 
 
@@ -78,8 +78,8 @@ def test_manual_seed_makes_runs_reproducible():
     seed_b, run_b = seeded_run(123)
     seed_c, run_c = seeded_run(124)
     assert seed_a == seed_b != seed_c
-    assert all(torch.equal(x, y) for x, y in zip(run_a, run_b))
-    assert not any(torch.equal(x, y) for x, y in zip(run_a, run_c))
+    assert all(torch.equal(x, y) for x, y in zip(run_a, run_b, strict=False))
+    assert not any(torch.equal(x, y) for x, y in zip(run_a, run_c, strict=False))
 
 
 @pytest.mark.parametrize("cls", [PSGLD, SGLD])
@@ -101,9 +101,9 @@ def test_state_dict_round_trip_continues_bit_for_bit(cls, dtype):
     if cls is PSGLD:
         assert all(opt2.state[p]["square_avg"].dtype == torch.float32 for p in resumed.parameters())
     train(resumed, opt2, 5, seed=9)
-    for p, q in zip(model.parameters(), resumed.parameters()):
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=False):
         assert torch.equal(p, q)
-    for p, q in zip(model.parameters(), resumed.parameters()):
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=False):
         assert opt.state[p]["step"] == opt2.state[q]["step"] == 9
 
 
@@ -128,7 +128,7 @@ def test_lr_scheduler_changes_the_step():
     train(a, opt_a, 6, sched=torch.optim.lr_scheduler.StepLR(opt_a, step_size=2, gamma=0.5))
     train(b, opt_b, 6, sched=torch.optim.lr_scheduler.StepLR(opt_b, step_size=2, gamma=0.5))
     assert opt_a.param_groups[0]["lr"] == pytest.approx(0.0125)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=False):
         assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
@@ -153,12 +153,18 @@ def test_closure_and_parameters_without_grad():
 @pytest.mark.parametrize("device", DEVICES)
 def test_mixed_dtypes_are_grouped(device):
     sizes = [10, 20, 30]
-    params = [make_params([n], dt, device)[0] for n, dt in zip(sizes, (torch.float32, torch.float64, torch.float16))]
+    params = [
+        make_params([n], dt, device)[0]
+        for n, dt in zip(sizes, (torch.float32, torch.float64, torch.float16), strict=False)
+    ]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    grads = [[grad_sequence([n], p.dtype, device, steps=1)[0][0] for n, p in zip(sizes, params)] for _ in range(3)]
+    grads = [
+        [grad_sequence([n], p.dtype, device, steps=1)[0][0] for n, p in zip(sizes, params, strict=False)]
+        for _ in range(3)
+    ]
     run_optimizer(PSGLD, params, grads, lr=1e-3, num_data=10, seed=4)
     run_optimizer(PSGLD, ref, grads, lr=1e-3, num_data=10, seed=4, impl="eager")
-    for p, q in zip(params, ref):
+    for p, q in zip(params, ref, strict=False):
         assert p.dtype == q.dtype
         assert_close(p, q, rtol=1e-6, atol=1e-6 if p.dtype != torch.float16 else 1e-3)
 
@@ -198,7 +204,9 @@ def _step_with_zero_grads(opt):
 
 def test_backend_that_cannot_serve_lists_reasons():
     opt = PSGLD(small_model(dtype=torch.float16).parameters(), lr=1e-3, num_data=10, impl="foreach")
-    with pytest.raises(ValueError, match=r"impl='foreach' cannot serve cpu tensors: unsupported dtype\(s\) torch.float16"):
+    with pytest.raises(
+        ValueError, match=r"impl='foreach' cannot serve cpu tensors: unsupported dtype\(s\) torch.float16"
+    ):
         _step_with_zero_grads(opt)
     opt = PSGLD(small_model().parameters(), lr=1e-3, num_data=10, impl="cuda")
     with pytest.raises(ValueError, match="the CUDA kernel needs cuda tensors, got cpu"):
@@ -222,7 +230,7 @@ def test_non_finite_gradient_raises_naming_the_parameter_and_updates_nothing(bad
     model[2].weight.grad[1, 4] = bad_value
     with pytest.raises(FloatingPointError, match=r"parameter '2.weight' \(shape \(3, 17\)\) holds NaN or inf"):
         opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before[0].values(), model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(before[0].values(), model.state_dict().values(), strict=False))
     after = opt.state_dict()
     for i, s in before[1]["state"].items():
         assert s["step"] == after["state"][i]["step"]
@@ -239,7 +247,7 @@ def test_nan_policy_skip_counts_and_leaves_state_untouched():
     model[0].bias.grad[0] = float("nan")
     opt.step()
     assert opt.skipped_steps == 1
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=False))
     assert opt.state_dict()["skipped_steps"] == 1
     with pytest.raises(ValueError, match="nan_policy must be"):
         SGLD(model.parameters(), lr=1e-3, num_data=50, nan_policy="ignore")

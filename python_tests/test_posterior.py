@@ -21,7 +21,9 @@ PRIOR_PRECISION = 2.0  # lambda: prior w ~ N(0, I / lambda)
 
 def regression_problem():
     g = torch.Generator().manual_seed(11)
-    x = torch.randn(NUM_DATA, DIM, generator=g, dtype=torch.float64) @ torch.tensor([[1.0, 0.4], [0.0, 0.7]], dtype=torch.float64)
+    x = torch.randn(NUM_DATA, DIM, generator=g, dtype=torch.float64) @ torch.tensor(
+        [[1.0, 0.4], [0.0, 0.7]], dtype=torch.float64
+    )
     y = x @ torch.tensor([0.8, -1.2], dtype=torch.float64) + torch.randn(NUM_DATA, generator=g, dtype=torch.float64)
     return x, y
 

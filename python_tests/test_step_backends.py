@@ -18,7 +18,7 @@ def sizes_for(backend, device):
 
 
 def assert_states_equal_reference(opt, ref, *, what):
-    for i, (p, q) in enumerate(zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"])):
+    for i, (p, q) in enumerate(zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"], strict=False)):
         s, r = opt.state[p], ref.state[q]
         assert s.keys() == r.keys(), what
         for key in ("step", "stream_id", "element_offset"):
@@ -36,15 +36,21 @@ def test_full_precision_matches_eager(backend, device, dtype, add_noise, method)
     cls, extra = OPTIMIZERS[method]
     sizes = sizes_for(backend, device)
     grads = grad_sequence(sizes, dtype, device)
-    fused = run_optimizer(cls, make_params(sizes, dtype, device), grads, impl=backend, add_noise=add_noise, **extra, **HYPER)
-    eager = run_optimizer(cls, make_params(sizes, dtype, device), grads, impl="eager", add_noise=add_noise, **extra, **HYPER)
-    for i, (p, q) in enumerate(zip(fused.param_groups[0]["params"], eager.param_groups[0]["params"])):
+    fused = run_optimizer(
+        cls, make_params(sizes, dtype, device), grads, impl=backend, add_noise=add_noise, **extra, **HYPER
+    )
+    eager = run_optimizer(
+        cls, make_params(sizes, dtype, device), grads, impl="eager", add_noise=add_noise, **extra, **HYPER
+    )
+    for i, (p, q) in enumerate(zip(fused.param_groups[0]["params"], eager.param_groups[0]["params"], strict=False)):
         assert_close(p, q, what=f"{backend} {method} param[{i}] (numel {p.numel()})")
     assert_states_equal_reference(fused, eager, what=f"{backend} {method}")
     # The noise did move the parameters (and by the right amount): a run without
     # it differs by about sqrt(2 lr G T / N) per step.
     if add_noise:
-        quiet = run_optimizer(cls, make_params(sizes, dtype, device), grads, impl="eager", add_noise=False, **extra, **HYPER)
+        quiet = run_optimizer(
+            cls, make_params(sizes, dtype, device), grads, impl="eager", add_noise=False, **extra, **HYPER
+        )
         moved = fused.param_groups[0]["params"][4] - quiet.param_groups[0]["params"][4]
         assert moved.abs().max() > 1e-4
 
@@ -64,7 +70,12 @@ def test_low_precision_within_twice_eager_error(backend, device, dtype, method):
     eager = run_optimizer(cls, make_params(sizes, dtype, device), grads_low, impl="eager", **extra, **HYPER)
     ref32 = run_optimizer(cls, fp32_start, grads_fp32, impl="eager", **extra, **HYPER)
     for i, (f, e, r) in enumerate(
-        zip(fused.param_groups[0]["params"], eager.param_groups[0]["params"], ref32.param_groups[0]["params"])
+        zip(
+            fused.param_groups[0]["params"],
+            eager.param_groups[0]["params"],
+            ref32.param_groups[0]["params"],
+            strict=False,
+        )
     ):
         assert f.dtype == dtype
         assert_low_precision_close(f, e, r, what=f"{backend} {method} {dtype} param[{i}]")
@@ -83,7 +94,7 @@ def test_many_tensors_in_one_call(backend, device):
     grads = grad_sequence(sizes, torch.float32, device, steps=3)
     fused = run_optimizer(PSGLD, make_params(sizes, torch.float32, device), grads, impl=backend, **HYPER)
     eager = run_optimizer(PSGLD, make_params(sizes, torch.float32, device), grads, impl="eager", **HYPER)
-    for i, (p, q) in enumerate(zip(fused.param_groups[0]["params"], eager.param_groups[0]["params"])):
+    for i, (p, q) in enumerate(zip(fused.param_groups[0]["params"], eager.param_groups[0]["params"], strict=False)):
         assert_close(p, q, what=f"{backend} param[{i}] of {count}")
     assert_states_equal_reference(fused, eager, what=backend)
 

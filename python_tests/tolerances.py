@@ -11,7 +11,9 @@ RTOL = 1e-6
 ATOL = 1e-6
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float = RTOL, atol: float = ATOL, what: str = ""):
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, *, rtol: float = RTOL, atol: float = ATOL, what: str = ""
+):
     """Elementwise |actual - expected| <= atol + rtol * |expected|, in fp64, with a report."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
@@ -25,7 +27,6 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float = 
             f"{what}: {int(bad.sum())} of {a.numel()} elements differ beyond atol={atol} rtol={rtol}; "
             f"max abs diff {(a - e).abs().max().item():.3g}; first: {rows}"
         )
-
 
 
 def _mantissa_bits(dtype: torch.dtype) -> int:

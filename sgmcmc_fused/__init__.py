@@ -15,8 +15,7 @@ if not _extension.LOADED:
     import warnings
 
     warnings.warn(
-        f"sgmcmc_fused: {_extension.LOAD_ERROR}. Only the 'eager', 'foreach' and 'triton' step "
-        "backends are available.",
+        f"sgmcmc_fused: {_extension.LOAD_ERROR}. Only the 'eager', 'foreach' and 'triton' step backends are available.",
         RuntimeWarning,
         stacklevel=2,
     )

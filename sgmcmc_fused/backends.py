@@ -50,7 +50,9 @@ class Backend:
         return reasons
 
 
-def _compiled_reasons(dispatch_key: str, device_type: str) -> Callable[[torch.device, Sequence[torch.dtype]], list[str]]:
+def _compiled_reasons(
+    dispatch_key: str, device_type: str
+) -> Callable[[torch.device, Sequence[torch.dtype]], list[str]]:
     def reasons(device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
         out = []
         if device.type != device_type:

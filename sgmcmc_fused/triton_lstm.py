@@ -726,9 +726,7 @@ class _DropConnectLSTMLayer(torch.autograd.Function):
         h, c = h0, c0
         for t in _time_order(steps, reverse):
             gates = torch.addmm(xproj[t], h, w_hh_t)
-            _launch_cell_forward(
-                gates, bias, c, output[t], cells[t], activations[t], h_prev=h, lengths=lengths, step=t
-            )
+            _launch_cell_forward(gates, bias, c, output[t], cells[t], activations[t], h_prev=h, lengths=lengths, step=t)
             h, c = output[t], cells[t]
         # Copies: an autograd.Function output must not be a view of another output (or an input).
         h_n, c_n = h.clone(), c.clone()

@@ -262,9 +262,7 @@ class DropConnectLSTM(nn.Module):
                 f"DropConnectLSTM: input dtype {input.dtype} does not match the parameters' dtype {weight.dtype}"
             )
         if input.device != weight.device:
-            raise ValueError(
-                f"DropConnectLSTM: input is on {input.device} but the parameters are on {weight.device}"
-            )
+            raise ValueError(f"DropConnectLSTM: input is on {input.device} but the parameters are on {weight.device}")
 
     def _check_hx(self, hx, batch: int, batched: bool, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -274,8 +272,7 @@ class DropConnectLSTM(nn.Module):
         if h0.dim() != want_dim or c0.dim() != want_dim:
             kind = "batched 3-D" if batched else "unbatched 2-D"
             raise ValueError(
-                f"DropConnectLSTM: for {kind} input, h_0 and c_0 must be {want_dim}-D, "
-                f"got ({h0.dim()}-D, {c0.dim()}-D)"
+                f"DropConnectLSTM: for {kind} input, h_0 and c_0 must be {want_dim}-D, got ({h0.dim()}-D, {c0.dim()}-D)"
             )
         if not batched:
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)

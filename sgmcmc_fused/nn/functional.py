@@ -204,9 +204,7 @@ def _cell_backward_fake(grad_h, grad_c, activations, c_prev, c):
 
 
 if _extension.LOADED and _extension.has_kernel("dropconnect_lstm_layer", "CPU"):
-    torch.library.register_autograd(
-        "sgmcmc_fused::dropconnect_lstm_layer", _backward, setup_context=_setup_context
-    )
+    torch.library.register_autograd("sgmcmc_fused::dropconnect_lstm_layer", _backward, setup_context=_setup_context)
     torch.library.register_fake("sgmcmc_fused::dropconnect_lstm_layer")(_layer_fake)
     torch.library.register_fake("sgmcmc_fused::dropconnect_lstm_layer_backward")(_layer_backward_fake)
     torch.library.register_fake("sgmcmc_fused::lstm_cell_forward")(_cell_forward_fake)

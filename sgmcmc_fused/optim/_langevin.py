@@ -179,7 +179,7 @@ class LangevinOptimizer(Optimizer):
             names = group.get("param_names")
             p = params[bad[0]]
             if names:  # the optimizer was given named_parameters()
-                label = repr(next(n for n, q in zip(names, group["params"]) if q is p))
+                label = repr(next(n for n, q in zip(names, group["params"], strict=False) if q is p))
             else:
                 label = f"with stream id {self._stream_ids[p]}"
             raise FloatingPointError(
@@ -214,7 +214,7 @@ class LangevinOptimizer(Optimizer):
             )  # fmt: skip
         else:
             backend.sgld_step_(work, grads, stream_ids, offsets, steps, **scalars)
-        for p, w in zip(params, work):
+        for p, w in zip(params, work, strict=False):
             if w is not p:
                 p.copy_(w)
         if add_noise:
@@ -241,12 +241,12 @@ class LangevinOptimizer(Optimizer):
         if len(groups) != len(saved_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, the optimizer {len(groups)}")
         id_to_param = {}
-        for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+        for i, (g, sg) in enumerate(zip(groups, saved_groups, strict=False)):
             if len(g["params"]) != len(sg["params"]):
                 raise ValueError(
                     f"parameter group {i} has {len(g['params'])} parameters, the state_dict {len(sg['params'])}"
                 )
-            id_to_param.update(zip(sg["params"], g["params"]))
+            id_to_param.update(zip(sg["params"], g["params"], strict=False))
         new_state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
         for key, saved in state_dict["state"].items():
             if key not in id_to_param:
@@ -264,7 +264,7 @@ class LangevinOptimizer(Optimizer):
                 entry["square_avg"] = v.to(device=p.device, dtype=opmath_dtype(p.dtype), copy=True).contiguous()
             new_state[p] = entry
         new_groups = []
-        for g, sg in zip(groups, saved_groups):
+        for g, sg in zip(groups, saved_groups, strict=False):
             merged = dict(sg)
             merged["params"] = g["params"]
             new_groups.append(merged)
