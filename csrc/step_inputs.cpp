@@ -24,8 +24,7 @@ void check_step_inputs(const char* op, const StepTensors& t, const StepScalars& 
   const size_t n = t.params.size();
   TORCH_CHECK(t.grads.size() == n, op, ": got ", n, " params but ", t.grads.size(), " grads");
   if (preconditioned) {
-    TORCH_CHECK(t.square_avgs.size() == n, op, ": got ", n, " params but ", t.square_avgs.size(),
-                " square_avgs");
+    TORCH_CHECK(t.square_avgs.size() == n, op, ": got ", n, " params but ", t.square_avgs.size(), " square_avgs");
   }
   TORCH_CHECK(t.stream_ids.size() == n, op, ": got ", n, " params but ", t.stream_ids.size(), " stream_ids");
   TORCH_CHECK(t.element_offsets.size() == n, op, ": got ", n, " params but ", t.element_offsets.size(),
@@ -48,42 +47,44 @@ void check_step_inputs(const char* op, const StepTensors& t, const StepScalars& 
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = t.params[i];
     const at::Tensor& g = t.grads[i];
-    TORCH_CHECK(p.device().type() == device_type, op, ": params[", i, "] is on ", p.device(),
-                ", expected a ", c10::DeviceTypeName(device_type), " tensor");
+    TORCH_CHECK(p.device().type() == device_type, op, ": params[", i, "] is on ", p.device(), ", expected a ",
+                c10::DeviceTypeName(device_type), " tensor");
     if (!device) device = p.device();
-    TORCH_CHECK(p.device() == *device, op, ": params[", i, "] is on ", p.device(), " but params[0] is on ",
-                *device, "; one call updates tensors of one device");
+    TORCH_CHECK(p.device() == *device, op, ": params[", i, "] is on ", p.device(), " but params[0] is on ", *device,
+                "; one call updates tensors of one device");
     TORCH_CHECK(is_supported_dtype(p.scalar_type()), op, ": params[", i, "] has dtype ", p.scalar_type(),
                 "; supported are float32, float64, float16 and bfloat16");
-    TORCH_CHECK(!p.is_sparse() && !g.is_sparse(), op, ": params[", i, "] or its grad is sparse; "
+    TORCH_CHECK(!p.is_sparse() && !g.is_sparse(), op, ": params[", i,
+                "] or its grad is sparse; "
                 "sparse gradients are not supported");
-    TORCH_CHECK(g.device() == p.device(), op, ": grads[", i, "] is on ", g.device(), " but params[", i,
-                "] is on ", p.device());
-    TORCH_CHECK(g.scalar_type() == p.scalar_type(), op, ": grads[", i, "] has dtype ", g.scalar_type(),
-                " but params[", i, "] has dtype ", p.scalar_type());
-    TORCH_CHECK(g.sizes() == p.sizes(), op, ": grads[", i, "] has shape ", g.sizes(), " but params[", i,
-                "] has shape ", p.sizes());
-    TORCH_CHECK(p.is_contiguous(), op, ": params[", i, "] is not contiguous; pass a contiguous tensor "
+    TORCH_CHECK(g.device() == p.device(), op, ": grads[", i, "] is on ", g.device(), " but params[", i, "] is on ",
+                p.device());
+    TORCH_CHECK(g.scalar_type() == p.scalar_type(), op, ": grads[", i, "] has dtype ", g.scalar_type(), " but params[",
+                i, "] has dtype ", p.scalar_type());
+    TORCH_CHECK(g.sizes() == p.sizes(), op, ": grads[", i, "] has shape ", g.sizes(), " but params[", i, "] has shape ",
+                p.sizes());
+    TORCH_CHECK(p.is_contiguous(), op, ": params[", i,
+                "] is not contiguous; pass a contiguous tensor "
                 "(the optimizer copies non-contiguous parameters for you)");
     TORCH_CHECK(g.is_contiguous(), op, ": grads[", i, "] is not contiguous");
     if (preconditioned) {
       const at::Tensor& v = t.square_avgs[i];
       const auto want = state_dtype_for(p.scalar_type());
-      TORCH_CHECK(v.device() == p.device(), op, ": square_avgs[", i, "] is on ", v.device(), " but params[",
-                  i, "] is on ", p.device());
-      TORCH_CHECK(v.scalar_type() == want, op, ": square_avgs[", i, "] has dtype ", v.scalar_type(),
-                  ", expected ", want, " for ", p.scalar_type(), " params");
-      TORCH_CHECK(v.sizes() == p.sizes(), op, ": square_avgs[", i, "] has shape ", v.sizes(), " but params[",
-                  i, "] has shape ", p.sizes());
+      TORCH_CHECK(v.device() == p.device(), op, ": square_avgs[", i, "] is on ", v.device(), " but params[", i,
+                  "] is on ", p.device());
+      TORCH_CHECK(v.scalar_type() == want, op, ": square_avgs[", i, "] has dtype ", v.scalar_type(), ", expected ",
+                  want, " for ", p.scalar_type(), " params");
+      TORCH_CHECK(v.sizes() == p.sizes(), op, ": square_avgs[", i, "] has shape ", v.sizes(), " but params[", i,
+                  "] has shape ", p.sizes());
       TORCH_CHECK(v.is_contiguous(), op, ": square_avgs[", i, "] is not contiguous");
     }
-    TORCH_CHECK(t.stream_ids[i] >= 0 && t.stream_ids[i] < static_cast<int64_t>(kMaskStreamBit), op,
-                ": stream_ids[", i, "] = ", t.stream_ids[i], " is outside [0, 2^31) (the upper half of the "
+    TORCH_CHECK(t.stream_ids[i] >= 0 && t.stream_ids[i] < static_cast<int64_t>(kMaskStreamBit), op, ": stream_ids[", i,
+                "] = ", t.stream_ids[i],
+                " is outside [0, 2^31) (the upper half of the "
                 "stream space belongs to DropConnect masks)");
-    TORCH_CHECK(t.element_offsets[i] >= 0, op, ": element_offsets[", i, "] = ", t.element_offsets[i],
-                " is negative");
-    TORCH_CHECK(t.steps[i] >= 0 && t.steps[i] <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()),
-                op, ": steps[", i, "] = ", t.steps[i], " is outside [0, 2^32)");
+    TORCH_CHECK(t.element_offsets[i] >= 0, op, ": element_offsets[", i, "] = ", t.element_offsets[i], " is negative");
+    TORCH_CHECK(t.steps[i] >= 0 && t.steps[i] <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()), op,
+                ": steps[", i, "] = ", t.steps[i], " is outside [0, 2^32)");
   }
 }
 
@@ -96,8 +97,8 @@ void check_noise_inputs(const char* op, const at::Tensor& out, int64_t seed, int
   TORCH_CHECK(seed >= 0, op, ": seed must be in [0, 2^63), got ", seed);
   TORCH_CHECK(stream_id >= 0 && stream_id <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()), op,
               ": stream_id = ", stream_id, " is outside [0, 2^32)");
-  TORCH_CHECK(step >= 0 && step <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()), op,
-              ": step = ", step, " is outside [0, 2^32)");
+  TORCH_CHECK(step >= 0 && step <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()), op, ": step = ", step,
+              " is outside [0, 2^32)");
   TORCH_CHECK(element_offset >= 0, op, ": element_offset = ", element_offset, " is negative");
 }
 

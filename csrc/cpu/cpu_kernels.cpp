@@ -13,8 +13,7 @@ bool cpu_has(const char* isa) {
   const std::string name = isa;
   if (name == "avx512") {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("fma");
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   }
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
@@ -27,8 +26,8 @@ const KernelTable* choose() {
   const char* requested = std::getenv("SGMCMC_FUSED_CPU_ISA");
   if (requested != nullptr && *requested != '\0') {
     const std::string name = requested;
-    const KernelTable* table = name == "avx512" ? avx512_kernels()
-                               : name == "avx2" ? avx2_kernels()
+    const KernelTable* table = name == "avx512"     ? avx512_kernels()
+                               : name == "avx2"     ? avx2_kernels()
                                : name == "baseline" ? baseline_kernels()
                                                     : nullptr;
     TORCH_CHECK(name == "avx512" || name == "avx2" || name == "baseline",

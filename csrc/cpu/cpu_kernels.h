@@ -19,9 +19,9 @@ namespace sgmcmc_fused::cpu {
 // run's first element, `first_element` its index in the whole (unsharded)
 // parameter, which is what the noise stream is keyed on.
 struct StepSpan {
-  void* param;        // [numel], the parameter dtype
-  const void* grad;   // [numel], the parameter dtype
-  void* square_avg;   // [numel], fp32 (fp64 for fp64 params); null for SGLD
+  void* param;       // [numel], the parameter dtype
+  const void* grad;  // [numel], the parameter dtype
+  void* square_avg;  // [numel], fp32 (fp64 for fp64 params); null for SGLD
   int64_t numel;
   uint64_t first_element;
   uint32_t stream_id;
@@ -78,8 +78,7 @@ struct KernelTable {
                              int64_t count, const MaskParams& mask);
   // The cell on rows [row_begin, row_end).
   void (*lstm_cell_forward)(c10::ScalarType dtype, const CellForwardArgs& args, int64_t row_begin, int64_t row_end);
-  void (*lstm_cell_backward)(c10::ScalarType dtype, const CellBackwardArgs& args, int64_t row_begin,
-                             int64_t row_end);
+  void (*lstm_cell_backward)(c10::ScalarType dtype, const CellBackwardArgs& args, int64_t row_begin, int64_t row_end);
 };
 
 // Per-ISA tables; nullptr where the variant is not built for this platform.

@@ -29,8 +29,13 @@ namespace avx2 {
 namespace sgmcmc_fused::cpu {
 // Outside the pragma: this runs before the CPU's support is checked.
 const KernelTable* avx2_kernels() {
-  static const KernelTable table{"avx2", &avx2::philox_normal, &avx2::psgld_span, &avx2::sgld_span,
-                                 &avx2::dropconnect_weight, &avx2::lstm_cell_forward, &avx2::lstm_cell_backward};
+  static const KernelTable table{"avx2",
+                                 &avx2::philox_normal,
+                                 &avx2::psgld_span,
+                                 &avx2::sgld_span,
+                                 &avx2::dropconnect_weight,
+                                 &avx2::lstm_cell_forward,
+                                 &avx2::lstm_cell_backward};
   return &table;
 }
 }  // namespace sgmcmc_fused::cpu

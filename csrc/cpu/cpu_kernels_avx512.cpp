@@ -31,8 +31,13 @@ namespace avx512 {
 namespace sgmcmc_fused::cpu {
 // Outside the pragma: this runs before the CPU's support is checked.
 const KernelTable* avx512_kernels() {
-  static const KernelTable table{"avx512", &avx512::philox_normal, &avx512::psgld_span, &avx512::sgld_span,
-                                 &avx512::dropconnect_weight, &avx512::lstm_cell_forward, &avx512::lstm_cell_backward};
+  static const KernelTable table{"avx512",
+                                 &avx512::philox_normal,
+                                 &avx512::psgld_span,
+                                 &avx512::sgld_span,
+                                 &avx512::dropconnect_weight,
+                                 &avx512::lstm_cell_forward,
+                                 &avx512::lstm_cell_backward};
   return &table;
 }
 }  // namespace sgmcmc_fused::cpu

@@ -22,8 +22,13 @@ namespace baseline {
 }  // namespace baseline
 
 const KernelTable* baseline_kernels() {
-  static const KernelTable table{"baseline", &baseline::philox_normal, &baseline::psgld_span, &baseline::sgld_span,
-                                 &baseline::dropconnect_weight, &baseline::lstm_cell_forward, &baseline::lstm_cell_backward};
+  static const KernelTable table{"baseline",
+                                 &baseline::philox_normal,
+                                 &baseline::psgld_span,
+                                 &baseline::sgld_span,
+                                 &baseline::dropconnect_weight,
+                                 &baseline::lstm_cell_forward,
+                                 &baseline::lstm_cell_backward};
   return &table;
 }
 

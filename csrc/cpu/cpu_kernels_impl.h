@@ -230,9 +230,8 @@ SGMCMC_KERNEL_INLINE double tanh_op(double x) { return std::tanh(x); }
 // a plain streaming loop the vectoriser takes), then the state update.
 // `activations` may alias `gates` (the layer overwrites its pre-activations).
 template <typename scalar_t>
-void lstm_cell_forward_row(const scalar_t* gates, const scalar_t* __restrict bias,
-                           const scalar_t* __restrict c_prev, scalar_t* __restrict h, scalar_t* __restrict c,
-                           scalar_t* activations, int64_t H) {
+void lstm_cell_forward_row(const scalar_t* gates, const scalar_t* __restrict bias, const scalar_t* __restrict c_prev,
+                           scalar_t* __restrict h, scalar_t* __restrict c, scalar_t* activations, int64_t H) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t block = 0; block < 4; ++block) {
     const scalar_t* in = gates + block * H;
@@ -240,10 +239,12 @@ void lstm_cell_forward_row(const scalar_t* gates, const scalar_t* __restrict bia
     scalar_t* out = activations + block * H;
     if (block == 2) {  // the cell candidate g
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) out[j] = static_cast<scalar_t>(tanh_op(static_cast<opmath_t>(in[j]) + static_cast<opmath_t>(b[j])));
+      for (int64_t j = 0; j < H; ++j)
+        out[j] = static_cast<scalar_t>(tanh_op(static_cast<opmath_t>(in[j]) + static_cast<opmath_t>(b[j])));
     } else {  // the input, forget and output gates
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) out[j] = static_cast<scalar_t>(sigmoid_op(static_cast<opmath_t>(in[j]) + static_cast<opmath_t>(b[j])));
+      for (int64_t j = 0; j < H; ++j)
+        out[j] = static_cast<scalar_t>(sigmoid_op(static_cast<opmath_t>(in[j]) + static_cast<opmath_t>(b[j])));
     }
   }
   const scalar_t* i = activations;
@@ -263,20 +264,18 @@ template <typename scalar_t>
 void lstm_cell_forward_typed(const CellForwardArgs& a, int64_t row_begin, int64_t row_end) {
   const int64_t H = a.hidden;
   for (int64_t b = row_begin; b < row_end; ++b) {
-    lstm_cell_forward_row<scalar_t>(static_cast<const scalar_t*>(a.gates) + b * 4 * H,
-                                    static_cast<const scalar_t*>(a.bias),
-                                    static_cast<const scalar_t*>(a.c_prev) + b * H,
-                                    static_cast<scalar_t*>(a.h) + b * a.h_row_stride,
-                                    static_cast<scalar_t*>(a.c) + b * H,
-                                    static_cast<scalar_t*>(a.activations) + b * 4 * H, H);
+    lstm_cell_forward_row<scalar_t>(
+        static_cast<const scalar_t*>(a.gates) + b * 4 * H, static_cast<const scalar_t*>(a.bias),
+        static_cast<const scalar_t*>(a.c_prev) + b * H, static_cast<scalar_t*>(a.h) + b * a.h_row_stride,
+        static_cast<scalar_t*>(a.c) + b * H, static_cast<scalar_t*>(a.activations) + b * 4 * H, H);
   }
 }
 
 template <typename scalar_t>
 void lstm_cell_backward_row(const scalar_t* __restrict dh, const scalar_t* __restrict dc,
                             const scalar_t* __restrict act, const scalar_t* __restrict c_prev,
-                            const scalar_t* __restrict c, scalar_t* __restrict dgates,
-                            scalar_t* __restrict dc_prev, int64_t H) {
+                            const scalar_t* __restrict c, scalar_t* __restrict dgates, scalar_t* __restrict dc_prev,
+                            int64_t H) {
   using opmath_t = at::opmath_type<scalar_t>;
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
@@ -304,30 +303,30 @@ void lstm_cell_backward_typed(const CellBackwardArgs& a, int64_t row_begin, int6
   }
 }
 
-#define SGMCMC_DISPATCH_FLOATING(dtype, NAME, ...)                                          \
-  switch (dtype) {                                                                          \
-    case c10::ScalarType::Float: {                                                          \
-      using scalar_t = float;                                                               \
-      __VA_ARGS__;                                                                          \
-      break;                                                                                \
-    }                                                                                       \
-    case c10::ScalarType::Double: {                                                         \
-      using scalar_t = double;                                                              \
-      __VA_ARGS__;                                                                          \
-      break;                                                                                \
-    }                                                                                       \
-    case c10::ScalarType::Half: {                                                           \
-      using scalar_t = c10::Half;                                                           \
-      __VA_ARGS__;                                                                          \
-      break;                                                                                \
-    }                                                                                       \
-    case c10::ScalarType::BFloat16: {                                                       \
-      using scalar_t = c10::BFloat16;                                                       \
-      __VA_ARGS__;                                                                          \
-      break;                                                                                \
-    }                                                                                       \
-    default:                                                                                \
-      TORCH_CHECK(false, NAME, ": unsupported dtype ", dtype);                              \
+#define SGMCMC_DISPATCH_FLOATING(dtype, NAME, ...)             \
+  switch (dtype) {                                             \
+    case c10::ScalarType::Float: {                             \
+      using scalar_t = float;                                  \
+      __VA_ARGS__;                                             \
+      break;                                                   \
+    }                                                          \
+    case c10::ScalarType::Double: {                            \
+      using scalar_t = double;                                 \
+      __VA_ARGS__;                                             \
+      break;                                                   \
+    }                                                          \
+    case c10::ScalarType::Half: {                              \
+      using scalar_t = c10::Half;                              \
+      __VA_ARGS__;                                             \
+      break;                                                   \
+    }                                                          \
+    case c10::ScalarType::BFloat16: {                          \
+      using scalar_t = c10::BFloat16;                          \
+      __VA_ARGS__;                                             \
+      break;                                                   \
+    }                                                          \
+    default:                                                   \
+      TORCH_CHECK(false, NAME, ": unsupported dtype ", dtype); \
   }
 
 inline void dropconnect_weight(c10::ScalarType dtype, const void* weight, void* out, uint64_t first_element,
@@ -337,8 +336,7 @@ inline void dropconnect_weight(c10::ScalarType dtype, const void* weight, void* 
                                                        static_cast<scalar_t*>(out), first_element, count, mask));
 }
 
-inline void lstm_cell_forward(c10::ScalarType dtype, const CellForwardArgs& args, int64_t row_begin,
-                              int64_t row_end) {
+inline void lstm_cell_forward(c10::ScalarType dtype, const CellForwardArgs& args, int64_t row_begin, int64_t row_end) {
   SGMCMC_DISPATCH_FLOATING(dtype, "lstm_cell_forward", lstm_cell_forward_typed<scalar_t>(args, row_begin, row_end));
 }
 

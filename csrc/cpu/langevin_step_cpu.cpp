@@ -70,9 +70,9 @@ void langevin_step_cpu(const char* op, const StepTensors& t, const StepScalars& 
 }
 
 void psgld_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
-                    c10::IntArrayRef stream_ids, c10::IntArrayRef element_offsets, c10::IntArrayRef steps,
-                    double lr, double alpha, double eps, double weight_decay, double temperature,
-                    int64_t num_data, bool add_noise, int64_t seed) {
+                    c10::IntArrayRef stream_ids, c10::IntArrayRef element_offsets, c10::IntArrayRef steps, double lr,
+                    double alpha, double eps, double weight_decay, double temperature, int64_t num_data, bool add_noise,
+                    int64_t seed) {
   const StepTensors t{params, grads, square_avgs, stream_ids, element_offsets, steps};
   const StepScalars s{lr, alpha, eps, weight_decay, temperature, num_data, add_noise, seed};
   langevin_step_cpu<true>("psgld_step_", t, s);
@@ -86,16 +86,14 @@ void sgld_step_cpu(at::TensorList params, at::TensorList grads, c10::IntArrayRef
   langevin_step_cpu<false>("sgld_step_", t, s);
 }
 
-void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t stream_id, int64_t step,
-                       int64_t element_offset) {
+void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t stream_id, int64_t step, int64_t element_offset) {
   check_noise_inputs("philox_normal_", out, seed, stream_id, step, element_offset, c10::DeviceType::CPU);
   float* data = out.data_ptr<float>();
   const int64_t n = out.numel();
   const KernelTable& k = kernels();
   at::parallel_for(0, n, kChunkElements, [&](int64_t begin, int64_t end) {
-    k.philox_normal(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream_id),
-                        static_cast<uint32_t>(step), static_cast<uint64_t>(element_offset + begin), end - begin,
-                        data + begin);
+    k.philox_normal(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream_id), static_cast<uint32_t>(step),
+                    static_cast<uint64_t>(element_offset + begin), end - begin, data + begin);
   });
 }
 

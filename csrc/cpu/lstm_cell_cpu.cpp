@@ -45,27 +45,31 @@ void dropconnect_weight_out(const at::Tensor& weight, const lstm::MaskArgs& mask
 void cell_forward_out(const at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, const at::Tensor& h,
                       const at::Tensor& c, const at::Tensor& activations) {
   const int64_t hidden = c_prev.size(1);
-  const CellForwardArgs args{gates.const_data_ptr(), bias.const_data_ptr(), c_prev.const_data_ptr(), h.data_ptr(),
-                             c.data_ptr(),           activations.data_ptr(), hidden,                h.stride(0)};
+  const CellForwardArgs args{gates.const_data_ptr(),
+                             bias.const_data_ptr(),
+                             c_prev.const_data_ptr(),
+                             h.data_ptr(),
+                             c.data_ptr(),
+                             activations.data_ptr(),
+                             hidden,
+                             h.stride(0)};
   const KernelTable& k = kernels();
   const int64_t grain_rows = std::max<int64_t>(1, kCellGrainUnits / std::max<int64_t>(1, hidden));
-  at::parallel_for(0, c_prev.size(0), grain_rows, [&](int64_t begin, int64_t end) {
-    k.lstm_cell_forward(gates.scalar_type(), args, begin, end);
-  });
+  at::parallel_for(0, c_prev.size(0), grain_rows,
+                   [&](int64_t begin, int64_t end) { k.lstm_cell_forward(gates.scalar_type(), args, begin, end); });
 }
 
 void cell_backward_out(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& activations,
                        const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& grad_gates,
                        const at::Tensor& grad_c_prev) {
   const int64_t hidden = c.size(1);
-  const CellBackwardArgs args{grad_h.const_data_ptr(), grad_c.const_data_ptr(), activations.const_data_ptr(),
-                              c_prev.const_data_ptr(), c.const_data_ptr(),      grad_gates.data_ptr(),
-                              grad_c_prev.data_ptr(),  hidden};
+  const CellBackwardArgs args{
+      grad_h.const_data_ptr(), grad_c.const_data_ptr(), activations.const_data_ptr(), c_prev.const_data_ptr(),
+      c.const_data_ptr(),      grad_gates.data_ptr(),   grad_c_prev.data_ptr(),       hidden};
   const KernelTable& k = kernels();
   const int64_t grain_rows = std::max<int64_t>(1, kCellGrainUnits / std::max<int64_t>(1, hidden));
-  at::parallel_for(0, c.size(0), grain_rows, [&](int64_t begin, int64_t end) {
-    k.lstm_cell_backward(c.scalar_type(), args, begin, end);
-  });
+  at::parallel_for(0, c.size(0), grain_rows,
+                   [&](int64_t begin, int64_t end) { k.lstm_cell_backward(c.scalar_type(), args, begin, end); });
 }
 
 const lstm::DeviceKernels kCpuLstmKernels{&dropconnect_weight_out, &cell_forward_out, &cell_backward_out};

@@ -107,8 +107,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 // philox_normal_: grid-stride loop over the quads of one float32 tensor.
 __global__ void __launch_bounds__(kBlockThreads)
-    philox_normal_kernel(float* __restrict__ out, const int64_t numel, const int64_t offset,
-                         const uint32_t stream_id, const uint32_t step, const uint64_t seed) {
+    philox_normal_kernel(float* __restrict__ out, const int64_t numel, const int64_t offset, const uint32_t stream_id,
+                         const uint32_t step, const uint64_t seed) {
   const int64_t first_quad = offset / 4;
   const int64_t end_quad = (offset + numel - 1) / 4 + 1;
   const bool vectorised = offset % 4 == 0 && is_quad_aligned(out);
@@ -146,8 +146,7 @@ void launch_langevin_step(const StepTensors& t, const StepScalars& s, const std:
   for (const size_t i : members) {
     rows.push_back({t.params[i].data_ptr<scalar_t>(), t.grads[i].const_data_ptr<scalar_t>(),
                     kPreconditioned ? t.square_avgs[i].data_ptr<opmath_t>() : nullptr, t.params[i].numel(),
-                    t.element_offsets[i], static_cast<uint32_t>(t.stream_ids[i]),
-                    static_cast<uint32_t>(t.steps[i])});
+                    t.element_offsets[i], static_cast<uint32_t>(t.stream_ids[i]), static_cast<uint32_t>(t.steps[i])});
   }
   const LangevinHyper<opmath_t> h = make_hyper<opmath_t>(s);
   const uint64_t seed = static_cast<uint64_t>(s.seed);
@@ -174,16 +173,15 @@ void langevin_step_cuda(const char* op, const StepTensors& t, const StepScalars&
       if (t.params[i].scalar_type() == dtype && t.params[i].numel() > 0) members.push_back(i);
     }
     if (members.empty()) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "langevin_step_cuda", [&] {
-      launch_langevin_step<scalar_t, kPreconditioned>(t, s, members, stream);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "langevin_step_cuda",
+                                    [&] { launch_langevin_step<scalar_t, kPreconditioned>(t, s, members, stream); });
   }
 }
 
 void psgld_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
-                     c10::IntArrayRef stream_ids, c10::IntArrayRef element_offsets, c10::IntArrayRef steps,
-                     double lr, double alpha, double eps, double weight_decay, double temperature,
-                     int64_t num_data, bool add_noise, int64_t seed) {
+                     c10::IntArrayRef stream_ids, c10::IntArrayRef element_offsets, c10::IntArrayRef steps, double lr,
+                     double alpha, double eps, double weight_decay, double temperature, int64_t num_data,
+                     bool add_noise, int64_t seed) {
   const StepTensors t{params, grads, square_avgs, stream_ids, element_offsets, steps};
   const StepScalars s{lr, alpha, eps, weight_decay, temperature, num_data, add_noise, seed};
   langevin_step_cuda<true>("psgld_step_", t, s);
@@ -197,8 +195,7 @@ void sgld_step_cuda(at::TensorList params, at::TensorList grads, c10::IntArrayRe
   langevin_step_cuda<false>("sgld_step_", t, s);
 }
 
-void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t stream_id, int64_t step,
-                        int64_t element_offset) {
+void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t stream_id, int64_t step, int64_t element_offset) {
   check_noise_inputs("philox_normal_", out, seed, stream_id, step, element_offset, c10::DeviceType::CUDA);
   const int64_t numel = out.numel();
   if (numel == 0) return;

@@ -309,11 +309,11 @@ void dropconnect_weight_out(const at::Tensor& weight, const lstm::MaskArgs& mask
 void cell_forward_out(const at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, const at::Tensor& h,
                       const at::Tensor& c, const at::Tensor& activations) {
   constexpr const char* fn = "lstm_cell_forward (CUDA)";
-  TORCH_CHECK(c_prev.is_cuda() && c_prev.dim() == 2, fn, ": c_prev must be a 2-D CUDA tensor, got ",
-              c_prev.sizes(), " on ", c_prev.device());
+  TORCH_CHECK(c_prev.is_cuda() && c_prev.dim() == 2, fn, ": c_prev must be a 2-D CUDA tensor, got ", c_prev.sizes(),
+              " on ", c_prev.device());
   const int64_t batch = c_prev.size(0), hidden = c_prev.size(1);
-  for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&bias, "bias"}, {&h, "h"}, {&c, "c"},
-                                {&activations, "activations"}}) {
+  for (const auto& [t, name] :
+       {std::pair{&gates, "gates"}, {&bias, "bias"}, {&h, "h"}, {&c, "c"}, {&activations, "activations"}}) {
     check_on_device(fn, name, *t, c_prev);
   }
   check_contiguous_shape(fn, "c_prev", c_prev, {batch, hidden});
@@ -342,15 +342,21 @@ void cell_backward_out(const at::Tensor& grad_h, const at::Tensor& grad_c, const
                        const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& grad_gates,
                        const at::Tensor& grad_c_prev) {
   constexpr const char* fn = "lstm_cell_backward (CUDA)";
-  TORCH_CHECK(c.is_cuda() && c.dim() == 2, fn, ": c must be a 2-D CUDA tensor, got ", c.sizes(), " on ",
-              c.device());
+  TORCH_CHECK(c.is_cuda() && c.dim() == 2, fn, ": c must be a 2-D CUDA tensor, got ", c.sizes(), " on ", c.device());
   const int64_t batch = c.size(0), hidden = c.size(1);
-  for (const auto& [t, name] : {std::pair{&grad_h, "grad_h"}, {&grad_c, "grad_c"}, {&activations, "activations"},
-                                {&c_prev, "c_prev"}, {&grad_gates, "grad_gates"}, {&grad_c_prev, "grad_c_prev"}}) {
+  for (const auto& [t, name] : {std::pair{&grad_h, "grad_h"},
+                                {&grad_c, "grad_c"},
+                                {&activations, "activations"},
+                                {&c_prev, "c_prev"},
+                                {&grad_gates, "grad_gates"},
+                                {&grad_c_prev, "grad_c_prev"}}) {
     check_on_device(fn, name, *t, c);
   }
-  for (const auto& [t, name] : {std::pair{&grad_h, "grad_h"}, {&grad_c, "grad_c"}, {&c_prev, "c_prev"},
-                                {&c, "c"}, {&grad_c_prev, "grad_c_prev"}}) {
+  for (const auto& [t, name] : {std::pair{&grad_h, "grad_h"},
+                                {&grad_c, "grad_c"},
+                                {&c_prev, "c_prev"},
+                                {&c, "c"},
+                                {&grad_c_prev, "grad_c_prev"}}) {
     check_contiguous_shape(fn, name, *t, {batch, hidden});
   }
   check_contiguous_shape(fn, "activations", activations, {batch, 4 * hidden});

@@ -38,8 +38,7 @@ LayerShape check_layer(const char* op, const at::Tensor& input, const at::Tensor
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& lengths) {
   TORCH_CHECK(input.dim() == 3, op, ": input must be [T, B, I], got ", input.sizes());
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1), op, ": w_hh must be [4H, H], got ",
-              w_hh.sizes());
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1), op, ": w_hh must be [4H, H], got ", w_hh.sizes());
   const LayerShape s{input.size(0), input.size(1), input.size(2), w_hh.size(1)};
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble ||
                   input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
@@ -50,8 +49,8 @@ LayerShape check_layer(const char* op, const at::Tensor& input, const at::Tensor
               s.hidden, "], got ", h0.sizes());
   TORCH_CHECK(c0.sizes() == c10::IntArrayRef({s.batch, s.hidden}), op, ": c0 must be [B, H] = [", s.batch, ", ",
               s.hidden, "], got ", c0.sizes());
-  std::vector<std::pair<const at::Tensor*, const char*>> same = {{&h0, "h0"}, {&c0, "c0"}, {&w_ih, "w_ih"},
-                                                                 {&w_hh, "w_hh"}};
+  std::vector<std::pair<const at::Tensor*, const char*>> same = {
+      {&h0, "h0"}, {&c0, "c0"}, {&w_ih, "w_ih"}, {&w_hh, "w_hh"}};
   if (bias) {
     TORCH_CHECK(bias->sizes() == c10::IntArrayRef({4 * s.hidden}), op, ": bias must be [4H] = [", 4 * s.hidden,
                 "], got ", bias->sizes());
@@ -64,15 +63,16 @@ LayerShape check_layer(const char* op, const at::Tensor& input, const at::Tensor
                 " but input has dtype ", input.scalar_type());
   }
   if (lengths) {
-    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == s.batch, op, ": lengths must be [B] = [", s.batch,
-                "], got ", lengths->sizes());
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == s.batch, op, ": lengths must be [B] = [", s.batch, "], got ",
+                lengths->sizes());
     TORCH_CHECK(lengths->scalar_type() == at::kLong, op, ": lengths must be int64, got ", lengths->scalar_type());
-    TORCH_CHECK(lengths->device() == input.device(), op, ": lengths is on ", lengths->device(),
-                " but input is on ", input.device());
+    TORCH_CHECK(lengths->device() == input.device(), op, ": lengths is on ", lengths->device(), " but input is on ",
+                input.device());
     if (s.batch > 0) {
       const auto [lo, hi] = at::aminmax(*lengths);
-      TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() <= s.steps, op, ": lengths must lie in [0, T = ",
-                  s.steps, "], got values in [", lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
+      TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() <= s.steps, op,
+                  ": lengths must lie in [0, T = ", s.steps, "], got values in [", lo.item<int64_t>(), ", ",
+                  hi.item<int64_t>(), "]");
     }
   }
   return s;
@@ -88,10 +88,9 @@ at::Tensor effective_weight(const at::Tensor& w, bool masked, int64_t seed, int6
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropconnect_lstm_layer(
-    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
-    bool reverse, int64_t seed, int64_t ih_weight_id, int64_t hh_weight_id, int64_t call, double p, int64_t kind,
-    bool mask_ih, bool mask_hh) {
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths, bool reverse, int64_t seed,
+    int64_t ih_weight_id, int64_t hh_weight_id, int64_t call, double p, int64_t kind, bool mask_ih, bool mask_hh) {
   constexpr const char* op = "dropconnect_lstm_layer";
   const LayerShape s = check_layer(op, input, h0, c0, w_ih, w_hh, bias, lengths);
   check_mask_args(op, {seed, ih_weight_id, call, p, kind});
@@ -136,8 +135,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_mask_args(op, {seed, hh_weight_id, call, p, kind});
   const std::array<int64_t, 3> state_shape{s.steps, s.batch, s.hidden};
   for (const auto& [t, name] : {std::pair{grad_output, "grad_output"}, {output, "output"}, {cells, "cells"}}) {
-    TORCH_CHECK(t.sizes() == c10::IntArrayRef(state_shape), op, ": ", name, " must be [T, B, H] = ",
-                c10::IntArrayRef(state_shape), ", got ", t.sizes());
+    TORCH_CHECK(t.sizes() == c10::IntArrayRef(state_shape), op, ": ", name,
+                " must be [T, B, H] = ", c10::IntArrayRef(state_shape), ", got ", t.sizes());
   }
   TORCH_CHECK(activations.sizes() == c10::IntArrayRef({s.steps, s.batch, 4 * s.hidden}), op,
               ": activations must be [T, B, 4H], got ", activations.sizes());

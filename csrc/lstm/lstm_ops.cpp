@@ -28,8 +28,8 @@ bool is_float_dtype(at::ScalarType t) {
 void check_same(const char* op, const at::Tensor& ref, const char* ref_name, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
               ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
-              ref_name, " has dtype ", ref.scalar_type());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ", ref_name,
+              " has dtype ", ref.scalar_type());
 }
 
 void check_shape(const char* op, const at::Tensor& t, const char* name, c10::IntArrayRef want, const char* what) {
@@ -100,8 +100,8 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_backward(const at::Tensor& grad_h, 
   check_shape(op, grad_c, "grad_c", {batch, hidden}, "[B, H]");
   check_shape(op, c_prev, "c_prev", {batch, hidden}, "[B, H]");
   check_shape(op, activations, "activations", {batch, 4 * hidden}, "[B, 4H]");
-  for (const auto& [t, name] : {std::pair{grad_h, "grad_h"}, {grad_c, "grad_c"}, {activations, "activations"},
-                                {c_prev, "c_prev"}}) {
+  for (const auto& [t, name] :
+       {std::pair{grad_h, "grad_h"}, {grad_c, "grad_c"}, {activations, "activations"}, {c_prev, "c_prev"}}) {
     check_same(op, c, "c", t, name);
   }
   const at::Tensor dh = grad_h.contiguous(), dc = grad_c.contiguous(), act = activations.contiguous(),

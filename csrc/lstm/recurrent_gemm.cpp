@@ -60,8 +60,7 @@ void RecurrentGemm::accumulate(const at::Tensor& x, const at::Tensor& out) const
     return;
   }
   // linear(x) + out, then back into out (the caller's buffer is the saved state).
-  out.copy_(call(onednn_ops()->linear_binary,
-                 {x, out, packed_, c10::IValue(), c10::IValue(std::string("add"))}));
+  out.copy_(call(onednn_ops()->linear_binary, {x, out, packed_, c10::IValue(), c10::IValue(std::string("add"))}));
 }
 
 void RecurrentGemm::assign(const at::Tensor& x, at::Tensor& out) const {

@@ -33,8 +33,7 @@ struct LangevinHyper {
 // remove the weight-decay and noise terms at compile time (a CPU loop stays
 // branch-free and vectorises); with kNoise == false xi is ignored.
 template <typename opmath_t, bool kWeightDecay, bool kNoise>
-SGMCMC_HD void psgld_update(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi,
-                            const LangevinHyper<opmath_t>& h) {
+SGMCMC_HD void psgld_update(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi, const LangevinHyper<opmath_t>& h) {
   using std::sqrt;
   if constexpr (kWeightDecay) g = g + h.weight_decay * theta;
   v = h.alpha * v + h.one_minus_alpha * (g * g);
@@ -54,22 +53,29 @@ SGMCMC_HD void sgld_update(opmath_t& theta, opmath_t g, opmath_t xi, const Lange
 // The same with the flags read from h at run time (weight_decay != 0,
 // noise_var_scale != 0), for kernels where a uniform branch costs nothing.
 template <typename opmath_t>
-SGMCMC_HD void psgld_element(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi,
-                             const LangevinHyper<opmath_t>& h) {
+SGMCMC_HD void psgld_element(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi, const LangevinHyper<opmath_t>& h) {
   const bool decay = h.weight_decay != opmath_t(0), noise = h.noise_var_scale != opmath_t(0);
-  if (decay && noise) psgld_update<opmath_t, true, true>(theta, g, v, xi, h);
-  else if (decay) psgld_update<opmath_t, true, false>(theta, g, v, xi, h);
-  else if (noise) psgld_update<opmath_t, false, true>(theta, g, v, xi, h);
-  else psgld_update<opmath_t, false, false>(theta, g, v, xi, h);
+  if (decay && noise)
+    psgld_update<opmath_t, true, true>(theta, g, v, xi, h);
+  else if (decay)
+    psgld_update<opmath_t, true, false>(theta, g, v, xi, h);
+  else if (noise)
+    psgld_update<opmath_t, false, true>(theta, g, v, xi, h);
+  else
+    psgld_update<opmath_t, false, false>(theta, g, v, xi, h);
 }
 
 template <typename opmath_t>
 SGMCMC_HD void sgld_element(opmath_t& theta, opmath_t g, opmath_t xi, const LangevinHyper<opmath_t>& h) {
   const bool decay = h.weight_decay != opmath_t(0), noise = h.noise_var_scale != opmath_t(0);
-  if (decay && noise) sgld_update<opmath_t, true, true>(theta, g, xi, h);
-  else if (decay) sgld_update<opmath_t, true, false>(theta, g, xi, h);
-  else if (noise) sgld_update<opmath_t, false, true>(theta, g, xi, h);
-  else sgld_update<opmath_t, false, false>(theta, g, xi, h);
+  if (decay && noise)
+    sgld_update<opmath_t, true, true>(theta, g, xi, h);
+  else if (decay)
+    sgld_update<opmath_t, true, false>(theta, g, xi, h);
+  else if (noise)
+    sgld_update<opmath_t, false, true>(theta, g, xi, h);
+  else
+    sgld_update<opmath_t, false, false>(theta, g, xi, h);
 }
 
 }  // namespace sgmcmc_fused

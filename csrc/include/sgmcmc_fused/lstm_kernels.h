@@ -63,10 +63,9 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_backward(const at::Tensor& grad_h, 
                                                       const at::Tensor& c);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropconnect_lstm_layer(
-    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
-    bool reverse, int64_t seed, int64_t ih_weight_id, int64_t hh_weight_id, int64_t call, double p, int64_t kind,
-    bool mask_ih, bool mask_hh);
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths, bool reverse, int64_t seed,
+    int64_t ih_weight_id, int64_t hh_weight_id, int64_t call, double p, int64_t kind, bool mask_ih, bool mask_hh);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropconnect_lstm_layer_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
@@ -79,12 +78,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 // Registers the five DropConnect LSTM ops for one dispatch key; use inside
 // TORCH_LIBRARY_IMPL(sgmcmc_fused, <Key>, m).
-#define SGMCMC_REGISTER_LSTM_OPS(m)                                                    \
-  do {                                                                                 \
-    (m).impl("dropconnect_weight", &::sgmcmc_fused::lstm::dropconnect_weight);         \
-    (m).impl("lstm_cell_forward", &::sgmcmc_fused::lstm::lstm_cell_forward);           \
-    (m).impl("lstm_cell_backward", &::sgmcmc_fused::lstm::lstm_cell_backward);         \
-    (m).impl("dropconnect_lstm_layer", &::sgmcmc_fused::lstm::dropconnect_lstm_layer); \
-    (m).impl("dropconnect_lstm_layer_backward",                                        \
-             &::sgmcmc_fused::lstm::dropconnect_lstm_layer_backward);                  \
+#define SGMCMC_REGISTER_LSTM_OPS(m)                                                                      \
+  do {                                                                                                   \
+    (m).impl("dropconnect_weight", &::sgmcmc_fused::lstm::dropconnect_weight);                           \
+    (m).impl("lstm_cell_forward", &::sgmcmc_fused::lstm::lstm_cell_forward);                             \
+    (m).impl("lstm_cell_backward", &::sgmcmc_fused::lstm::lstm_cell_backward);                           \
+    (m).impl("dropconnect_lstm_layer", &::sgmcmc_fused::lstm::dropconnect_lstm_layer);                   \
+    (m).impl("dropconnect_lstm_layer_backward", &::sgmcmc_fused::lstm::dropconnect_lstm_layer_backward); \
   } while (false)

@@ -37,8 +37,7 @@ constexpr uint32_t kMaskStreamBit = 0x80000000u;
 
 // One Philox4x32-10 block: four counter words and two key words in, four
 // output words out (in place).
-SGMCMC_HD void philox4x32_10(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3,
-                             uint32_t k0, uint32_t k1) {
+SGMCMC_HD void philox4x32_10(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
   // No unroll pragma in the host pass of a .cu file: the CUDA front end
   // rejects `#pragma GCC unroll` and the host compiler `#pragma unroll`, and
   // .cu files call this function from device code only.
