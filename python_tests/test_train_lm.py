@@ -1,0 +1,269 @@
+"""The language-model trainer (`python -m sgmcmc_fused.train lm`) end to end, on tiny synthetic corpora.
+
+Each run takes a second or two: 20k training tokens, a 1x32 LSTM, 3 epochs of 200 steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sgmcmc_fused.bayes import perplexity_by_num_samples
+from sgmcmc_fused.data import batchify
+from sgmcmc_fused.train import main
+from sgmcmc_fused.train.checkpoint import load_checkpoint
+from sgmcmc_fused.train.language_model import LanguageModel, target_probabilities
+from sgmcmc_fused.train.lm import EPOCH_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS
+from sgmcmc_fused.train.lm_data import load_lm_data
+
+ROOT = Path(__file__).resolve().parents[1]
+#: A tiny configuration: 20000 tokens / (batch 10 x bptt 10) = 200 steps per epoch.
+TINY = [
+    "lm", "--synthetic-train-tokens", "20000", "--synthetic-eval-tokens", "2000", "--hidden", "32",
+    "--batch-size", "10", "--bptt", "10", "--epochs", "3", "--lr", "1e-2", "--quiet",
+]  # fmt: skip
+STEPS_PER_EPOCH = 200
+
+
+def _run(tmp_path: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / name
+    assert main([*TINY, "--out", str(out), *extra]) == 0
+    return out
+
+
+def _csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_default_entry_point_learns_and_prints_the_table(tmp_path):
+    """The real command line: both methods learn context (test perplexity below the unigram's, above the
+    source's Bayes-optimal floor), and the table is printed with the floor beside the methods."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sgmcmc_fused.train", *TINY, "--burn-in", "1ep", "--thin", "0.25ep", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    unigram, floor = results["unigram_test_ppl"], results["bayes_optimal_test_ppl"]
+    assert 90 < floor < unigram  # the source has context to learn
+    by_method = {r["method"]: r for r in results["methods"]}
+    assert list(by_method) == ["rmsprop", "psgld"]
+    for r in by_method.values():
+        assert floor < r["test_ppl"] < 0.95 * unigram, r
+    assert by_method["rmsprop"]["test_avg_ppl"] is None  # optimisers report their last weights only
+    psgld = by_method["psgld"]
+    assert floor < psgld["test_avg_ppl"] < 0.95 * unigram
+    # Noise on after 200 steps; a sample after steps 250, 300, ..., 600.
+    assert psgld["num_samples"] == 8
+    for name in ("rmsprop", "psgld", "unigram (training counts)", "Bayes-optimal (the source)"):
+        assert name in proc.stdout
+    assert f"{floor:.3f}" in proc.stdout and f"{psgld['test_avg_ppl']:.3f}" in proc.stdout
+    assert (out / "perplexity.png").stat().st_size > 10_000
+
+
+def test_model_average_matches_the_stored_samples(tmp_path):
+    """The online running average (PredictiveAverager during training) equals averaging the probabilities
+    of the collected samples afterwards, sample by sample; and averaging probabilities is never worse
+    than the geometric mean of the samples' own perplexities (Jensen), which log-averaging would not give."""
+    out = _run(tmp_path, "avg", "--method", "psgld", "--burn-in", "1ep", "--thin", "0.25ep", "--no-plot")
+    _, samples = _csv(out / "psgld" / "samples.csv")
+    ck = load_checkpoint(out / "psgld" / "checkpoint.pt")
+    records = ck["collector"]["records"]
+    assert len(records) == len(samples) == 8
+    assert [r["step"] for r in records] == [int(s["step"]) for s in samples] == list(range(250, 601, 50))
+
+    cfg = json.loads((out / "config.json").read_text())
+    data = load_lm_data(cfg["data"])
+    test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
+    model = LanguageModel(data.vocab_size, cfg["hidden"], cfg["layers"])
+    probs = []
+    for r in records:
+        model.load_state_dict(r["state"])
+        probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu"))
+    curve = perplexity_by_num_samples(torch.stack(probs))
+    online = torch.tensor([float(s["test_avg_ppl"]) for s in samples], dtype=torch.float64)
+    torch.testing.assert_close(curve, online, rtol=1e-9, atol=0)
+    singles = torch.tensor([float(s["test_ppl"]) for s in samples], dtype=torch.float64)
+    assert float(online[-1]) <= math.exp(float(torch.log(singles).mean())) + 1e-9
+    assert float(online[-1]) < float(singles.max())
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        # successive minibatches carry the hidden state across the stop; dropout draws torch's RNG and
+        # DropConnect counts its calls; samples in memory (they live in the checkpoint).
+        ["--minibatch", "successive", "--dropout", "0.2", "--dropconnect", "0.3"],
+        # random minibatches replay the data-order RNG; Gaussian masks; samples on disk.
+        ["--minibatch", "random", "--dropconnect", "0.3", "--mask", "gaussian", "--samples-dir", "SAMPLES"],
+    ],
+    ids=["successive-memory", "random-disk"],
+)
+def test_resume_is_bit_exact(tmp_path, variant):
+    """3 epochs straight == 230 steps, stop, --resume to the end: identical parameters, optimizer state,
+    collected samples and running averages, bit for bit."""
+    args = ["--method", "psgld", "--burn-in", "150", "--thin", "40", "--max-samples", "5", "--no-plot", *variant]
+
+    def with_samples_dir(name):
+        return [str(tmp_path / f"samples-{name}") if a == "SAMPLES" else a for a in args]
+
+    straight = _run(tmp_path, "straight", *with_samples_dir("straight"))
+    split = tmp_path / "split"
+    # Periodic checkpoints (every 70 steps) must not change anything either.
+    stop = ["--stop-after-steps", "230", "--checkpoint-every", "70"]
+    assert main([*TINY, "--out", str(split), *with_samples_dir("split"), *stop]) == 0
+    # Random minibatches drop the last partial batch of segments: 199 steps an epoch instead of 200.
+    steps_per_epoch = json.loads((straight / "psgld" / "log.json").read_text())["steps_per_epoch"]
+    assert steps_per_epoch == (199 if "random" in variant else STEPS_PER_EPOCH)
+    mid = load_checkpoint(split / "psgld" / "checkpoint.pt")
+    assert (mid["step"], mid["epoch"], mid["batch_in_epoch"]) == (230, 1, 230 - steps_per_epoch)
+    assert main(["lm", "--resume", str(split), "--quiet"]) == 0
+
+    a = load_checkpoint(straight / "psgld" / "checkpoint.pt")
+    b = load_checkpoint(split / "psgld" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 3 * steps_per_epoch
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert (a["lstm_calls"], a["lstm_seed"]) == (b["lstm_calls"], b["lstm_seed"]) == (3 * steps_per_epoch, 0)
+    for key, st in a["optimizer"]["state"].items():
+        assert st["step"] == b["optimizer"]["state"][key]["step"] > 0
+        assert torch.equal(st["square_avg"], b["optimizer"]["state"][key]["square_avg"])
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    for split_name in ("valid", "test"):
+        assert torch.equal(a["averagers"][split_name]["acc"], b["averagers"][split_name]["acc"])
+        assert a["averagers"][split_name]["num_samples"] == 11  # steps 190, 230, ..., 590
+    ra, rb = a["collector"]["records"], b["collector"]["records"]
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [430, 470, 510, 550, 590]  # the last 5 kept
+    if "--samples-dir" in variant:
+        files = [sorted(p.name for p in (tmp_path / f"samples-{n}" / "psgld").iterdir()) for n in ("straight", "split")]
+        assert files[0] == files[1] == [r["file"] for r in ra]
+        for name in files[0]:
+            assert (tmp_path / "samples-straight" / "psgld" / name).read_bytes() == (
+                tmp_path / "samples-split" / "psgld" / name
+            ).read_bytes()
+    else:
+        for x, y in zip(ra, rb, strict=True):
+            for k, v in x["state"].items():
+                assert torch.equal(v, y["state"][k]), (x["step"], k)
+    # The logs of the resumed run hold each epoch once, with the straight run's numbers.
+    ha, hb = _csv(straight / "psgld" / "log.csv")[1], _csv(split / "psgld" / "log.csv")[1]
+    assert [r["epoch"] for r in hb] == ["1", "2", "3"]
+    assert [r["valid_ppl"] for r in ha] == [r["valid_ppl"] for r in hb]
+    assert _csv(straight / "psgld" / "samples.csv")[1] == _csv(split / "psgld" / "samples.csv")[1]
+
+
+def test_ctrl_c_checkpoints_and_resumes_exactly(tmp_path):
+    """SIGINT in the middle of training: the run checkpoints at the next step boundary and exits with
+    status 130; resumed to the end of the interrupted epoch, it equals an uninterrupted run."""
+    args = ["--method", "psgld", "--burn-in", "100", "--thin", "40", "--no-plot"]
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "sgmcmc_fused.train", *TINY, *args, "--epochs", "40", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "psgld" / "log.csv").exists():  # the first epoch is done: the handler is in place
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stdout and "Traceback" not in stderr
+    ck = load_checkpoint(out / "psgld" / "checkpoint.pt")
+    epochs = ck["epoch"] + 1
+    assert 1 <= ck["epoch"] < 40 and ck["step"] >= STEPS_PER_EPOCH
+
+    assert main(["lm", "--resume", str(out), "--epochs", str(epochs), "--quiet", "--no-plot"]) == 0
+    straight = _run(tmp_path, "straight", *args, "--epochs", str(epochs))
+    a = load_checkpoint(straight / "psgld" / "checkpoint.pt")
+    b = load_checkpoint(out / "psgld" / "checkpoint.pt")
+    assert a["step"] == b["step"] == epochs * STEPS_PER_EPOCH
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_checkpoint_and_logs(tmp_path):
+    """Checkpoints load with weights_only=True; the CSV/JSON logs have the documented columns; --resume
+    of a finished run with more epochs continues it; a corrupted checkpoint is a clear error."""
+    out = _run(tmp_path, "logs", "--method", "sgd", "rmsprop", "--epochs", "2", "--no-plot")
+    ck = torch.load(out / "rmsprop" / "checkpoint.pt", weights_only=True)
+    assert ck["format"] == "sgmcmc_fused.train.lm/1" and ck["epoch"] == 2 and ck["step"] == 2 * STEPS_PER_EPOCH
+    assert {"model", "optimizer", "lstm_seed", "lstm_calls", "torch_rng", "epoch_rng", "collector", "averagers"} <= set(
+        ck
+    )
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2)
+
+    columns, rows = _csv(out / "rmsprop" / "log.csv")
+    assert columns == EPOCH_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [200, 400]
+    assert all(float(r["train_ppl"]) > 1 and float(r["valid_ppl"]) > 1 and float(r["epoch_time_s"]) > 0 for r in rows)
+    assert all(r["valid_avg_ppl"] == "" for r in rows)  # no samples for an optimiser
+    assert _csv(out / "rmsprop" / "samples.csv")[0] == SAMPLE_COLUMNS
+    log = json.loads((out / "rmsprop" / "log.json").read_text())
+    assert {"config", "epochs", "samples", "result", "burn_in_steps", "thin_steps"} <= set(log)
+    assert log["result"]["test_ppl"] > 1
+    columns, rows = _csv(out / "results.csv")
+    assert columns == RESULT_COLUMNS and [r["method"] for r in rows] == ["sgd", "rmsprop"]
+    assert float(rows[0]["lr"]) == 1e-2  # --lr VALUE sets every method
+
+    assert main(["lm", "--resume", str(out), "--epochs", "3", "--quiet", "--no-plot"]) == 0
+    assert [int(r["epoch"]) for r in _csv(out / "rmsprop" / "log.csv")[1]] == [1, 2, 3]
+
+    path = out / "rmsprop" / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as e:
+        main(["lm", "--resume", str(out), "--quiet"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "adam"], "unknown method 'adam'"),
+        (["--method", "psgld", "psgld"], "lists a method twice"),
+        (["--lr", "psgld=-1"], "must be a finite number > 0"),
+        (["--lr", "fast"], "expected VALUE or METHOD=VALUE"),
+        (["--burn-in", "2 days"], "--burn-in '2 days': expected a number of steps"),
+        (["--thin", "0"], "--thin '0': must be at least 1 step"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--lr-decay", "0.5"], "--lr-decay must be >= 1"),
+        (["--word-corpus", "/nonexistent/ptb"], "neither a folder nor a prefix"),
+        (["--char-corpus", "/nonexistent/text.txt"], "no such file"),
+        (["--char-corpus", "x", "--word-corpus", "y"], "not allowed with argument"),
+        (["--eval-batch-size", "5000"], "too few for 5000 parallel streams"),
+        (["--device", "tpu:7"], "--device 'tpu:7'"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, "--out", str(tmp_path / "x"), *argv])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
+    out = _run(tmp_path, "r", "--method", "rmsprop", "--epochs", "1", "--no-plot")
+    for argv, message in [
+        (["lm", "--resume", str(out), "--hidden", "64"], "--hidden cannot be changed"),
+        (["lm", "--resume", str(tmp_path / "none")], "no run there"),
+        ([*TINY, "--out", str(out)], "already holds a run"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err

@@ -1,0 +1,394 @@
+"""Configuration of the language-model trainer: presets, command-line options, and their resolution.
+
+A run's configuration is a plain dict (JSON-serialisable, stored in every checkpoint): a preset's
+fields, overridden by every option given on the command line. Learning rates are in the units of SPEC §1
+(gradient of the mean loss per token); see `sgmcmc_fused.train.methods` for why the SGD defaults are
+bptt × Zaremba's lr 1 and the clips Zaremba's clip / bptt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from typing import Any
+
+from .methods import METHODS, RMS_DEFAULT_LR, SAMPLERS, default_lr, parse_lrs
+
+#: Presets. clip is the max L2 norm of the mean-loss gradient; lr_decay divides the lr once per epoch
+#: after `decay_after` epochs; burn_in/thin are step counts or fractions of an epoch ("4ep"); rms_lr
+#: (optional) the default lr of rmsprop/psgld (else methods.RMS_DEFAULT_LR); sgd/sgld default to bptt.
+# fmt: off
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default (with SYNTHETIC_DEFAULTS; see there): rmsprop overfits the 50k-token
+    # corpus and the model average of psgld beats it; under a minute for both methods on 2 CPU cores.
+    "tiny": dict(
+        hidden=128, layers=1, batch_size=20, bptt=20, init_scale=0.1, clip=0.25, dropout=0.0,
+        epochs=10, lr_decay=2.0, decay_after=6, burn_in="3ep", thin="0.1ep", rms_lr=3e-3,
+    ),
+    # Zaremba et al. small: lr 1 / clip 5 on the loss summed over 20 steps = lr 20 / clip 0.25 here.
+    "small": dict(
+        hidden=200, layers=2, batch_size=20, bptt=20, init_scale=0.1, clip=5 / 20, dropout=0.0,
+        epochs=13, lr_decay=2.0, decay_after=4, burn_in="4ep", thin="0.25ep",
+    ),
+    # Zaremba et al. medium: lr 1 / clip 5 over 35 steps; lr ÷1.2 per epoch after 6.
+    "medium": dict(
+        hidden=650, layers=2, batch_size=20, bptt=35, init_scale=0.05, clip=5 / 35, dropout=0.5,
+        epochs=39, lr_decay=1.2, decay_after=6, burn_in="6ep", thin="0.25ep",
+    ),
+    # Zaremba et al. large: lr 1 / clip 10 over 35 steps; lr ÷1.15 per epoch after 14.
+    "large": dict(
+        hidden=1500, layers=2, batch_size=20, bptt=35, init_scale=0.04, clip=10 / 35, dropout=0.65,
+        epochs=55, lr_decay=1.15, decay_after=14, burn_in="14ep", thin="0.25ep",
+    ),
+    # Character level (Gan et al.: 2×128 on War and Peace); batch/bptt/init/decay as Karpathy's char-rnn.
+    "char": dict(
+        hidden=128, layers=2, batch_size=100, bptt=100, init_scale=0.08, clip=1.0, dropout=0.0,
+        epochs=50, lr_decay=1 / 0.97, decay_after=10, burn_in="10ep", thin="0.5ep", rms_lr=2e-3,
+    ),
+}
+# fmt: on
+#: Preset chosen when --preset is not given, by data kind.
+DEFAULT_PRESET = {"synthetic": "tiny", "word": "small", "char": "char"}
+DEFAULT_METHODS = ("rmsprop", "psgld")
+#: Synthetic corpus of the embedded default (sgmcmc_fused.data.synthetic.make_synthetic_corpus).
+#: 50k training tokens for a 1x128 LSTM (~85k parameters): rmsprop at lr 3e-3 overfits after epoch 3
+#: (seed 0: valid 112.8 at epoch 3, 122.9 at epoch 10; Bayes-optimal 97.4), the regime where averaging
+#: posterior samples pays. Measured test perplexities, rmsprop last / psgld model average (T = 1):
+#: seeds 0, 1, 2 -> 121.1 / 115.2, 102.0 / 98.9, 119.4 / 114.7. In so small a setting most of that gain
+#: comes from averaging along the trajectory: with --average-optimizers rmsprop's own snapshot average
+#: reaches 113.9 (seed 0), and psgld at --temperature 0.1 reaches 113.3.
+SYNTHETIC_DEFAULTS = dict(num_states=16, vocab_size=200, train_tokens=50_000, eval_tokens=20_000)
+
+#: Options that fill the model/schedule fields of a preset: (option dest, type, help).
+_PRESET_FIELDS: list[tuple[str, type, str]] = [
+    ("hidden", int, "hidden size H (also the embedding size)"),
+    ("layers", int, "LSTM layers"),
+    ("batch_size", int, "training batch size B (parallel streams)"),
+    ("bptt", int, "truncated-BPTT length: time steps per minibatch"),
+    ("epochs", int, "training epochs"),
+    ("lr_decay", float, "divide the learning rate by this factor every epoch after --decay-after"),
+    ("decay_after", int, "epochs at the initial learning rate"),
+    ("clip", float, "max L2 norm of the gradient (mean loss per token) of all parameters; 0 = off"),
+    ("dropout", float, "dropout on the embedding output, between layers and before the softmax"),
+    ("init_scale", float, "initialise every parameter U(-s, s)"),
+    ("burn_in", str, "steps (N) or epochs (Nep) before the samplers' noise and the sample collection start"),
+    ("thin", str, "steps (N) or epochs (Nep, may be fractional) between collected samples"),
+]
+
+#: Fields of the configuration that --resume may change (they do not alter the computed numbers of
+#: the steps already taken; a longer schedule continues from the checkpoint).
+RESUMABLE_OVERRIDES = frozenset({"epochs"})
+
+
+class ConfigError(ValueError):
+    """A bad option or combination of options (reported as a usage error, exit status 2)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m sgmcmc_fused.train lm``."""
+    data = p.add_argument_group("data (default: the embedded synthetic corpus)")
+    src = data.add_mutually_exclusive_group()
+    src.add_argument(
+        "--data",
+        choices=["synthetic"],
+        default=None,
+        help="synthetic: text sampled from a seeded hidden Markov model of known entropy rate",
+    )
+    src.add_argument(
+        "--word-corpus",
+        metavar="DIR_OR_PREFIX",
+        help="word level, PTB format: a folder with *.train.txt/*.valid.txt/*.test.txt, or a "
+        "prefix (../shared/data/ptb/ptb for ptb.train.txt, ...)",
+    )
+    src.add_argument("--char-corpus", metavar="FILE", help="character level: any UTF-8 text, split by --char-split")
+    data.add_argument(
+        "--char-split",
+        default="0.9,0.05,0.05",
+        metavar="TRAIN,VALID,TEST",
+        help="fractions of a --char-corpus for train/valid/test (default 0.9,0.05,0.05)",
+    )
+    data.add_argument(
+        "--synthetic-train-tokens",
+        type=int,
+        default=SYNTHETIC_DEFAULTS["train_tokens"],
+        help="training tokens of the synthetic corpus (default %(default)s)",
+    )
+    data.add_argument(
+        "--synthetic-eval-tokens",
+        type=int,
+        default=SYNTHETIC_DEFAULTS["eval_tokens"],
+        help="validation and test tokens each (default %(default)s)",
+    )
+    data.add_argument(
+        "--synthetic-vocab",
+        type=int,
+        default=SYNTHETIC_DEFAULTS["vocab_size"],
+        help="vocabulary of the synthetic source (default %(default)s)",
+    )
+    data.add_argument(
+        "--synthetic-states",
+        type=int,
+        default=SYNTHETIC_DEFAULTS["num_states"],
+        help="hidden states of the synthetic source (default %(default)s)",
+    )
+    data.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic source (default 0)")
+    data.add_argument(
+        "--minibatch",
+        choices=["successive", "random"],
+        default="successive",
+        help="successive: B parallel streams with the state carried across minibatches "
+        "(stateful truncated BPTT); random: shuffled segments from a zero state",
+    )
+    data.add_argument(
+        "--eval-batch-size", type=int, default=10, help="parallel streams when evaluating valid/test (default 10)"
+    )
+
+    model = p.add_argument_group("model and schedule (defaults from --preset)")
+    model.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="default: tiny for synthetic data, small for --word-corpus, char for --char-corpus",
+    )
+    for dest, typ, help_text in _PRESET_FIELDS:
+        model.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=help_text)
+    model.add_argument(
+        "--dropconnect",
+        type=float,
+        default=0.0,
+        help="DropConnect probability (bernoulli) / noise level (gaussian) of the LSTM weights",
+    )
+    model.add_argument("--mask", choices=["bernoulli", "gaussian"], default="bernoulli")
+    model.add_argument(
+        "--masked",
+        choices=["hh", "ih", "both"],
+        default="hh",
+        help="LSTM matrices masked by DropConnect: recurrent (hh), input (ih) or both",
+    )
+
+    meth = p.add_argument_group("methods")
+    meth.add_argument(
+        "--method",
+        dest="methods",
+        nargs="+",
+        action="extend",
+        metavar="METHOD",
+        help=f"one or more of {', '.join(METHODS)} (also comma-separated), run one after another "
+        f"from the same initialisation and data order (default: {' '.join(DEFAULT_METHODS)})",
+    )
+    meth.add_argument(
+        "--lr",
+        action="append",
+        metavar="[METHOD=]LR",
+        help="learning rate, for every method or for one (repeatable). Defaults: rmsprop/psgld "
+        "1e-3 (tiny preset 3e-3); sgd/sgld = bptt (Zaremba's lr 1 on the loss summed over the bptt steps)",
+    )
+    meth.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="posterior temperature of the samplers (1 = Bayes posterior; the papers' reference "
+        "code corresponds to 1/num_data)",
+    )
+    meth.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="Gaussian prior precision / num_data (mean-loss units), all methods",
+    )
+    meth.add_argument("--alpha", type=float, default=0.99, help="RMS decay of rmsprop/psgld")
+    meth.add_argument("--eps", type=float, default=1e-5, help="rmsprop/psgld eps, outside the square root")
+    meth.add_argument(
+        "--max-samples",
+        type=int,
+        default=20,
+        help="posterior samples kept (oldest dropped); the running averages use every sample",
+    )
+    meth.add_argument(
+        "--samples-dir",
+        metavar="DIR",
+        help="keep the samples on disk in DIR/METHOD instead of in memory (and in checkpoints)",
+    )
+    meth.add_argument(
+        "--average-optimizers",
+        action="store_true",
+        help="also collect and average snapshots of sgd/rmsprop after burn-in (off: the "
+        "optimisers report their final weights only)",
+    )
+    meth.add_argument(
+        "--nan-policy",
+        choices=["raise", "skip"],
+        default="raise",
+        help="a NaN/inf gradient: stop with the parameter's name, or skip the step",
+    )
+    meth.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialisation, dropout, data order, DropConnect masks and noise",
+    )
+
+    run = p.add_argument_group("run")
+    run.add_argument("--out", metavar="DIR", help="output folder (default runs/lm-<data>-<preset>)")
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR exactly from its checkpoints (only --epochs may change)",
+    )
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
+    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    run.add_argument("--step-impl", default="auto", help="backend of the optimizer step (see sgmcmc_fused.backends)")
+    run.add_argument("--lstm-impl", default="auto", help="backend of the DropConnect LSTM")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also checkpoint every STEPS steps within an epoch (default: at epoch ends only)",
+    )
+    run.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="STEPS",
+        help="checkpoint and stop once the current method has taken STEPS steps (resume later)",
+    )
+    prog = run.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bars")
+    prog.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (default: bars when stderr is a terminal)",
+    )
+    run.add_argument("--quiet", action="store_true", help="print the final table only")
+    run.add_argument("--no-plot", dest="plot", action="store_false", help="skip the matplotlib plot")
+
+
+def data_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The data part of the configuration from the options."""
+    # Paths are stored absolute, so that --resume works from any working directory.
+    if args.word_corpus:
+        return {"kind": "word", "path": os.path.abspath(args.word_corpus)}
+    if args.char_corpus:
+        try:
+            split = [float(s) for s in args.char_split.split(",")]
+        except ValueError:
+            raise ConfigError(f"--char-split {args.char_split!r}: expected three numbers, e.g. 0.9,0.05,0.05") from None
+        if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1) > 1e-6:
+            raise ConfigError(f"--char-split {args.char_split!r}: expected three fractions > 0 summing to 1")
+        return {"kind": "char", "path": os.path.abspath(args.char_corpus), "split": split}
+    for name in ("synthetic_train_tokens", "synthetic_eval_tokens", "synthetic_vocab", "synthetic_states"):
+        if getattr(args, name) < 2:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
+    return {
+        "kind": "synthetic", "seed": args.data_seed, "num_states": args.synthetic_states,
+        "vocab_size": args.synthetic_vocab, "train_tokens": args.synthetic_train_tokens,
+        "eval_tokens": args.synthetic_eval_tokens,
+    }  # fmt: skip
+
+
+def parse_methods(specs: list[str] | None) -> list[str]:
+    methods = [m for spec in (specs or DEFAULT_METHODS) for m in spec.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--method lists a method twice: {' '.join(methods)}")
+    if not methods:
+        raise ConfigError("--method: no method given")
+    return methods
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration of a new run: the preset's fields, overridden by the options given.
+
+    Raises:
+        ConfigError: a value out of range or a malformed option.
+    """
+    data = data_spec(args)
+    preset = args.preset or DEFAULT_PRESET[data["kind"]]
+    cfg: dict[str, Any] = {"preset": preset, "data": data}
+    for dest, _, _ in _PRESET_FIELDS:
+        value = getattr(args, dest)
+        cfg[dest] = PRESETS[preset][dest] if value is None else value
+    methods = parse_methods(args.methods)
+    try:
+        given = parse_lrs(args.lr, methods)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg["methods"] = methods
+    rms_lr = PRESETS[preset].get("rms_lr", RMS_DEFAULT_LR)
+    cfg["lr"] = {m: given.get(m, default_lr(m, sgd_lr=cfg["bptt"], rms_lr=rms_lr)) for m in methods}
+    cfg.update(
+        dropconnect=args.dropconnect, mask=args.mask, masked=args.masked, minibatch=args.minibatch,
+        eval_batch_size=args.eval_batch_size, temperature=args.temperature, weight_decay=args.weight_decay,
+        alpha=args.alpha, eps=args.eps, max_samples=args.max_samples,
+        samples_dir=os.path.abspath(args.samples_dir) if args.samples_dir else None,
+        average_optimizers=args.average_optimizers, nan_policy=args.nan_policy, seed=args.seed,
+        step_impl=args.step_impl, lstm_impl=args.lstm_impl,
+    )  # fmt: skip
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Range checks with messages that name the option."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    for name in ("hidden", "layers", "batch_size", "bptt", "epochs", "eval_batch_size", "max_samples"):
+        need(isinstance(cfg[name], int) and cfg[name] >= 1, f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+    need(cfg["decay_after"] >= 0, f"--decay-after must be >= 0, got {cfg['decay_after']}")
+    need(
+        math.isfinite(cfg["lr_decay"]) and cfg["lr_decay"] >= 1,
+        f"--lr-decay must be >= 1 (a divisor), got {cfg['lr_decay']}",
+    )
+    need(math.isfinite(cfg["clip"]) and cfg["clip"] >= 0, f"--clip must be >= 0, got {cfg['clip']}")
+    need(0 <= cfg["dropout"] < 1, f"--dropout must be in [0, 1), got {cfg['dropout']}")
+    need(0 <= cfg["dropconnect"] < 1, f"--dropconnect must be in [0, 1), got {cfg['dropconnect']}")
+    need(
+        math.isfinite(cfg["init_scale"]) and cfg["init_scale"] > 0, f"--init-scale must be > 0, got {cfg['init_scale']}"
+    )
+    need(
+        math.isfinite(cfg["temperature"]) and cfg["temperature"] >= 0,
+        f"--temperature must be >= 0, got {cfg['temperature']}",
+    )
+    need(
+        math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0,
+        f"--weight-decay must be >= 0, got {cfg['weight_decay']}",
+    )
+    need(0 <= cfg["alpha"] < 1, f"--alpha must be in [0, 1), got {cfg['alpha']}")
+    need(cfg["eps"] > 0, f"--eps must be > 0, got {cfg['eps']}")
+    # The step specs are checked against an epoch length here; the real one is known once data is loaded.
+    parse_steps(cfg["burn_in"], 1, "--burn-in", minimum=0)
+    parse_steps(cfg["thin"], 1, "--thin", minimum=1)
+
+
+def parse_steps(spec: str | int, steps_per_epoch: int, option: str, minimum: int = 0) -> int:
+    """A step count: ``"500"`` (steps) or ``"2ep"`` / ``"0.25ep"`` (epochs, rounded to whole steps).
+
+    Raises:
+        ConfigError: malformed, or below `minimum` after rounding (fractions of an epoch round up to 1
+            step when minimum is 1).
+    """
+    text = str(spec).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ep|epochs?)", text)
+    if match:
+        value = float(match.group(1))
+        steps = round(value * steps_per_epoch)
+        if value > 0:
+            steps = max(steps, 1)
+    elif text.isdigit():
+        steps = int(text)
+    else:
+        raise ConfigError(f"{option} {spec!r}: expected a number of steps (500) or of epochs (2ep, 0.25ep)")
+    if steps < minimum:
+        raise ConfigError(f"{option} {spec!r}: must be at least {minimum} step{'s' if minimum != 1 else ''}")
+    return steps
+
+
+def is_sampler(method: str) -> bool:
+    return method in SAMPLERS

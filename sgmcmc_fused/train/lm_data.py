@@ -1,0 +1,161 @@
+"""Data of the language-model trainer: loading a corpus from the configuration, batching it, and the
+reference perplexities printed beside the models' (unigram; Bayes-optimal for the synthetic source)."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import (
+    Corpus,
+    batchify,
+    load_char_corpus,
+    load_word_corpus,
+    load_word_corpus_dir,
+    make_synthetic_corpus,
+    num_random_batches,
+    random_batches,
+    successive_batches,
+)
+from .lm_config import ConfigError
+
+
+@dataclass
+class LMData:
+    """A loaded corpus and what the trainer derives from it.
+
+    Attributes:
+        corpus: the three splits and the vocabulary.
+        description: one line naming the data, for the results table.
+        bayes_perplexity: the source's Bayes-optimal test perplexity (synthetic data only, else None).
+        unigram_perplexity: test perplexity of the add-one-smoothed unigram of the training counts.
+        fingerprint: sizes and CRC32s of the splits; a resumed run checks that its data are the same.
+    """
+
+    corpus: Corpus
+    description: str
+    bayes_perplexity: float | None
+    unigram_perplexity: float
+    fingerprint: dict[str, Any]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.corpus.vocab)
+
+    @property
+    def num_train_tokens(self) -> int:
+        """N of the Langevin step (SPEC §1): training tokens (every one is a target once per epoch)."""
+        return self.corpus.num_tokens
+
+
+def load_lm_data(spec: dict[str, Any]) -> LMData:
+    """Load the corpus described by the configuration's ``data`` entry (see `lm_config.data_spec`).
+
+    Raises:
+        ConfigError: a path that does not exist or does not hold a corpus, or an unreadable corpus
+            (the loaders' own messages name the file and line).
+    """
+    kind = spec["kind"]
+    bayes = None
+    try:
+        if kind == "synthetic":
+            corpus, bayes = make_synthetic_corpus(
+                seed=spec["seed"], num_states=spec["num_states"], vocab_size=spec["vocab_size"],
+                train_tokens=spec["train_tokens"], valid_tokens=spec["eval_tokens"], test_tokens=spec["eval_tokens"],
+            )  # fmt: skip
+            description = (
+                f"synthetic HMM source ({spec['num_states']} states, {spec['vocab_size']} words, seed {spec['seed']})"
+            )
+        elif kind == "word":
+            corpus = _load_word(spec["path"])
+            description = f"word corpus {spec['path']}"
+        elif kind == "char":
+            if not Path(spec["path"]).is_file():
+                raise ConfigError(f"--char-corpus {spec['path']}: no such file")
+            corpus = load_char_corpus(spec["path"], tuple(spec["split"]))
+            description = f"character corpus {spec['path']}"
+        else:
+            raise ConfigError(f"unknown data kind {kind!r}")
+    except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"cannot load the {kind} corpus: {e}") from e
+    description += (
+        f"; {corpus.train.numel():,}/{corpus.valid.numel():,}/{corpus.test.numel():,} train/valid/test tokens, "
+        f"vocabulary {len(corpus.vocab):,}"
+    )
+    return LMData(corpus, description, bayes, unigram_perplexity(corpus), fingerprint(corpus))
+
+
+def _load_word(path: str) -> Corpus:
+    p = Path(path)
+    if p.is_dir():
+        return load_word_corpus_dir(p)
+    files = [Path(f"{path}.{split}.txt") for split in ("train", "valid", "test")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(
+            f"--word-corpus {path}: neither a folder nor a prefix of existing files (missing {', '.join(missing)})"
+        )
+    return load_word_corpus(*files)
+
+
+def fingerprint(corpus: Corpus) -> dict[str, Any]:
+    out: dict[str, Any] = {"vocab_size": len(corpus.vocab), "level": corpus.level}
+    for name in ("train", "valid", "test"):
+        t = getattr(corpus, name).contiguous().cpu()
+        out[name] = [int(t.numel()), zlib.crc32(t.numpy().tobytes())]
+    return out
+
+
+def unigram_perplexity(corpus: Corpus) -> float:
+    """Test perplexity of p(w) = (count_train(w) + 1) / (N + V): the no-context baseline."""
+    v = len(corpus.vocab)
+    counts = torch.bincount(corpus.train, minlength=v).double() + 1
+    logp = torch.log(counts / counts.sum())
+    return math.exp(-float(logp[corpus.test].mean()))
+
+
+def check_splits(data: LMData, batch_size: int, bptt: int, eval_batch_size: int, minibatch: str) -> None:
+    """Clear errors for a corpus too short for the batch shape (before any training starts)."""
+    c = data.corpus
+    if minibatch == "random" and num_random_batches(c.train.numel(), bptt, batch_size) < 1:
+        raise ConfigError(
+            f"the training split has {c.train.numel()} tokens: too few for one random minibatch of "
+            f"{batch_size} segments of {bptt} tokens (lower --batch-size or --bptt)"
+        )
+    for name, tokens, b in (("training", c.train, batch_size), ("validation", c.valid, eval_batch_size),
+                            ("test", c.test, eval_batch_size)):  # fmt: skip
+        if tokens.numel() // b < 2:
+            raise ConfigError(
+                f"the {name} split has {tokens.numel()} tokens: too few for {b} parallel streams of at least "
+                "2 tokens (lower --batch-size / --eval-batch-size)"
+            )
+
+
+def steps_per_epoch(data: LMData, batch_size: int, bptt: int, minibatch: str) -> int:
+    """Minibatches in one epoch (successive: ceil((T - 1) / bptt) with T = N // B)."""
+    n = data.corpus.train.numel()
+    if minibatch == "random":
+        return num_random_batches(n, bptt, batch_size)
+    return math.ceil((n // batch_size - 1) / bptt)
+
+
+def epoch_batches(train: torch.Tensor, batch_size: int, bptt: int, minibatch: str, generator: torch.Generator):
+    """One epoch of (x [t, B], y [t, B]) minibatches; `train` is [T, B] (successive, already batchified
+    on the device) or [N] (random). Random batches draw their permutation from `generator` when the
+    first batch is taken."""
+    if minibatch == "random":
+        return random_batches(train, bptt, batch_size, generator)
+    return successive_batches(train, bptt)
+
+
+def prepare_train(data: LMData, batch_size: int, minibatch: str, device: torch.device) -> torch.Tensor:
+    """The training split on the device: batchified [T, B] for successive minibatches, flat [N] for random."""
+    train = data.corpus.train
+    return (batchify(train, batch_size) if minibatch == "successive" else train).to(device)
