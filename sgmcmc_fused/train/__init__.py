@@ -6,6 +6,11 @@ Commands (each a module of this package with a ``register(subparsers)`` function
 - ``lm``: LSTM language models (word or character level) trained with sgd, rmsprop, sgld or psgld,
   with model averaging over posterior samples (`sgmcmc_fused.train.lm`). With no data arguments it runs
   the embedded default: a synthetic corpus from a hidden Markov model of known entropy rate.
+- ``classify``: bidirectional DropConnect LSTM sentence classifiers on ``LABEL sentence`` files, with
+  k-fold cross-validation or a fixed split, model averaging, predictive mean/std per sentence and ECE
+  (`sgmcmc_fused.train.classify`). With no files it runs a seeded synthetic task of known Bayes error.
+- ``download``: fetches the public corpora (PTB, Tiny Shakespeare, TREC, SST-2, ...) for users with a
+  network (`sgmcmc_fused.data.download`).
 
 Shared pieces: `methods` (the optimizer factory), `checkpoint` (atomic saves, weights_only loads),
 `runlog` (CSV/JSON logs), `plots`.

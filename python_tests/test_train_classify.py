@@ -1,0 +1,313 @@
+"""The sentence-classifier trainer (`python -m sgmcmc_fused.train classify`) and the `download` command.
+
+Runs are tiny (a 1x16 bidirectional LSTM on a few hundred to 1500 synthetic sentences, a few epochs):
+a second or two each on 2 CPU cores. Every number checked is recomputed here from the saved files.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import json
+import math
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sgmcmc_fused.train import main
+from sgmcmc_fused.train.classify import make_synthetic_task
+
+#: 1350 training sentences / batch 50 = 27 steps per epoch; burn-in 2 epochs (54 steps), a sample every
+#: round(0.25 * 27) = 7 steps: samples after steps 61, 68, ..., 159 (15 of them) in 6 epochs (162 steps).
+TINY = [
+    "classify", "--synthetic-train-size", "1500", "--synthetic-test-size", "600", "--hidden", "16",
+    "--embedding-dim", "16", "--epochs", "6", "--burn-in", "2ep", "--thin", "0.25ep", "--threads", "2",
+    "--no-progress", "--quiet",
+]  # fmt: skip
+TINY_SAMPLES = 15
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _predictive(rows: list[dict[str, str]], num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean [N, C], std [N, C], labels [N]) from predictions.csv rows (floats round-trip exactly)."""
+    mean = np.array([[float(r[f"mean_{c}"]) for c in range(num_classes)] for r in rows])
+    std = np.array([[float(r[f"std_{c}"]) for c in range(num_classes)] for r in rows])
+    return mean, std, np.array([int(r["label"]) for r in rows])
+
+
+def _ece(mean: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error, equal-width bins (b/M, (b+1)/M], written independently of sgmcmc_fused.bayes."""
+    conf = mean.max(1)
+    correct = mean.argmax(1) == labels
+    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            total += sel.sum() / len(conf) * abs(correct[sel].mean() - conf[sel].mean())
+    return total
+
+
+def _write_sentences(path: Path, labels, sentences) -> None:
+    path.write_text("".join(f"{int(y)} {' '.join(s)}\n" for y, s in zip(labels, sentences, strict=True)))
+
+
+def test_synthetic_bayes_error_is_the_error_of_the_true_posterior():
+    """The task's Bayes error is what the classifier argmax p(label | x) actually scores on freshly drawn labels
+    (the labels are drawn by the generative process, not from the computed posterior), and it sits between
+    the label noise alone and chance."""
+    task = make_synthetic_task(train_size=2, test_size=20000, seed=3)
+    labels = task.test.labels.numpy()
+    realized = np.mean(task.test_posterior.argmax(1) != labels)
+    assert realized == pytest.approx(task.bayes_realized_error)
+    assert abs(realized - task.bayes_error) < 4 * task.bayes_error_std, (realized, task.bayes_error)
+    assert 0.1 < task.bayes_error < 0.75
+    assert np.allclose(task.test_posterior.sum(1), 1) and np.allclose(task.word_probs.sum(1), 1)
+    # Same seed, same task; the test set does not depend on the training-set size.
+    again = make_synthetic_task(train_size=5, test_size=20000, seed=3)
+    assert again.test.sentences == task.test.sentences and torch.equal(again.test.labels, task.test.labels)
+
+
+def test_synthetic_end_to_end_numbers_match_the_saved_predictions(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    bayes, chance = res["bayes_optimal"], res["majority_error"]
+    assert 0.1 < bayes["expected_error"] < 0.5 < chance
+    by_method = {r["method"]: r for r in res["methods"]}
+    assert list(by_method) == ["rmsprop", "psgld"]
+    for method, r in by_method.items():
+        # Learns: far below chance; never (beyond sampling noise) below the best possible classifier.
+        assert bayes["realized_error"] - 0.03 < r["error_mean"] < 0.6 * chance, (method, r)
+        assert r["nll_mean"] > bayes["nll"] - 0.05
+        rows = _csv(out / method / "predictions.csv")
+        assert [int(x["index"]) for x in rows] == list(range(600))
+        mean, std, labels = _predictive(rows, res["num_classes"])
+        assert np.allclose(mean.sum(1), 1)
+        # Error and ECE recomputed from the per-sentence file equal the reported ones.
+        assert np.mean(mean.argmax(1) != labels) == pytest.approx(r["error_mean"], abs=1e-12)
+        assert _ece(mean, labels) == pytest.approx(r["ece_mean"], abs=1e-9)
+        entropy = -np.sum(np.where(mean > 0, mean * np.log(np.where(mean > 0, mean, 1)), 0), 1)
+        assert np.allclose(entropy, [float(x["entropy"]) for x in rows], atol=1e-9)
+        mi = np.array([float(x["mutual_information"]) for x in rows])
+        assert np.all(mi >= 0) and np.all(mi <= entropy + 1e-9)
+        assert f"{100 * r['error_mean']:.2f}" in table
+    rms, psgld = by_method["rmsprop"], by_method["psgld"]
+    # The optimiser predicts with its last weights: one "sample", no spread.
+    assert rms["num_samples"] == 0 and rms["error_mean"] == rms["last_error_mean"]
+    assert rms["mean_mutual_information"] == 0 and rms["mean_std"] == 0
+    # The sampler averages its 15 samples; they disagree somewhat.
+    assert psgld["num_samples"] == TINY_SAMPLES
+    assert psgld["mean_mutual_information"] > 0 and psgld["mean_std"] > 0
+    samples = _csv(out / "psgld" / "samples.csv")
+    assert [int(s["step"]) for s in samples] == [54 + 7 * k for k in range(1, TINY_SAMPLES + 1)]
+    # The online running average (PredictiveAverager) ends where the stacked samples' mean does.
+    assert float(samples[-1]["test_avg_error"]) == pytest.approx(psgld["error_mean"], abs=1e-12)
+    # Before burn-in the two methods are the same computation (same initialisation, data order, kernels).
+    logs = {m: _csv(out / m / "log.csv") for m in by_method}
+    assert logs["rmsprop"][1]["train_loss"] == logs["psgld"][1]["train_loss"]
+    assert logs["rmsprop"][3]["train_loss"] != logs["psgld"][3]["train_loss"]
+    assert "Bayes-optimal (the source)" in table and "majority class" in table
+    assert [r["method"] for r in _csv(out / "results.csv")] == ["rmsprop", "psgld"]
+
+
+def test_kfold_covers_every_sentence_once(tmp_path):
+    task = make_synthetic_task(train_size=300, test_size=2, seed=1)
+    data = tmp_path / "all.txt"
+    _write_sentences(data, task.train.labels.tolist(), task.train.sentences)
+    out = tmp_path / "cv"
+    argv = ["classify", "--train", str(data), "--folds", "3", "--epochs", "1", "--hidden", "8", "--embedding-dim",
+            "8", "--method", "rmsprop", "sgld", "--burn-in", "0", "--thin", "1", "--no-progress", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["folds"] == 3 and res["folds_run"] == 3
+    runs = _csv(out / "folds.csv")
+    for method in ("rmsprop", "sgld"):
+        rows = _csv(out / method / "predictions.csv")
+        index = sorted(int(r["index"]) for r in rows)
+        assert index == list(range(300))  # each sentence is a test sentence exactly once
+        assert all(int(r["label"]) == int(task.train.labels[int(r["index"])]) for r in rows)
+        fold_sizes = [sum(r["fold"] == str(k) for r in rows) for k in (1, 2, 3)]
+        assert fold_sizes == [100, 100, 100]
+        errors = []
+        for k in (1, 2, 3):
+            mean, _, labels = _predictive([r for r in rows if r["fold"] == str(k)], 4)
+            errors.append(float(np.mean(mean.argmax(1) != labels)))
+            run = next(r for r in runs if r["method"] == method and r["fold"] == str(k))
+            # Training = the other two folds minus the 10 % validation part: 200 - 20.
+            assert (int(run["num_train"]), int(run["num_valid"]), int(run["num_test"])) == (180, 20, 100)
+        summary = next(r for r in res["methods"] if r["method"] == method)
+        assert summary["error_mean"] == pytest.approx(np.mean(errors), abs=1e-12)
+        assert summary["error_std"] == pytest.approx(np.std(errors, ddof=1), abs=1e-12)
+    # sgld with burn-in 0 and thin 1 collects a sample after every step: ceil(180 / 50) = 4.
+    assert all(int(r["num_samples"]) == 4 for r in runs if r["method"] == "sgld")
+
+
+def test_fixed_split_files_word_vectors_and_select(tmp_path):
+    task = make_synthetic_task(num_classes=3, train_size=400, test_size=50, seed=2)
+    train, valid, test = tmp_path / "train.txt", tmp_path / "valid.txt", tmp_path / "test.txt"
+    _write_sentences(train, task.train.labels[:350].tolist(), task.train.sentences[:350])
+    _write_sentences(valid, task.train.labels[350:].tolist(), task.train.sentences[350:])
+    _write_sentences(test, task.test.labels.tolist(), [s + ["never-seen"] for s in task.test.sentences])
+    vectors = tmp_path / "vec.txt"
+    vectors.write_text("2 6\n" + "".join(f"w{i} " + " ".join(f"{0.01 * (i + j):.3f}" for j in range(6)) + "\n"
+                                         for i in (0, 5)))  # fmt: skip
+    out = tmp_path / "fixed"
+    argv = ["classify", "--train", str(train), "--valid", str(valid), "--test", str(test), "--word-vectors",
+            str(vectors), "--hidden", "8", "--epochs", "3", "--method", "psgld", "--burn-in", "1ep",
+            "--thin", "2", "--select", "best-valid", "--no-progress", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["embedding_dim"] == 6  # the vectors' width
+    (run,) = _csv(out / "folds.csv")
+    assert (int(run["num_train"]), int(run["num_valid"]), int(run["num_test"])) == (350, 50, 50)
+    rows = _csv(out / "psgld" / "predictions.csv")
+    assert [int(r["index"]) for r in rows] == list(range(50)) and {r["fold"] for r in rows} == {"0"}
+    log = _csv(out / "psgld" / "log.csv")
+    # best-valid: the epoch whose model-average validation error is lowest (the earliest on ties).
+    errs = [float(r["valid_avg_error"] or r["valid_error"]) for r in log]
+    assert int(run["selected_epoch"]) == 1 + errs.index(min(errs))
+    assert float(run["num_samples"]) == int(log[int(run["selected_epoch"]) - 1]["num_samples"])
+    summary = json.loads((out / "psgld" / "log.json").read_text())
+    assert summary["unknown_test_tokens"] >= 50  # "never-seen" maps to <unk>
+
+
+def _bad_file(tmp_path: Path, text: str, name: str = "bad.txt") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make_argv, message",
+    [
+        (lambda p: ["--train", _bad_file(p, "0 a b\n1 c d\nx e f\n")], r"bad\.txt:3: expected 'LABEL sentence'"),
+        (lambda p: ["--train", _bad_file(p, "0 a b\n1\n")], r"bad\.txt:2: label 1 has no sentence"),
+        (lambda p: ["--train", _bad_file(p, "0 a\x00b\n")], r"bad\.txt:1: control character"),
+        (lambda p: ["--train", _bad_file(p, "\n\n")], r"no 'LABEL sentence' lines"),
+        (lambda p: ["--train", str(p / "missing.txt")], r"missing\.txt"),
+        (lambda p: ["--train", _bad_file(p, "0 a\n1 b\n"), "--folds", "3"], r"too few for 3-fold"),
+        (lambda p: ["--train", _bad_file(p, "0 a\n1 b\n"), "--folds", "1"], r"--folds must be >= 2"),
+        (
+            lambda p: ["--train", _bad_file(p, "0 a\n1 b\n0 c\n"), "--test", _bad_file(p, "2 a\n", "t.txt")],
+            r"never occur",
+        ),
+        (
+            lambda p: ["--train", _bad_file(p, "0 a\n1 b\n"), "--valid", _bad_file(p, "0 a\n", "v.txt")],
+            r"--valid needs --test",
+        ),
+        (lambda p: ["--test", _bad_file(p, "0 a\n")], r"--test needs --train"),
+        (lambda p: ["--method", "adam"], r"unknown method 'adam'"),
+        (lambda p: ["--temperature", "hot"], r"--temperature 'hot'"),
+        (lambda p: ["--burn-in", "soon"], r"--burn-in 'soon'"),
+        (lambda p: ["--dropout", "1.5"], r"--dropout must be in \[0, 1\)"),
+        (lambda p: ["--valid-fraction", "0", "--select", "best-valid"], r"best-valid needs validation"),
+        (lambda p: ["--synthetic-label-noise", "0.8"], r"--synthetic-label-noise must be in"),
+        (lambda p: ["--resume", str(p / "nothing")], r"no run there"),
+        (
+            lambda p: [
+                "--train",
+                _bad_file(p, "0 a b\n1 b c\n"),
+                "--test",
+                _bad_file(p, "0 a\n", "t.txt"),
+                "--word-vectors",
+                _bad_file(p, "a 1 2\nb 1\n", "vec.txt"),
+                "--valid-fraction",
+                "0",
+            ],  # fmt: skip
+            r"vec\.txt:2: expected a word and 2 numbers",
+        ),
+    ],
+)
+def test_bad_arguments_and_malformed_files_are_usage_errors(tmp_path, capsys, make_argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["classify", "--out", str(tmp_path / "run"), *make_argv(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_resume_after_a_stop_is_bit_identical(tmp_path):
+    ref = tmp_path / "ref"
+    assert main([*TINY, "--method", "psgld", "--epochs", "4", "--out", str(ref)]) == 0
+    out = tmp_path / "stopped"
+    # Stop mid-epoch (step 70: after the first samples), then resume from the checkpoint.
+    assert main([*TINY, "--method", "psgld", "--epochs", "4", "--stop-after-steps", "70", "--out", str(out)]) == 0
+    assert not (out / "results.json").exists()
+    assert main(["classify", "--resume", str(out), "--no-progress", "--quiet"]) == 0
+    assert (out / "psgld" / "predictions.csv").read_bytes() == (ref / "psgld" / "predictions.csv").read_bytes()
+    a, b = (json.loads((d / "results.json").read_text())["runs"][0] for d in (ref, out))
+    for key in ("error", "ece", "nll", "mean_mutual_information", "num_samples", "steps"):
+        assert a[key] == b[key], key
+    # Options that would change the computation are refused on resume.
+    with pytest.raises(SystemExit):
+        main(["classify", "--resume", str(out), "--lr", "0.1"])
+
+
+# -- download ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/www (as in test_data); yields (root, base url)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_download_command_fetches_prints_and_feeds_classify(http_root, tmp_path, capsys):
+    root, base = http_root
+    task = make_synthetic_task(num_classes=2, train_size=120, test_size=30, seed=4)
+    served = root / "harvardnlp/sent-conv-torch/master/data"
+    served.mkdir(parents=True)
+    _write_sentences(served / "TREC.train.all", task.train.labels.tolist(), task.train.sentences)
+    _write_sentences(served / "TREC.test.all", task.test.labels.tolist(), task.test.sentences)
+    dest = tmp_path / "data"
+    assert main(["download", "trec", "--dest", str(dest), "--base-url", base]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    files = [dest / "sentcls" / f"TREC.{s}.all" for s in ("train", "test")]
+    assert lines == [f"wrote {p} ({p.stat().st_size} bytes)" for p in files]
+    assert [p.read_bytes() for p in files] == [(served / p.name).read_bytes() for p in files]
+    # Again: nothing fetched, both files kept.
+    assert main(["download", "trec", "--dest", str(dest), "--base-url", base]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"kept {p} (already there)" for p in files]
+    # A set the server does not have: exit 1 with the URL and the HTTP status, no partial file.
+    assert main(["download", "sst2", "--dest", str(dest), "--base-url", base]) == 1
+    err = capsys.readouterr().err
+    assert "stsa.binary.train failed: HTTP 404" in err and "Traceback" not in err
+    assert not (dest / "sentcls" / "stsa.binary.train").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["download", "imagenet"])
+    assert exc.value.code == 2 and "invalid choice: 'imagenet'" in capsys.readouterr().err
+    # The downloaded files are a fixed split for the classifier.
+    out = tmp_path / "cls"
+    argv = ["classify", "--train", str(files[0]), "--test", str(files[1]), "--hidden", "8", "--embedding-dim", "8",
+            "--epochs", "1", "--method", "sgd", "--no-progress", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["num_test"] == 30 and math.isfinite(run["nll"])
