@@ -142,15 +142,20 @@ def select_backend(impl: str, device: torch.device, dtypes: Sequence[torch.dtype
     return BACKENDS[impl]
 
 
+def _probe_device(name: str) -> torch.device:
+    """The device a backend would serve here: CUDA for "cuda", and for "triton" unless only
+    the interpreter can run it; the CPU otherwise."""
+    interpreter_only = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
+    if name == "cuda" or (name == "triton" and not interpreter_only):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def availability() -> dict[str, str]:
     """Each backend's status on this machine ("available" or why not), for users and bug reports."""
     status = {}
-    probe = {"cuda": "cuda", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
     for name, backend in BACKENDS.items():
-        device = torch.device(probe.get(name, "cpu"))
-        if name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            device = torch.device("cuda")
-        why = backend.not_supported_reasons(device, [torch.float32])
+        why = backend.not_supported_reasons(_probe_device(name), [torch.float32])
         status[name] = "available" if not why else "; ".join(why)
     if _extension.STALE_REASON:
         status["cpu"] += f" (warning: {_extension.STALE_REASON})"
