@@ -58,12 +58,19 @@ from ..bayes import (
 )
 from ..data import Vocabulary, kfold_splits, load_labelled_sentences, load_word2vec_text
 from . import classify_config
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .checkpoint import (
+    CheckpointError,
+    capture_training_state,
+    check_same_config,
+    load_checkpoint,
+    restore_training_state,
+    save_atomic,
+)
 from .classify_config import ConfigError
 from .lm import _device, _InterruptFlag, _Printer, _Stop
-from .lm_config import parse_steps
 from .methods import SAMPLERS, make_optimizer, set_noise
-from .runlog import write_csv, write_json
+from .options import parse_steps
+from .runlog import write_csv, write_json, write_run_logs
 from .sentence_model import SentenceClassifier, class_probabilities, pad_batch
 
 #: Format tag of the checkpoints written here.
@@ -837,9 +844,7 @@ class ClassifierTrainer:
         return result, rows
 
     def _write_logs(self, result: dict[str, Any] | None = None) -> None:
-        write_csv(self.run_dir / "log.csv", EPOCH_COLUMNS, self.history)
-        write_csv(self.run_dir / "samples.csv", SAMPLE_COLUMNS, self.curve)
-        write_json(self.run_dir / "log.json", {
+        write_run_logs(self.run_dir, EPOCH_COLUMNS, self.history, SAMPLE_COLUMNS, self.curve, {
             "method": self.method, "fold": self.fold, "config": self.cfg, "burn_in_steps": self.burn_in,
             "thin_steps": self.thin, "steps_per_epoch": self.steps_per_epoch, "vocab_size": len(self.data.vocab),
             "unknown_test_tokens": self.data.unknown_test_tokens, "epochs": self.history, "samples": self.curve,
@@ -850,23 +855,21 @@ class ClassifierTrainer:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` atomically, then the logs (derived from the same state)."""
-        cuda = self.device.type == "cuda"
         state = {
             "format": CHECKPOINT_FORMAT,
             "method": self.method,
             "fold": self.fold,
             "config": self.cfg,
             "data_fingerprint": self.data.fingerprint,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "lstm_seed": self.model.lstm.seed,
-            "lstm_calls": self.model.lstm.calls,
-            "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
-            "epoch_rng": self.epoch_rng_state,
+            **capture_training_state(
+                epoch=self.epoch,
+                batch_in_epoch=self.batch_in_epoch,
+                step=self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                device=self.device,
+                epoch_rng=self.epoch_rng_state,
+            ),  # fmt: skip
             "loss_sum": self.loss_sum,
             "errors": self.errors,
             "seen": self.seen,
@@ -888,20 +891,10 @@ class ClassifierTrainer:
             )
         if ck["data_fingerprint"] != self.data.fingerprint:
             raise ConfigError(f"{self.checkpoint_path}: the data differ from the data this run was trained on")
-        saved = {k: v for k, v in ck["config"].items() if k not in classify_config.RESUMABLE_OVERRIDES}
-        now = {k: v for k, v in self.cfg.items() if k not in classify_config.RESUMABLE_OVERRIDES}
-        if saved != now:
-            diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-            raise ConfigError(f"{self.checkpoint_path} was written with another configuration (differs in {diff})")
-        self.model.load_state_dict(ck["model"])
-        self.model.lstm.seed, self.model.lstm.calls = int(ck["lstm_seed"]), int(ck["lstm_calls"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.optimizer.nan_policy = self.cfg["nan_policy"]
-        torch.set_rng_state(ck["torch_rng"])
-        if ck["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
-        self.epoch, self.batch_in_epoch, self.step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["step"])
-        self.epoch_rng_state = ck["epoch_rng"]
+        check_same_config(self.checkpoint_path, ck["config"], self.cfg, classify_config.RESUMABLE_OVERRIDES)
+        self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
+            ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
+        )
         self.loss_sum, self.errors, self.seen = float(ck["loss_sum"]), int(ck["errors"]), int(ck["seen"])
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
         for k, v in self.averagers.items():

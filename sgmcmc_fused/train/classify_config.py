@@ -12,8 +12,18 @@ import math
 import os
 from typing import Any
 
-from .lm_config import ConfigError, parse_methods, parse_steps
-from .methods import METHODS, RMS_DEFAULT_LR, default_lr, parse_lrs
+from .methods import METHODS, RMS_DEFAULT_LR, default_lr
+from .options import (
+    ConfigError,
+    add_backend_arguments,
+    add_dropconnect_arguments,
+    add_nan_policy_argument,
+    add_output_arguments,
+    add_rms_arguments,
+    check_optimizer_config,
+    need,
+    preset_config,
+)
 
 __all__ = [
     "PRESETS", "SYNTHETIC_DEFAULTS", "ConfigError", "add_arguments", "check_config", "resolve_config", "temperature",
@@ -142,16 +152,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the word vectors fixed (Kim's CNN-static); they are then neither trained nor sampled",
     )
-    model.add_argument(
-        "--dropconnect",
-        type=float,
-        default=0.0,
-        help="DropConnect probability (bernoulli) / noise level (gaussian) of the LSTM weights",
-    )
-    model.add_argument("--mask", choices=["bernoulli", "gaussian"], default="bernoulli")
-    model.add_argument(
-        "--masked", choices=["hh", "ih", "both"], default="hh", help="LSTM matrices masked by DropConnect"
-    )
+    add_dropconnect_arguments(model, "LSTM matrices masked by DropConnect")
 
     meth = p.add_argument_group("methods")
     meth.add_argument(
@@ -181,8 +182,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     meth.add_argument(
         "--weight-decay", type=float, default=0.0, help="Gaussian prior precision / num_data (mean-loss units)"
     )
-    meth.add_argument("--alpha", type=float, default=0.99, help="RMS decay of rmsprop/psgld")
-    meth.add_argument("--eps", type=float, default=1e-5, help="rmsprop/psgld eps, outside the square root")
+    add_rms_arguments(meth)
     meth.add_argument(
         "--average-optimizers",
         action="store_true",
@@ -196,12 +196,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="last: report the end of training; best-valid: the epoch whose validation error (of the model "
         "average where there is one) is lowest, i.e. early stopping (default last)",
     )
-    meth.add_argument(
-        "--nan-policy",
-        choices=["raise", "skip"],
-        default="raise",
-        help="a NaN/inf gradient: stop with the parameter's name, or skip the step",
-    )
+    add_nan_policy_argument(meth)
     meth.add_argument(
         "--seed", type=int, default=0, help="seed of the initialisation, dropout, data order, masks and noise"
     )
@@ -211,10 +206,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--resume", metavar="DIR", help="continue the run in DIR from its checkpoints (only --epochs may change)"
     )
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
-    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
-    run.add_argument("--step-impl", default="auto", help="backend of the optimizer step (see sgmcmc_fused.backends)")
-    run.add_argument("--lstm-impl", default="auto", help="backend of the DropConnect LSTM")
+    add_backend_arguments(run)
     run.add_argument(
         "--eval-batch-size", type=int, default=200, help="sentences per batch when evaluating (default 200)"
     )
@@ -224,15 +216,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="STEPS",
         help="checkpoint and stop once the current method (and fold) has taken STEPS steps (resume later)",
     )
-    prog = run.add_mutually_exclusive_group()
-    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bars")
-    prog.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bars (default: bars when stderr is a terminal)",
-    )
-    run.add_argument("--quiet", action="store_true", help="print the final table only")
+    add_output_arguments(run)
 
 
 def data_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -264,18 +248,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         ConfigError: a value out of range or a malformed option.
     """
     data = data_spec(args)
-    preset = args.preset or DEFAULT_PRESET[data["kind"]]
-    cfg: dict[str, Any] = {"preset": preset, "data": data}
-    for dest, _, _ in _PRESET_FIELDS:
-        value = getattr(args, dest)
-        cfg[dest] = PRESETS[preset][dest] if value is None else value
-    methods = parse_methods(args.methods)
-    try:
-        given = parse_lrs(args.lr, methods)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg["methods"] = methods
-    fields = PRESETS[preset]
+    cfg, given = preset_config(args, data, PRESETS, DEFAULT_PRESET, _PRESET_FIELDS)
+    methods = cfg["methods"]
+    fields = PRESETS[cfg["preset"]]
     cfg["lr"] = {m: given.get(m, default_lr(m, sgd_lr=fields["sgd_lr"], rms_lr=fields["rms_lr"])) for m in methods}
     cfg.update(
         bidirectional=not args.unidirectional, static_embeddings=args.static_embeddings,
@@ -310,24 +285,13 @@ def temperature(spec: str | float, num_data: int) -> float:
 def check_config(cfg: dict[str, Any]) -> None:
     """Range checks with messages that name the option."""
 
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg)
-
     for name in ("embedding_dim", "hidden", "layers", "batch_size", "epochs", "eval_batch_size"):
         need(isinstance(cfg[name], int) and cfg[name] >= 1, f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
     need(0 <= cfg["dropout"] < 1, f"--dropout must be in [0, 1), got {cfg['dropout']}")
     need(0 <= cfg["dropconnect"] < 1, f"--dropconnect must be in [0, 1), got {cfg['dropconnect']}")
     need(math.isfinite(cfg["clip"]) and cfg["clip"] >= 0, f"--clip must be >= 0, got {cfg['clip']}")
     temperature(cfg["temperature"], 1)  # checks the spec
-    need(
-        math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0,
-        f"--weight-decay must be >= 0, got {cfg['weight_decay']}",
-    )
-    need(0 <= cfg["alpha"] < 1, f"--alpha must be in [0, 1), got {cfg['alpha']}")
-    need(cfg["eps"] > 0, f"--eps must be > 0, got {cfg['eps']}")
-    parse_steps(cfg["burn_in"], 1, "--burn-in", minimum=0)
-    parse_steps(cfg["thin"], 1, "--thin", minimum=1)
+    check_optimizer_config(cfg)
     data = cfg["data"]
     need(0 <= data["valid_fraction"] < 1, f"--valid-fraction must be in [0, 1), got {data['valid_fraction']}")
     if data["kind"] == "synthetic":

@@ -47,13 +47,21 @@ from tqdm.auto import tqdm
 from ..bayes import PredictiveAverager, SampleCollector
 from ..data import batchify
 from . import lm_config
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .checkpoint import (
+    CheckpointError,
+    capture_training_state,
+    check_same_config,
+    load_checkpoint,
+    restore_training_state,
+    save_atomic,
+)
 from .language_model import LanguageModel, detach_hidden, perplexity, target_probabilities
-from .lm_config import ConfigError, parse_steps
+from .lm_config import ConfigError
 from .lm_data import LMData, check_splits, epoch_batches, load_lm_data, prepare_train, steps_per_epoch
 from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
+from .options import parse_steps
 from .plots import plot_lm_runs
-from .runlog import write_csv, write_json
+from .runlog import write_csv, write_json, write_run_logs
 
 #: Format tag of the checkpoints written here.
 CHECKPOINT_FORMAT = "sgmcmc_fused.train.lm/1"
@@ -506,9 +514,7 @@ class MethodTrainer:
         return result
 
     def _write_logs(self, result: dict[str, Any] | None = None) -> None:
-        write_csv(self.run_dir / "log.csv", EPOCH_COLUMNS, self.history)
-        write_csv(self.run_dir / "samples.csv", SAMPLE_COLUMNS, self.curve)
-        write_json(self.run_dir / "log.json", {
+        write_run_logs(self.run_dir, EPOCH_COLUMNS, self.history, SAMPLE_COLUMNS, self.curve, {
             "method": self.method, "config": self.cfg, "burn_in_steps": self.burn_in, "thin_steps": self.thin,
             "steps_per_epoch": self.steps_per_epoch, "epochs": self.history, "samples": self.curve, "result": result,
         })  # fmt: skip
@@ -517,22 +523,20 @@ class MethodTrainer:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` atomically, then the logs (derived from the same state)."""
-        cuda = self.device.type == "cuda"
         state = {
             "format": CHECKPOINT_FORMAT,
             "method": self.method,
             "config": self.cfg,
             "data_fingerprint": self.data.fingerprint,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "lstm_seed": self.model.lstm.seed,
-            "lstm_calls": self.model.lstm.calls,
-            "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
-            "epoch_rng": self.epoch_rng_state,
+            **capture_training_state(
+                epoch=self.epoch,
+                batch_in_epoch=self.batch_in_epoch,
+                step=self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                device=self.device,
+                epoch_rng=self.epoch_rng_state,
+            ),  # fmt: skip
             "hidden": None if self.hidden is None else [t.cpu() for t in self.hidden],
             "loss_sum": self.loss_sum,
             "tokens": self.tokens,
@@ -554,20 +558,10 @@ class MethodTrainer:
                 f"{self.checkpoint_path}: the data differ from the data this run was trained on "
                 f"({ck['data_fingerprint']} vs {self.data.fingerprint})"
             )
-        saved = {k: v for k, v in ck["config"].items() if k not in lm_config.RESUMABLE_OVERRIDES}
-        now = {k: v for k, v in self.cfg.items() if k not in lm_config.RESUMABLE_OVERRIDES}
-        if saved != now:
-            diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-            raise ConfigError(f"{self.checkpoint_path} was written with another configuration (differs in {diff})")
-        self.model.load_state_dict(ck["model"])
-        self.model.lstm.seed, self.model.lstm.calls = int(ck["lstm_seed"]), int(ck["lstm_calls"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.optimizer.nan_policy = self.cfg["nan_policy"]
-        torch.set_rng_state(ck["torch_rng"])
-        if ck["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
-        self.epoch, self.batch_in_epoch, self.step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["step"])
-        self.epoch_rng_state = ck["epoch_rng"]
+        check_same_config(self.checkpoint_path, ck["config"], self.cfg, lm_config.RESUMABLE_OVERRIDES)
+        self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
+            ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
+        )
         self.hidden = None if ck["hidden"] is None else tuple(t.to(self.device) for t in ck["hidden"])
         self.loss_sum, self.tokens = float(ck["loss_sum"]), int(ck["tokens"])
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])

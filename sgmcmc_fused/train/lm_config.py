@@ -11,10 +11,23 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 from typing import Any
 
-from .methods import METHODS, RMS_DEFAULT_LR, SAMPLERS, default_lr, parse_lrs
+from .methods import METHODS, RMS_DEFAULT_LR, SAMPLERS, default_lr
+from .options import (
+    DEFAULT_METHODS,
+    ConfigError,
+    add_backend_arguments,
+    add_dropconnect_arguments,
+    add_nan_policy_argument,
+    add_output_arguments,
+    add_rms_arguments,
+    check_optimizer_config,
+    need,
+    preset_config,
+)
+from .options import parse_methods as parse_methods  # re-exported: part of this module's interface
+from .options import parse_steps as parse_steps  # re-exported
 
 #: Presets. clip is the max L2 norm of the mean-loss gradient; lr_decay divides the lr once per epoch
 #: after `decay_after` epochs; burn_in/thin are step counts or fractions of an epoch ("4ep"); rms_lr
@@ -51,7 +64,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 # fmt: on
 #: Preset chosen when --preset is not given, by data kind.
 DEFAULT_PRESET = {"synthetic": "tiny", "word": "small", "char": "char"}
-DEFAULT_METHODS = ("rmsprop", "psgld")
 #: Synthetic corpus of the embedded default (sgmcmc_fused.data.synthetic.make_synthetic_corpus).
 #: 50k training tokens for a 1x128 LSTM (~85k parameters): rmsprop at lr 3e-3 overfits after epoch 3
 #: (seed 0: valid 112.8 at epoch 3, 122.9 at epoch 10; Bayes-optimal 97.4), the regime where averaging
@@ -80,10 +92,6 @@ _PRESET_FIELDS: list[tuple[str, type, str]] = [
 #: Fields of the configuration that --resume may change (they do not alter the computed numbers of
 #: the steps already taken; a longer schedule continues from the checkpoint).
 RESUMABLE_OVERRIDES = frozenset({"epochs"})
-
-
-class ConfigError(ValueError):
-    """A bad option or combination of options (reported as a usage error, exit status 2)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,19 +161,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     for dest, typ, help_text in _PRESET_FIELDS:
         model.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=help_text)
-    model.add_argument(
-        "--dropconnect",
-        type=float,
-        default=0.0,
-        help="DropConnect probability (bernoulli) / noise level (gaussian) of the LSTM weights",
-    )
-    model.add_argument("--mask", choices=["bernoulli", "gaussian"], default="bernoulli")
-    model.add_argument(
-        "--masked",
-        choices=["hh", "ih", "both"],
-        default="hh",
-        help="LSTM matrices masked by DropConnect: recurrent (hh), input (ih) or both",
-    )
+    add_dropconnect_arguments(model, "LSTM matrices masked by DropConnect: recurrent (hh), input (ih) or both")
 
     meth = p.add_argument_group("methods")
     meth.add_argument(
@@ -197,8 +193,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="Gaussian prior precision / num_data (mean-loss units), all methods",
     )
-    meth.add_argument("--alpha", type=float, default=0.99, help="RMS decay of rmsprop/psgld")
-    meth.add_argument("--eps", type=float, default=1e-5, help="rmsprop/psgld eps, outside the square root")
+    add_rms_arguments(meth)
     meth.add_argument(
         "--max-samples",
         type=int,
@@ -216,12 +211,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also collect and average snapshots of sgd/rmsprop after burn-in (off: the "
         "optimisers report their final weights only)",
     )
-    meth.add_argument(
-        "--nan-policy",
-        choices=["raise", "skip"],
-        default="raise",
-        help="a NaN/inf gradient: stop with the parameter's name, or skip the step",
-    )
+    add_nan_policy_argument(meth)
     meth.add_argument(
         "--seed",
         type=int,
@@ -236,10 +226,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="continue the run in DIR exactly from its checkpoints (only --epochs may change)",
     )
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
-    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
-    run.add_argument("--step-impl", default="auto", help="backend of the optimizer step (see sgmcmc_fused.backends)")
-    run.add_argument("--lstm-impl", default="auto", help="backend of the DropConnect LSTM")
+    add_backend_arguments(run)
     run.add_argument(
         "--checkpoint-every",
         type=int,
@@ -253,15 +240,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="STEPS",
         help="checkpoint and stop once the current method has taken STEPS steps (resume later)",
     )
-    prog = run.add_mutually_exclusive_group()
-    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bars")
-    prog.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bars (default: bars when stderr is a terminal)",
-    )
-    run.add_argument("--quiet", action="store_true", help="print the final table only")
+    add_output_arguments(run)
     run.add_argument("--no-plot", dest="plot", action="store_false", help="skip the matplotlib plot")
 
 
@@ -288,18 +267,6 @@ def data_spec(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def parse_methods(specs: list[str] | None) -> list[str]:
-    methods = [m for spec in (specs or DEFAULT_METHODS) for m in spec.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ConfigError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"--method lists a method twice: {' '.join(methods)}")
-    if not methods:
-        raise ConfigError("--method: no method given")
-    return methods
-
-
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration of a new run: the preset's fields, overridden by the options given.
 
@@ -307,17 +274,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         ConfigError: a value out of range or a malformed option.
     """
     data = data_spec(args)
-    preset = args.preset or DEFAULT_PRESET[data["kind"]]
-    cfg: dict[str, Any] = {"preset": preset, "data": data}
-    for dest, _, _ in _PRESET_FIELDS:
-        value = getattr(args, dest)
-        cfg[dest] = PRESETS[preset][dest] if value is None else value
-    methods = parse_methods(args.methods)
-    try:
-        given = parse_lrs(args.lr, methods)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg["methods"] = methods
+    cfg, given = preset_config(args, data, PRESETS, DEFAULT_PRESET, _PRESET_FIELDS)
+    preset, methods = cfg["preset"], cfg["methods"]
     rms_lr = PRESETS[preset].get("rms_lr", RMS_DEFAULT_LR)
     cfg["lr"] = {m: given.get(m, default_lr(m, sgd_lr=cfg["bptt"], rms_lr=rms_lr)) for m in methods}
     cfg.update(
@@ -334,10 +292,6 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_config(cfg: dict[str, Any]) -> None:
     """Range checks with messages that name the option."""
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg)
 
     for name in ("hidden", "layers", "batch_size", "bptt", "epochs", "eval_batch_size", "max_samples"):
         need(isinstance(cfg[name], int) and cfg[name] >= 1, f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
@@ -356,38 +310,7 @@ def check_config(cfg: dict[str, Any]) -> None:
         math.isfinite(cfg["temperature"]) and cfg["temperature"] >= 0,
         f"--temperature must be >= 0, got {cfg['temperature']}",
     )
-    need(
-        math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0,
-        f"--weight-decay must be >= 0, got {cfg['weight_decay']}",
-    )
-    need(0 <= cfg["alpha"] < 1, f"--alpha must be in [0, 1), got {cfg['alpha']}")
-    need(cfg["eps"] > 0, f"--eps must be > 0, got {cfg['eps']}")
-    # The step specs are checked against an epoch length here; the real one is known once data is loaded.
-    parse_steps(cfg["burn_in"], 1, "--burn-in", minimum=0)
-    parse_steps(cfg["thin"], 1, "--thin", minimum=1)
-
-
-def parse_steps(spec: str | int, steps_per_epoch: int, option: str, minimum: int = 0) -> int:
-    """A step count: ``"500"`` (steps) or ``"2ep"`` / ``"0.25ep"`` (epochs, rounded to whole steps).
-
-    Raises:
-        ConfigError: malformed, or below `minimum` after rounding (fractions of an epoch round up to 1
-            step when minimum is 1).
-    """
-    text = str(spec).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ep|epochs?)", text)
-    if match:
-        value = float(match.group(1))
-        steps = round(value * steps_per_epoch)
-        if value > 0:
-            steps = max(steps, 1)
-    elif text.isdigit():
-        steps = int(text)
-    else:
-        raise ConfigError(f"{option} {spec!r}: expected a number of steps (500) or of epochs (2ep, 0.25ep)")
-    if steps < minimum:
-        raise ConfigError(f"{option} {spec!r}: must be at least {minimum} step{'s' if minimum != 1 else ''}")
-    return steps
+    check_optimizer_config(cfg)
 
 
 def is_sampler(method: str) -> bool:

@@ -45,3 +45,19 @@ def write_csv(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[di
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_run_logs(
+    run_dir: str | os.PathLike,
+    epoch_columns: Sequence[str],
+    history: Sequence[dict[str, Any]],
+    sample_columns: Sequence[str],
+    curve: Sequence[dict[str, Any]],
+    record: Any,
+) -> None:
+    """A trainer's logs in `run_dir`: log.csv (a row per epoch), samples.csv (a row per sample) and
+    log.json (`record`)."""
+    run_dir = Path(run_dir)
+    write_csv(run_dir / "log.csv", epoch_columns, history)
+    write_csv(run_dir / "samples.csv", sample_columns, curve)
+    write_json(run_dir / "log.json", record)
