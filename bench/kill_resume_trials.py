@@ -6,8 +6,8 @@
 Runs ``python -m sgmcmc_fused.train lm`` once uninterrupted (the reference), then, per trial, starts
 the same run in a fresh folder, waits for its first checkpoint, kills it with SIGKILL after a random
 delay (seeded; uniform over the first 80% of the span between the reference's first checkpoint and
-its exit), checks the checkpoint left behind, and resumes with ``--resume`` until the run completes. The final checkpoint
-(parameters, optimizer state with the noise counters, collected samples, running averages, RNG
+its exit), checks the checkpoint left behind, and resumes with ``--resume`` until the run completes.
+The final checkpoint (parameters, optimizer state with the noise counters, collected samples, running averages, RNG
 states, logs) and results.json must be bit-identical to the reference's; only wall-clock timings may
 differ.
 
