@@ -28,7 +28,6 @@ import math
 import torch
 
 from .reference import (
-    PHILOX_ROUNDS,  # noqa: F401  (re-exported for readers of the mask stream)
     philox4x32_10,
     philox_normal,
     uint32_to_open_uniform,
