@@ -12,8 +12,8 @@ states, logs) and results.json must be bit-identical to the reference's; only wa
 differ.
 
 Counted per trial:
-  - corrupted: the checkpoint left by the kill (or any final checkpoint) fails to load with
-    ``torch.load(weights_only=True)``;
+  - corrupted: the checkpoint left by the kill (or any final checkpoint) fails to load with the
+    trainers' own loader (``torch.load(weights_only=True)`` and the content's SHA-256 digest);
   - lost: no checkpoint after the kill although one existed before, or it is older (fewer steps) than
     the one seen just before the kill;
   - mismatch: the resumed run's final state differs from the reference.
@@ -41,6 +41,10 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sgmcmc_fused.train import checkpoint  # noqa: E402
+
 METHOD = "psgld"
 
 #: Options that only steer execution; --resume accepts them (they must match the reference's so the
@@ -82,7 +86,7 @@ def _checkpoint(out: Path) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint.load_checkpoint(path)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> float:

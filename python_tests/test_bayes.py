@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,6 +24,7 @@ from sgmcmc_fused.bayes import (
     predictive_entropy,
     predictive_mean,
     predictive_std,
+    split_rhat,
 )
 
 
@@ -223,3 +225,80 @@ def test_expected_calibration_error_hand_computed():
     assert expected_calibration_error(mean, labels) == pytest.approx(0.0, abs=1e-7)
     # always right with confidence 0.6 -> ECE 0.4
     assert expected_calibration_error(torch.tensor([[0.4, 0.6]] * 3), torch.tensor([1, 1, 1])) == pytest.approx(0.4)
+
+
+# -- pooling chains and split-R-hat -------------------------------------------------------------------
+
+
+def test_pooled_averager_equals_averaging_all_samples_at_once():
+    g = torch.Generator().manual_seed(3)
+    chains = [torch.rand(n, 50, 4, generator=g, dtype=torch.float64) for n in (3, 7, 1)]
+    averagers = []
+    for samples in chains:
+        a = PredictiveAverager(50)
+        for p in samples:
+            a.update(p)
+        averagers.append(a)
+    empty = PredictiveAverager(50)
+    pooled = PredictiveAverager.pooled([*averagers, empty])
+    everything = torch.cat(chains)
+    assert pooled.num_samples == 11
+    torch.testing.assert_close(pooled.mean, everything.mean(0), rtol=1e-13, atol=0)
+    targets = torch.randint(0, 4, (50,), generator=g)
+    direct = math.exp(-everything.mean(0).gather(1, targets.view(-1, 1)).log().mean().item())
+    assert pooled.perplexity(targets) == pytest.approx(direct, rel=1e-12)
+    assert PredictiveAverager.pooled([empty]).num_samples == 0
+
+
+def test_pooled_averager_refuses_mismatches():
+    a, b = PredictiveAverager(5), PredictiveAverager(6)
+    a.update(torch.rand(5))
+    b.update(torch.rand(6))
+    with pytest.raises(ValueError, match="cannot pool averagers over 6 items"):
+        PredictiveAverager.pooled([a, b])
+    c = PredictiveAverager(5)
+    c.update(torch.rand(5, 3))
+    with pytest.raises(ValueError, match="different update shapes"):
+        PredictiveAverager.pooled([a, c])
+    with pytest.raises(ValueError, match="at least one"):
+        PredictiveAverager.pooled([])
+
+
+def _split_rhat_numpy(chains: list[list[float]]) -> float:
+    """BDA3 split-R-hat written out in numpy, as an independent reference."""
+    n2 = min(len(c) for c in chains) // 2 * 2
+    seqs = []
+    for c in chains:
+        c = np.asarray(c[len(c) - n2 :], dtype=np.float64)
+        seqs += [c[: n2 // 2], c[n2 // 2 :]]
+    n = n2 // 2
+    means = np.array([s.mean() for s in seqs])
+    w = np.mean([s.var(ddof=1) for s in seqs])
+    b = n * means.var(ddof=1)
+    return float(np.sqrt(((n - 1) / n * w + b / n) / w))
+
+
+def test_split_rhat_matches_the_formula_and_flags_disagreement():
+    rng = np.random.default_rng(0)
+    mixed = [list(rng.normal(size=n)) for n in (400, 401, 399, 400)]
+    r = split_rhat(mixed)
+    assert r == pytest.approx(_split_rhat_numpy(mixed), rel=1e-12)
+    assert 0.99 < r < 1.01  # independent draws of one distribution
+    shifted = [list(rng.normal(loc=mu, size=200)) for mu in (0.0, 0.0, 3.0)]
+    assert split_rhat(shifted) == pytest.approx(_split_rhat_numpy(shifted), rel=1e-12)
+    assert split_rhat(shifted) > 1.5  # one chain elsewhere
+    drifting = [list(np.linspace(0, 5, 100) + rng.normal(scale=0.1, size=100))]
+    assert split_rhat(drifting) > 2  # a single chain still on its way: the split catches it
+
+
+def test_split_rhat_hand_computed_and_edge_cases():
+    # One chain [1, 2, 3, 4] -> halves [1, 2], [3, 4]: n = 2, W = 0.5, B/n = var(1.5, 3.5) = 2,
+    # var+ = 0.5 * 0.5 + 2 = 2.25, R-hat = sqrt(2.25 / 0.5) = sqrt(4.5).
+    assert split_rhat([[1.0, 2.0, 3.0, 4.0]]) == pytest.approx(math.sqrt(4.5), rel=1e-15)
+    # The earliest draw is dropped when the length is odd.
+    assert split_rhat([[100.0, 1.0, 2.0, 3.0, 4.0]]) == pytest.approx(math.sqrt(4.5), rel=1e-15)
+    assert math.isnan(split_rhat([[1.0] * 6, [1.0] * 6]))
+    with pytest.raises(ValueError, match="at least 4 draws per chain, the shortest has 3"):
+        split_rhat([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="at least one chain"):
+        split_rhat([])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgmcmc_fused.bayes import perplexity_by_num_samples
+from sgmcmc_fused.bayes import perplexity_by_num_samples, split_rhat
 from sgmcmc_fused.data import batchify
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
@@ -267,3 +267,37 @@ def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
             main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_chains_pool_their_samples_and_report_split_rhat(tmp_path):
+    """--chains 2: chain k is the run with seed SEED + k (bit for bit), the pooled model average equals
+    averaging the probabilities of every stored sample of both chains, and split-R-hat is that of the
+    chains' per-sample validation log-likelihoods."""
+    common = ["--method", "psgld", "--burn-in", "1ep", "--thin", "0.25ep", "--epochs", "2", "--no-plot"]
+    out = _run(tmp_path, "chains", *common, "--chains", "2", "--seed", "5")
+    alone = _run(tmp_path, "seed6", *common, "--seed", "6")
+    chain1 = load_checkpoint(out / "psgld" / "chain-1" / "checkpoint.pt")
+    single = load_checkpoint(alone / "psgld" / "checkpoint.pt")
+    for k in single["model"]:
+        assert torch.equal(chain1["model"][k], single["model"][k]), k
+    assert chain1["curve"] == single["curve"]
+
+    result = json.loads((out / "results.json").read_text())["methods"][0]
+    assert result["chains"] == 2 and result["num_samples"] == 8
+    cfg = json.loads((out / "config.json").read_text())
+    data = load_lm_data(cfg["data"])
+    test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
+    model = LanguageModel(data.vocab_size, cfg["hidden"], cfg["layers"])
+    probs, traces = [], []
+    for k in range(2):
+        ck = load_checkpoint(out / "psgld" / f"chain-{k}" / "checkpoint.pt")
+        for r in ck["collector"]["records"]:
+            model.load_state_dict(r["state"])
+            probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu"))
+        traces.append([-math.log(row["valid_ppl"]) for row in ck["curve"]])
+    pooled = math.exp(-float(torch.stack(probs).mean(0).log().mean()))
+    assert result["test_avg_ppl"] == pytest.approx(pooled, rel=1e-9)
+    # Pooling two chains beats the worse chain's own average.
+    assert result["test_avg_ppl"] < max(result["chain_test_avg_ppl"])
+    assert result["split_rhat"] == pytest.approx(split_rhat(traces), rel=1e-12)
+    assert (out / "psgld" / "pooled.json").is_file()

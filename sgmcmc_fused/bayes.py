@@ -16,7 +16,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "predictive_entropy",
     "predictive_mean",
     "predictive_std",
+    "split_rhat",
 ]
 
 _FILE_RE = re.compile(r"^sample_(\d{8,})\.safetensors$")
@@ -339,6 +340,69 @@ class PredictiveAverager:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_items, self.log_space = state["num_items"], state["log_space"]
         self.num_samples, self._acc = state["num_samples"], state["acc"]
+
+    @classmethod
+    def pooled(cls, averagers: Sequence[PredictiveAverager]) -> PredictiveAverager:
+        """One averager over all the samples of `averagers` (e.g. independent chains on the same
+        evaluation set): their means weighted by their sample counts. Averagers without samples are
+        ignored.
+
+        Raises:
+            ValueError: no averagers, or they differ in num_items, log_space or update shape.
+        """
+        if not averagers:
+            raise ValueError("pooled() needs at least one averager")
+        first = averagers[0]
+        for a in averagers[1:]:
+            if (a.num_items, a.log_space) != (first.num_items, first.log_space):
+                raise ValueError(
+                    f"cannot pool averagers over {a.num_items} items (log_space={a.log_space}) with "
+                    f"{first.num_items} items (log_space={first.log_space})"
+                )
+        out = cls(first.num_items, first.log_space)
+        filled = [a for a in averagers if a.num_samples]
+        if not filled:
+            return out
+        shapes = {tuple(a._acc.shape) for a in filled}
+        if len(shapes) > 1:
+            raise ValueError(f"cannot pool averagers of different update shapes {sorted(shapes)}")
+        total = sum(a.num_samples for a in filled)
+        device = filled[0]._acc.device
+        out._acc = sum(a._acc.to(device) * (a.num_samples / total) for a in filled)
+        out.num_samples = total
+        return out
+
+
+def split_rhat(chains: Sequence[Sequence[float]]) -> float:
+    """Split-R̂ (Gelman et al., Bayesian Data Analysis, 3rd ed., §11.4) of a scalar across chains.
+
+    Every chain is cut to the common even length 2n (dropping its earliest draws, the ones most
+    affected by burn-in) and split into halves, giving m = 2 × chains sequences of n draws. With W the
+    mean within-sequence variance and B/n the variance of the sequence means (both with n - 1 / m - 1
+    denominators), R̂ = sqrt(((n - 1)/n · W + B/n) / W). Near 1 when the chains mix; above ~1.01–1.1
+    they disagree, or still drift.
+
+    Args:
+        chains: one sequence of draws per chain (e.g. the validation log-likelihood of each sample).
+    Returns:
+        R̂ (float; nan when the draws are all equal, so W = 0).
+    Raises:
+        ValueError: no chain, or fewer than 4 draws in the shortest chain.
+    """
+    if not chains:
+        raise ValueError("split_rhat needs at least one chain")
+    shortest = min(len(c) for c in chains)
+    half = shortest // 2
+    if half < 2:
+        raise ValueError(f"split_rhat needs at least 4 draws per chain, the shortest has {shortest}")
+    x = torch.tensor([list(c)[len(c) - 2 * half :] for c in chains], dtype=torch.float64)
+    seqs = x.reshape(len(chains) * 2, half)  # each chain's first half, then its second half
+    within = seqs.var(dim=1, correction=1).mean()
+    between_over_n = seqs.mean(dim=1).var(correction=1)
+    var_plus = (half - 1) / half * within + between_over_n
+    if within == 0:
+        return float("nan")
+    return float(torch.sqrt(var_plus / within))
 
 
 # -- uncertainty of a stack of per-sample class probabilities ------------------------------------

@@ -1,13 +1,17 @@
-"""Checkpoints: atomic writes and safe loads.
+"""Checkpoints: atomic writes, a kept previous checkpoint, checksums and safe loads.
 
 A checkpoint is written to a temporary file in the same folder, flushed and fsync'ed, then renamed over
 the old one (rename is atomic on POSIX), so a crash or SIGKILL while saving leaves the previous
-checkpoint intact. It is read back with ``torch.load(weights_only=True)``: only tensors and plain
-containers of numbers and strings are accepted, never arbitrary pickled objects.
+checkpoint intact. `write_checkpoint` also keeps the checkpoint it replaces as ``NAME.prev`` (a hard
+link made before the rename, so ``NAME`` itself never goes missing), and stores a SHA-256 digest of
+the content: torch's zip reader does not verify its CRCs, so without the digest a flipped byte in a
+tensor would load silently. A checkpoint is read back with ``torch.load(weights_only=True)``: only
+tensors and plain containers of numbers and strings are accepted, never arbitrary pickled objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Collection
@@ -21,6 +25,63 @@ from .options import ConfigError
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupted or of another format."""
+
+
+#: Key of the content digest in a checkpoint written by `write_checkpoint`.
+DIGEST_KEY = "content_sha256"
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where `write_checkpoint` keeps the checkpoint that `path` replaced: ``path`` + ``.prev``."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 (hex) of a checkpoint's content: dict keys, containers, numbers, strings and tensors
+    (dtype, shape and bytes), walked in a fixed order. Independent of torch's file format."""
+    h = hashlib.sha256()
+    _digest_into(h, obj)
+    return h.hexdigest()
+
+
+def _digest_into(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            _digest_into(h, k)
+            _digest_into(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
+        for v in obj:
+            _digest_into(h, v)
+    else:  # numbers, strings, bools, None, torch.Size/dtype: their repr is exact
+        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+
+def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `state` (a dict) to `path` with its content digest, atomically, keeping the checkpoint it
+    replaces as `previous_path(path)`."""
+    path = Path(path)
+    if DIGEST_KEY in state:
+        raise ValueError(f"{DIGEST_KEY!r} is reserved for the checkpoint's digest")
+    if path.is_file():
+        # Link the current checkpoint under a temporary name, then rename that over NAME.prev: both
+        # steps are atomic, and NAME stays in place until save_atomic renames the new one over it.
+        prev = previous_path(path)
+        tmp_link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+        try:
+            os.unlink(tmp_link)
+        except FileNotFoundError:
+            pass
+        os.link(path, tmp_link)
+        os.replace(tmp_link, prev)
+    save_atomic({**state, DIGEST_KEY: content_digest(state)}, path)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -56,9 +117,13 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike, expected_format: str | None = None) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` onto the CPU.
 
+    The content is verified against the digest `write_checkpoint` stored, which is removed from the
+    returned dict.
+
     Raises:
         CheckpointError: the file is missing, unreadable (truncated, corrupted, not a torch file), not a
-            dict, or its ``"format"`` entry differs from `expected_format`.
+            dict, fails its digest, or its ``"format"`` entry differs from `expected_format`. When a
+            readable previous checkpoint exists beside it, the message says how to continue from that.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,12 +131,35 @@ def load_checkpoint(path: str | os.PathLike, expected_format: str | None = None)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupted zip archives
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {e}") from e
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or corrupted?): {e}{_previous_hint(path)}"
+        ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    if DIGEST_KEY not in obj:
+        raise CheckpointError(f"checkpoint {path} has no content digest (not written by write_checkpoint)")
+    stored = obj.pop(DIGEST_KEY)
+    if content_digest(obj) != stored:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted: its content does not match its SHA-256 digest{_previous_hint(path)}"
+        )
     if expected_format is not None and obj.get("format") != expected_format:
         raise CheckpointError(f"checkpoint {path} has format {obj.get('format')!r}, expected {expected_format!r}")
     return obj
+
+
+def _previous_hint(path: Path) -> str:
+    prev = previous_path(path)
+    if not prev.is_file():
+        return ""
+    try:
+        load_checkpoint(prev)
+    except CheckpointError:
+        return f"; the previous checkpoint {prev} is damaged too"
+    return (
+        f"; the previous checkpoint {prev} is intact (one checkpoint older): to continue from it, "
+        f"replace {path.name} by it (mv {prev} {path}) and resume again"
+    )
 
 
 def capture_training_state(

@@ -29,6 +29,11 @@ row per method and fold).
 
 Checkpoints (each epoch end, at --stop-after-steps and on Ctrl-C) hold everything the rest of the run
 depends on, so ``--resume`` computes bit for bit what the uninterrupted run would have.
+
+Under ``torchrun --nproc_per_node=K`` the run is data parallel (DDP; gloo on CPU, NCCL on GPU): each
+rank takes a contiguous share of every minibatch's sentences and of the evaluation sentences, and the
+parameters stay bitwise equal across ranks (the samplers' noise is counter-based; checked at every
+checkpoint). Rank 0 prints and writes; resume under the same number of processes.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..bayes import (
@@ -64,10 +70,23 @@ from .checkpoint import (
     check_same_config,
     load_checkpoint,
     restore_training_state,
-    save_atomic,
+    write_checkpoint,
 )
 from .classify_config import ConfigError
-from .lm import _device, _InterruptFlag, _Printer, _Stop
+from .distributed import (
+    SINGLE,
+    World,
+    any_rank,
+    barrier,
+    check_replicas_equal,
+    gather_dim,
+    gather_objects,
+    init_world,
+    shard,
+    shutdown,
+    sum_ranks,
+)
+from .lm import _device, _InterruptFlag, _Printer, _rng_states, _set_rng_states, _Stop
 from .methods import SAMPLERS, make_optimizer, set_noise
 from .options import parse_steps
 from .runlog import write_csv, write_json, write_run_logs
@@ -412,7 +431,17 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise ConfigError(f"--stop-after-steps must be >= 1, got {args.stop_after_steps}")
-    device = _device(args.device)
+    world, device = init_world(_device(args.device))
+    try:
+        status = _run_in_world(args, world, device)
+    except BaseException:
+        shutdown(world, wait_for_all=False)
+        raise
+    shutdown(world)
+    return status
+
+
+def _run_in_world(args: argparse.Namespace, world: World, device: torch.device) -> int:
     if args.resume:
         out = Path(args.resume)
         cfg = _resumed_config(args, out)
@@ -422,7 +451,8 @@ def _run(args: argparse.Namespace) -> int:
             out = Path(args.out)
         else:
             name = "synthetic" if cfg["data"]["kind"] == "synthetic" else Path(cfg["data"]["train"]).name
-            out = Path("runs") / f"classify-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            # Every rank must write to rank 0's folder (the clock may pass a second between ranks).
+            out = Path(gather_objects(f"runs/classify-{name}-{time.strftime('%Y%m%d-%H%M%S')}", world)[0])
         if (out / "config.json").exists():
             raise ConfigError(
                 f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out"
@@ -435,9 +465,16 @@ def _run(args: argparse.Namespace) -> int:
         cfg["embedding_dim"] = dim
     if cfg["select"] == "best-valid" and any(sp.valid is None for sp in data.splits):
         raise ConfigError("--select best-valid needs validation sentences (--valid, or --valid-fraction > 0)")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg)
-    say = _Printer(args.quiet)
+    if world.distributed:
+        smallest = min(min(len(sp.test), len(sp.valid) if sp.valid is not None else len(sp.test)) for sp in data.splits)
+        if smallest < world.size:
+            raise ConfigError(f"{world.size} processes share evaluation sets of only {smallest} sentences")
+    barrier(world)  # every rank has checked --out before rank 0 writes into it
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg)
+    barrier(world)
+    say = _Printer(args.quiet, silent=not world.is_main)
     say(f"data: {data.description}")
     for note in data.notes:
         say(note)
@@ -446,8 +483,10 @@ def _run(args: argparse.Namespace) -> int:
         f"{'bidirectional ' if cfg['bidirectional'] else ''}LSTM over {cfg['embedding_dim']}-d embeddings, "
         f"dropout {cfg['dropout']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs; device {device}, "
         f"{torch.get_num_threads()} threads; output {out}"
+        + (f"; {world.size} processes (data parallel)" if world.distributed else "")
     )
     progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
+    progress = progress and world.is_main
     runs: list[dict[str, Any]] = []
     predictions: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg["methods"]}
     with _InterruptFlag() as interrupted:
@@ -455,8 +494,8 @@ def _run(args: argparse.Namespace) -> int:
             encoded = encode_split(split, data, cfg["data"].get("min_count", 1))
             for method in cfg["methods"]:
                 run_dir = out / method / (f"fold-{split.fold}" if split.fold else "")
-                trainer = ClassifierTrainer(method, cfg, encoded, data.num_classes, run_dir, device, say=say,
-                                            progress=progress)  # fmt: skip
+                trainer = ClassifierTrainer(method, cfg, encoded, data.num_classes, run_dir, device, world=world,
+                                            say=say, progress=progress)  # fmt: skip
                 try:
                     result, rows = trainer.train(stop_after=args.stop_after_steps, interrupted=interrupted)
                 except _Stop as stop:
@@ -466,6 +505,8 @@ def _run(args: argparse.Namespace) -> int:
                 predictions[method].extend(rows)
                 if split.fold:
                     say(f"{method:>8} fold {split.fold}/{data.folds}: test error {100 * result['error']:.2f}%")
+    if not world.is_main:
+        return 0
     columns = prediction_columns(data.num_classes)
     for method, rows in predictions.items():
         write_csv(out / method / "predictions.csv", columns, rows)
@@ -591,8 +632,9 @@ class ClassifierTrainer:
     """
 
     def __init__(self, method: str, cfg: dict[str, Any], data: EncodedSplit, num_classes: int, run_dir: Path,
-                 device: torch.device, *, say=print, progress: bool = False):  # fmt: skip
+                 device: torch.device, *, world: World = SINGLE, say=print, progress: bool = False):  # fmt: skip
         self.method, self.cfg, self.data, self.run_dir, self.device = method, cfg, data, run_dir, device
+        self.world = world
         self.num_classes, self.say, self.progress = num_classes, say, progress
         self.fold = data.split.fold
         self.sampler = method in SAMPLERS
@@ -614,6 +656,15 @@ class ClassifierTrainer:
             dropconnect=cfg["dropconnect"], mask=cfg["mask"], masked=cfg["masked"], embeddings=data.embeddings,
             freeze_embeddings=cfg["static_embeddings"], lstm_seed=seed, lstm_impl=cfg["lstm_impl"],
         ).to(device)  # fmt: skip
+        self.forward_model: torch.nn.Module = self.model
+        if world.distributed:
+            # The shared seed made the initialisation identical on every rank; from here on each rank's
+            # dropout masks its own sentences, so its stream must differ.
+            if world.rank:
+                torch.manual_seed((seed + 0x9E3779B97F4A7C15 * world.rank) % 2**64)
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+            )
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = make_optimizer(
             method, params, lr=cfg["lr"][method], num_data=self.num_train, seed=seed,
@@ -663,14 +714,14 @@ class ClassifierTrainer:
             if stop_after is not None and self.step >= stop_after:
                 raise _Stop(f"{self.name}: stopped after step {self.step} (--stop-after-steps); continue with "
                             f"{resume_hint}", 0)  # fmt: skip
-            if bool(interrupted):
+            if any_rank(bool(interrupted), self.world, self.device):
                 raise _Stop(f"{self.name}: interrupted at step {self.step}; checkpoint saved, continue with "
                             f"{resume_hint}", 130)  # fmt: skip
             self._train_epoch(stop_after, interrupted)
         return self._final_result()
 
     def _train_epoch(self, stop_after, interrupted) -> None:
-        cfg, model, opt, data = self.cfg, self.model, self.optimizer, self.data
+        cfg, model, opt, data, world = self.cfg, self.model, self.optimizer, self.data, self.world
         self.data_rng.set_state(self.epoch_rng_state)
         order = torch.randperm(self.num_train, generator=self.data_rng)
         batches = torch.split(order, cfg["batch_size"])
@@ -690,25 +741,36 @@ class ClassifierTrainer:
                 noise = self.sampler and step > self.burn_in
                 if noise != bool(opt.param_groups[0]["add_noise"]):
                     set_noise(opt, noise)
+                batch_size = len(idx)
+                share = 1.0
+                if world.distributed:
+                    mine = idx[shard(batch_size, world)]
+                    # DDP averages the ranks' gradients: weight each rank's mean loss by its share of the
+                    # batch. A rank left without a sentence (a last batch smaller than the process count)
+                    # still runs forward and backward, on one sentence with weight 0, as DDP requires.
+                    share = world.size * len(mine) / batch_size
+                    idx = mine if len(mine) else idx[:1]
                 tokens, lengths = pad_batch([data.train[i] for i in idx.tolist()], self.device)
                 y = self.train_labels[idx].to(self.device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
-                logits = model(tokens, lengths)
+                logits = self.forward_model(tokens, lengths)
                 loss = F.cross_entropy(logits, y)
-                loss.backward()
+                (loss * share if world.distributed else loss).backward()
                 if cfg["clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
                 opt.step()
-                loss_sum += loss.detach().double() * len(idx)
-                errors += (logits.detach().argmax(1) != y).sum()
-                seen += len(idx)
+                if share:  # this rank's sentences; summed over ranks below
+                    loss_sum += loss.detach().double() * len(idx)
+                    errors += (logits.detach().argmax(1) != y).sum()
+                seen += batch_size
                 self.step, self.batch_in_epoch = step, self.batch_in_epoch + 1
                 if self.collects and step >= self.burn_in + self.thin and (step - self.burn_in) % self.thin == 0:
                     self._evaluate_sample()
                 bar.update(1)
-                if self.progress and step % 20 == 0:
+                if self.progress and step % 20 == 0 and not world.distributed:
                     bar.set_postfix(loss=f"{(self.loss_sum + float(loss_sum)) / (self.seen + seen):.4f}")
-                stop = (stop_after is not None and step >= stop_after) or bool(interrupted)
+                stop_now = any_rank(bool(interrupted), world, self.device)  # all ranks stop at the same step
+                stop = (stop_after is not None and step >= stop_after) or stop_now
                 if stop and self.batch_in_epoch < self.steps_per_epoch:
                     stopped = True
                     break
@@ -717,20 +779,26 @@ class ClassifierTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_time += time.perf_counter() - t0 - (self.eval_time - eval_before)
-        self.loss_sum += float(loss_sum)
-        self.errors += int(errors)
+        self.loss_sum += float(sum_ranks(loss_sum, world))
+        self.errors += int(sum_ranks(errors, world))
         self.seen += seen
         if stopped:
             self.save_checkpoint()
             hint = f"--resume {self.run_dir.parent.parent if self.fold else self.run_dir.parent}"
-            if bool(interrupted):
+            if stop_now:
                 raise _Stop(f"{self.name}: interrupted at step {self.step}; checkpoint saved, continue with {hint}",
                             130)  # fmt: skip
             raise _Stop(f"{self.name}: stopped after step {self.step} (--stop-after-steps); continue with {hint}", 0)
         self._end_epoch()
 
     def _probabilities(self, sentences: list[torch.Tensor]) -> torch.Tensor:
-        return class_probabilities(self.model, sentences, self.cfg["eval_batch_size"], self.device)
+        """Class probabilities [N, C] (float64, CPU) of the current weights; data parallel, each rank
+        computes its share of the sentences and all ranks receive the whole result."""
+        if not self.world.distributed:
+            return class_probabilities(self.model, sentences, self.cfg["eval_batch_size"], self.device)
+        mine = sentences[shard(len(sentences), self.world)]
+        local = class_probabilities(self.model, mine, self.cfg["eval_batch_size"], self.device)
+        return gather_dim(local.to(self.device), 0, self.world).cpu()
 
     def _evaluate_sample(self) -> None:
         """Class probabilities of the sample just taken on valid and test, folded into the averages."""
@@ -844,6 +912,8 @@ class ClassifierTrainer:
         return result, rows
 
     def _write_logs(self, result: dict[str, Any] | None = None) -> None:
+        if not self.world.is_main:
+            return
         write_run_logs(self.run_dir, EPOCH_COLUMNS, self.history, SAMPLE_COLUMNS, self.curve, {
             "method": self.method, "fold": self.fold, "config": self.cfg, "burn_in_steps": self.burn_in,
             "thin_steps": self.thin, "steps_per_epoch": self.steps_per_epoch, "vocab_size": len(self.data.vocab),
@@ -854,7 +924,17 @@ class ClassifierTrainer:
     # -- checkpoints ---------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` atomically, then the logs (derived from the same state)."""
+        """Write ``checkpoint.pt`` atomically, then the logs (derived from the same state).
+
+        Data parallel, every rank calls it: the ranks check that their parameters are bitwise equal and
+        send rank 0 their RNG states; rank 0 writes.
+        """
+        world = self.world
+        if world.distributed:
+            check_replicas_equal(list(self.model.parameters()), world, f"{self.name}: the parameters")
+            rank_rngs = gather_objects(_rng_states(self.device), world)
+            if not world.is_main:
+                return
         state = {
             "format": CHECKPOINT_FORMAT,
             "method": self.method,
@@ -880,8 +960,11 @@ class ClassifierTrainer:
             "epoch_test_probs": torch.stack(self.epoch_test_probs) if self.epoch_test_probs else None,
             "history": self.history,
             "curve": self.curve,
+            "world_size": world.size,
         }
-        save_atomic(state, self.checkpoint_path)
+        if world.distributed:
+            state["rank_rng_states"] = rank_rngs
+        write_checkpoint(state, self.checkpoint_path)
         self._write_logs()
 
     def _restore(self, ck: dict[str, Any]) -> None:
@@ -895,6 +978,14 @@ class ClassifierTrainer:
         self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
+        saved_world = int(ck.get("world_size", 1))
+        if saved_world != self.world.size:
+            raise ConfigError(
+                f"{self.checkpoint_path} was written by {saved_world} data-parallel process(es); resume it with "
+                "the same number"
+            )
+        if self.world.distributed:
+            _set_rng_states(ck["rank_rng_states"][self.world.rank], self.device)
         self.loss_sum, self.errors, self.seen = float(ck["loss_sum"]), int(ck["errors"]), int(ck["seen"])
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
         for k, v in self.averagers.items():

@@ -23,6 +23,7 @@ from .options import (
     check_optimizer_config,
     need,
     preset_config,
+    temperature,
 )
 
 __all__ = [
@@ -261,25 +262,6 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     check_config(cfg)
     return cfg
-
-
-def temperature(spec: str | float, num_data: int) -> float:
-    """The temperature of a --temperature spec: a number, or "K/N" = K / num_data.
-
-    Raises:
-        ConfigError: malformed, negative or not finite.
-    """
-    text = str(spec).strip()
-    try:
-        if text.upper().endswith("/N"):
-            value = float(text[:-2]) / num_data
-        else:
-            value = float(text)
-    except ValueError:
-        raise ConfigError(f"--temperature {spec!r}: expected a number (1, 0.01) or K/N (1/N, 10/N)") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"--temperature {spec!r}: must be a finite number >= 0")
-    return value
 
 
 def check_config(cfg: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ samples are averaged online over the valid and test sets).
         --method sgd rmsprop sgld psgld --device cuda
     python -m sgmcmc_fused.train lm --char-corpus ../shared/data/tinyshakespeare/input.txt
     python -m sgmcmc_fused.train lm --resume runs/lm-...  # continue exactly where a run stopped
+    torchrun --nproc_per_node=2 -m sgmcmc_fused.train lm  # data parallel (DDP; gloo on CPU, NCCL on GPU)
+    python -m sgmcmc_fused.train lm --chains 4           # 4 chains per method, samples pooled
 
 Units: `lr` is the step size of the mean loss per token (SPEC §1); num_data = training tokens.
 
@@ -25,7 +27,14 @@ Checkpoints (each epoch end, every --checkpoint-every steps, at --stop-after-ste
 everything the rest of the run depends on (parameters, optimizer state with its noise seed and counters,
 the DropConnect seed and call counter, torch's RNG, the data-order RNG, the carried hidden state, the
 sample collector and the running averages), so a resumed run computes bit for bit what the
-uninterrupted run would have.
+uninterrupted run would have. The checkpoint they replace is kept as checkpoint.pt.prev.
+
+Under torchrun (WORLD_SIZE > 1) with --chains 1 the run is data parallel: each rank takes a contiguous
+share of the batch's columns (of --batch-size in all) and of the evaluation streams, DDP averages the
+gradients, and the samplers' counter-based noise is the same on every rank, so the parameters stay
+bitwise equal (checked at every checkpoint). Rank 0 prints and writes; a checkpoint holds the whole
+batch's hidden state and every rank's RNG, and resumes under the same number of processes. With
+--chains K > 1 the ranks instead run the chains (chain k on rank k mod WORLD_SIZE) and rank 0 pools them.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..bayes import PredictiveAverager, SampleCollector
@@ -53,13 +63,27 @@ from .checkpoint import (
     check_same_config,
     load_checkpoint,
     restore_training_state,
-    save_atomic,
+    write_checkpoint,
+)
+from .distributed import (
+    SINGLE,
+    World,
+    any_rank,
+    barrier,
+    check_replicas_equal,
+    gather_dim,
+    gather_objects,
+    init_world,
+    shard,
+    shutdown,
+    sum_ranks,
 )
 from .language_model import LanguageModel, detach_hidden, perplexity, target_probabilities
+from .lm_chains import chain_config, chain_dir, pool_chains
 from .lm_config import ConfigError
 from .lm_data import LMData, check_splits, epoch_batches, load_lm_data, prepare_train, steps_per_epoch
 from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
-from .options import parse_steps
+from .options import parse_steps, temperature
 from .plots import plot_lm_runs
 from .runlog import write_csv, write_json, write_run_logs
 
@@ -72,7 +96,7 @@ EPOCH_COLUMNS = [
 SAMPLE_COLUMNS = ["method", "sample", "step", "epoch", "valid_ppl", "valid_avg_ppl", "test_ppl", "test_avg_ppl"]
 RESULT_COLUMNS = [
     "method", "lr", "epochs", "steps", "test_ppl", "test_avg_ppl", "valid_ppl", "valid_avg_ppl", "num_samples",
-    "sec_per_epoch",
+    "sec_per_epoch", "chains", "split_rhat",
 ]  # fmt: skip
 #: Options that only steer how a run executes; --resume accepts them (plus RESUMABLE_OVERRIDES).
 _RUN_CONTROL = {
@@ -121,52 +145,123 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise ConfigError(f"--stop-after-steps must be >= 1, got {args.stop_after_steps}")
-    device = _device(args.device)
+    world, device = init_world(_device(args.device))
+    try:
+        status = _run_in_world(args, world, device)
+    except BaseException:
+        shutdown(world, wait_for_all=False)
+        raise
+    shutdown(world)
+    return status
+
+
+def _run_in_world(args: argparse.Namespace, world: World, device: torch.device) -> int:
     if args.resume:
         out = Path(args.resume)
         cfg = _resumed_config(args, out)
     else:
         cfg = lm_config.resolve_config(args)
-        out = (
-            Path(args.out)
-            if args.out
-            else Path("runs") / f"lm-{cfg['data']['kind']}-{cfg['preset']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        default = Path("runs") / f"lm-{cfg['data']['kind']}-{cfg['preset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # Every rank must write to rank 0's folder (the clock may pass a second between ranks).
+        out = Path(args.out) if args.out else Path(gather_objects(str(default), world)[0])
         if (out / "config.json").exists():
             raise ConfigError(
                 f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out"
             )
+    chains = cfg.get("chains", 1)
+    _check_world(cfg, world, chains)
     data = load_lm_data(cfg["data"])
     check_splits(data, cfg["batch_size"], cfg["bptt"], cfg["eval_batch_size"], cfg["minibatch"])
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg)
-    say = _Printer(args.quiet)
+    barrier(world)  # every rank has checked --out before rank 0 writes into it
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg)
+    barrier(world)
+    say = _Printer(args.quiet, silent=not world.is_main)
     say(f"data: {data.description}")
     say(
         f"model: {cfg['preset']} preset, {cfg['layers']}x{cfg['hidden']} LSTM, batch {cfg['batch_size']}, bptt "
         f"{cfg['bptt']}, {cfg['epochs']} epochs, {cfg['minibatch']} minibatches; device {device}, "
         f"{torch.get_num_threads()} threads; output {out}"
-    )
+        + (f"; {world.size} processes" + (" (data parallel)" if chains == 1 else " (one chain each)")
+           if world.distributed else "")
+        + (f"; {chains} chains per method" if chains > 1 else "")
+    )  # fmt: skip
     progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
+    progress = progress and world.is_main
     results, histories, curves = [], {}, {}
+    train_kwargs = dict(stop_after=args.stop_after_steps, checkpoint_every=args.checkpoint_every)
     with _InterruptFlag() as interrupted:
         for method in cfg["methods"]:
-            trainer = MethodTrainer(method, cfg, data, out / method, device, say=say, progress=progress)
             try:
-                result = trainer.train(stop_after=args.stop_after_steps, checkpoint_every=args.checkpoint_every,
-                                       interrupted=interrupted)  # fmt: skip
+                if chains == 1:
+                    trainer = MethodTrainer(method, cfg, data, out / method, device, world=world, say=say,
+                                            progress=progress)  # fmt: skip
+                    result = trainer.train(**train_kwargs, interrupted=interrupted)
+                else:
+                    trainer, result = _run_chains(method, cfg, data, out, device, world, say, progress,
+                                                  train_kwargs, interrupted)  # fmt: skip
             except _Stop as stop:
                 say(str(stop), force=True)
                 return stop.status
+            if not world.is_main:
+                continue
             results.append(result)
             histories[method], curves[method] = trainer.history, trainer.curve
             if args.plot:
                 _plot(out, histories, curves, data, cfg)
+    if not world.is_main:
+        return 0
     write_json(out / "results.json", {"data": data.description, "bayes_optimal_test_ppl": data.bayes_perplexity,
                                       "unigram_test_ppl": data.unigram_perplexity, "methods": results})  # fmt: skip
     write_csv(out / "results.csv", RESULT_COLUMNS, results)
     print(format_table(results, data, cfg))
     return 0
+
+
+def _run_chains(method, cfg, data, out, device, world, say, progress, train_kwargs, interrupted):
+    """Train chains 0..K-1 of `method` (this rank's share: k = rank mod world size), then on rank 0 pool
+    them. Returns (chain 0's trainer, for the plot; the pooled result row) on rank 0, (None, None) on
+    the others."""
+    chains = cfg["chains"]
+    first = None
+    for k in range(world.rank, chains, world.size):
+        trainer = MethodTrainer(method, chain_config(cfg, k), data, chain_dir(out, method, k), device, say=say,
+                                progress=progress, label=f"{method} chain {k}",
+                                samples_subdir=str(chain_dir(Path(), method, k)), run_root=out)  # fmt: skip
+        trainer.train(**train_kwargs, interrupted=interrupted)
+        first = first or trainer
+    barrier(world)  # all chains done and checkpointed
+    if not world.is_main:
+        return None, None
+    result = pool_chains(method, cfg, out, CHECKPOINT_FORMAT)
+    write_json(out / method / "pooled.json", result)
+    say(
+        f"{method}: {chains} chains, {result['num_samples']} samples pooled; test perplexity of the pooled "
+        f"average {_fmt(result['test_avg_ppl'])}, split-R-hat of the validation log-likelihood "
+        f"{_fmt(result['split_rhat'])}"
+    )
+    return first, result
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _check_world(cfg: dict[str, Any], world: World, chains: int) -> None:
+    """Clear errors for a process count the run cannot use."""
+    if not world.distributed:
+        return
+    if chains > 1:
+        if chains < world.size:
+            raise ConfigError(
+                f"--chains {chains} with {world.size} processes: every process runs whole chains, so start at most "
+                f"{chains} processes (or use --chains 1 for data parallelism)"
+            )
+        return
+    for option, n in (("--batch-size", cfg["batch_size"]), ("--eval-batch-size", cfg["eval_batch_size"])):
+        if n < world.size:
+            raise ConfigError(f"{option} {n} is smaller than the {world.size} processes that share its columns")
 
 
 def _device(spec: str) -> torch.device:
@@ -210,11 +305,14 @@ def _resumed_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 class _Printer:
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
+    """Progress messages to stdout: all of them, or with `quiet` only the forced ones; none at all on
+    a rank other than 0 of a distributed run (`silent`)."""
+
+    def __init__(self, quiet: bool, silent: bool = False):
+        self.quiet, self.silent = quiet, silent
 
     def __call__(self, message: str, force: bool = False) -> None:
-        if force or not self.quiet:
+        if not self.silent and (force or not self.quiet):
             tqdm.write(message, file=sys.stdout)
 
 
@@ -267,6 +365,13 @@ def format_table(results: list[dict[str, Any]], data: LMData, cfg: dict[str, Any
     if data.bayes_perplexity is not None:
         lines.append(f"{'Bayes-optimal (the source)':<32} {data.bayes_perplexity:>12.3f}")
     for r in results:
+        if r.get("chains", 1) > 1:
+            own = ", ".join(_fmt(x) for x in r["chain_test_avg_ppl"])
+            lines.append(
+                f"{r['method']}: {r['chains']} chains pooled (last sample: mean over chains); split-R-hat of the "
+                f"validation log-likelihood {_fmt(r['split_rhat'])}; each chain's own model average: {own}"
+            )
+    for r in results:
         curve = r.get("test_avg_ppl_by_samples") or []
         if len(curve) > 1:
             marks = sorted({1, 2, 5, 10, 20, 50, 100, 200, 500, len(curve)} & set(range(1, len(curve) + 1)))
@@ -293,12 +398,21 @@ class MethodTrainer:
     steps t > burn_in; a sample is collected after step t = burn_in + k * thin, k >= 1 (the first after
     `thin` noisy steps), and evaluated on valid and test at once, so the running averages need no
     stored samples (the collector keeps the last --max-samples for later use).
+
+    With a distributed `world` it is one of the data-parallel replicas (see the module docstring):
+    every rank calls every method, the collective ones (evaluation, checkpoint) at the same steps.
     """
 
     def __init__(self, method: str, cfg: dict[str, Any], data: LMData, run_dir: Path, device: torch.device,
-                 *, say=print, progress: bool = False):  # fmt: skip
+                 *, world: World = SINGLE, say=print, progress: bool = False, label: str | None = None,
+                 samples_subdir: str | None = None, run_root: Path | None = None):  # fmt: skip
         self.method, self.cfg, self.data, self.run_dir, self.device = method, cfg, data, run_dir, device
+        self.world, self.label = world, label or method
+        self.run_root = run_root or run_dir.parent  # the folder --resume takes
         self.say, self.progress = say, progress
+        # This rank's columns of the training batch and of the evaluation streams (all when alone).
+        self.columns = shard(cfg["batch_size"], world)
+        self.eval_columns = shard(cfg["eval_batch_size"], world)
         self.sampler = method in SAMPLERS
         self.collects = self.sampler or cfg["average_optimizers"]
         self.steps_per_epoch = steps_per_epoch(data, cfg["batch_size"], cfg["bptt"], cfg["minibatch"])
@@ -314,15 +428,28 @@ class MethodTrainer:
             mask=cfg["mask"], masked=cfg["masked"], init_scale=cfg["init_scale"], lstm_seed=cfg["seed"],
             lstm_impl=cfg["lstm_impl"],
         ).to(device)  # fmt: skip
+        self.forward_model: torch.nn.Module = self.model
+        if world.distributed:
+            # The shared seed made the initialisation identical on every rank (DDP checks that too);
+            # from here on each rank's dropout masks its own columns, so its stream must differ.
+            if world.rank:
+                torch.manual_seed((cfg["seed"] + 0x9E3779B97F4A7C15 * world.rank) % 2**64)
+            # Gradients as views of DDP's buckets: no copy in and out of them, no second copy in memory.
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+            )
         self.optimizer = make_optimizer(
             method, list(self.model.named_parameters()), lr=cfg["lr"][method], num_data=data.num_train_tokens,
-            seed=cfg["seed"], temperature=cfg["temperature"], weight_decay=cfg["weight_decay"],
-            alpha=cfg["alpha"], eps=cfg["eps"], impl=cfg["step_impl"],
+            seed=cfg["seed"], temperature=temperature(cfg["temperature"], data.num_train_tokens),
+            weight_decay=cfg["weight_decay"], alpha=cfg["alpha"], eps=cfg["eps"], impl=cfg["step_impl"],
         )  # fmt: skip
         self.optimizer.nan_policy = cfg["nan_policy"]
         self.data_rng = torch.Generator().manual_seed(cfg["seed"])
-        samples_dir = Path(cfg["samples_dir"]) / method if cfg["samples_dir"] else None
-        self.collector = SampleCollector(self.burn_in + self.thin, self.thin, cfg["max_samples"], samples_dir)
+        samples_dir = Path(cfg["samples_dir"]) / (samples_subdir or method) if cfg["samples_dir"] else None
+        if world.is_main:
+            self.collector = SampleCollector(self.burn_in + self.thin, self.thin, cfg["max_samples"], samples_dir)
+        else:  # only rank 0 keeps samples; the others use the collector's schedule alone
+            self.collector = SampleCollector(self.burn_in + self.thin, self.thin, 1)
         self.train_data = prepare_train(data, cfg["batch_size"], cfg["minibatch"], device)
         self.valid_tb = batchify(data.corpus.valid, cfg["eval_batch_size"])
         self.test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
@@ -363,18 +490,18 @@ class MethodTrainer:
         """
         cfg = self.cfg
         if self.epoch < cfg["epochs"] and (self.step or self.batch_in_epoch):
-            self.say(f"{self.method}: resuming at epoch {self.epoch + 1}, step {self.step}")
+            self.say(f"{self.label}: resuming at epoch {self.epoch + 1}, step {self.step}")
         while self.epoch < cfg["epochs"]:
             if stop_after is not None and self.step >= stop_after:
                 break
-            if bool(interrupted):  # the last epoch end was checkpointed
-                raise _Stop(f"{self.method}: interrupted at step {self.step}; checkpoint saved, continue with "
-                            f"--resume {self.run_dir.parent}", 130)  # fmt: skip
+            if any_rank(bool(interrupted), self.world, self.device):  # the last epoch end was checkpointed
+                raise _Stop(f"{self.label}: interrupted at step {self.step}; checkpoint saved, continue with "
+                            f"--resume {self.run_root}", 130)  # fmt: skip
             self._train_epoch(stop_after, checkpoint_every, interrupted)
         if stop_after is not None and self.step >= stop_after and self.epoch < cfg["epochs"]:
             raise _Stop(
-                f"{self.method}: stopped after step {self.step} (--stop-after-steps); continue with "
-                f"--resume {self.run_dir.parent}",
+                f"{self.label}: stopped after step {self.step} (--stop-after-steps); continue with "
+                f"--resume {self.run_root}",
                 0,
             )
         return self._final_result()
@@ -391,10 +518,11 @@ class MethodTrainer:
         successive = cfg["minibatch"] == "successive"
         hidden = self.hidden if successive else None
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        desc = f"{self.method} epoch {self.epoch + 1}/{cfg['epochs']}"
+        desc = f"{self.label} epoch {self.epoch + 1}/{cfg['epochs']}"
         bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not self.progress, leave=False,
                    desc=desc, unit="step", dynamic_ncols=True)  # fmt: skip
         model.train()
+        world = self.world
         t0 = time.perf_counter()
         eval_before = self.eval_time
         try:
@@ -403,35 +531,46 @@ class MethodTrainer:
                 noise = self.sampler and step > self.burn_in
                 if noise != bool(opt.param_groups[0]["add_noise"]):
                     set_noise(opt, noise)
+                batch_tokens = y.numel()
+                if world.distributed:
+                    x, y = x[:, self.columns], y[:, self.columns]
                 opt.zero_grad(set_to_none=True)
-                logits, new_hidden = model(x, hidden if successive else None)
+                logits, new_hidden = self.forward_model(x, hidden if successive else None)
                 loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-                loss.backward()
+                if world.distributed:
+                    # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of
+                    # the batch makes that average the gradient of the whole batch's mean loss.
+                    (loss * (world.size * y.numel() / batch_tokens)).backward()
+                else:
+                    loss.backward()
                 if cfg["clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
                 opt.step()
                 if successive:
                     hidden = detach_hidden(new_hidden)
-                loss_sum += loss.detach().double() * y.numel()
-                self.tokens += y.numel()
+                loss_sum += loss.detach().double() * y.numel()  # this rank's tokens; summed in _pause
+                self.tokens += batch_tokens
                 self.step, self.batch_in_epoch = step, self.batch_in_epoch + 1
-                if self.collects and self.collector.maybe_collect(step, model):
+                if self.collects and (
+                    self.collector.maybe_collect(step, model) if world.is_main else self.collector.should_collect(step)
+                ):
                     self._evaluate_sample()
                 bar.update(1)
-                if self.progress and step % 50 == 0:
+                if self.progress and step % 50 == 0 and not world.distributed:
                     bar.set_postfix(
                         ppl=f"{math.exp((self.loss_sum + float(loss_sum)) / self.tokens):.2f}", lr=f"{lr:.3g}"
                     )
-                stop = (stop_after is not None and step >= stop_after) or bool(interrupted)
+                stop_now = any_rank(bool(interrupted), world, self.device)  # all ranks stop at the same step
+                stop = (stop_after is not None and step >= stop_after) or stop_now
                 periodic = checkpoint_every and step % checkpoint_every == 0
                 if (stop or periodic) and self.batch_in_epoch < self.steps_per_epoch:
                     self._pause(hidden, loss_sum, t0, eval_before)
                     self.save_checkpoint()
                     loss_sum.zero_()
                     t0, eval_before = time.perf_counter(), self.eval_time
-                    if bool(interrupted):
-                        raise _Stop(f"{self.method}: interrupted at step {step}; checkpoint saved, continue with "
-                                    f"--resume {self.run_dir.parent}", 130)  # fmt: skip
+                    if stop_now:
+                        raise _Stop(f"{self.label}: interrupted at step {step}; checkpoint saved, continue with "
+                                    f"--resume {self.run_root}", 130)  # fmt: skip
                     if stop:
                         return
         finally:
@@ -444,8 +583,17 @@ class MethodTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_time += time.perf_counter() - t0 - (self.eval_time - eval_before)
-        self.loss_sum += float(loss_sum)
+        self.loss_sum += float(sum_ranks(loss_sum, self.world))
         self.hidden = hidden
+
+    def _target_probabilities(self, data_tb: torch.Tensor) -> torch.Tensor:
+        """`target_probabilities` of the current weights on a batchified split [T, B]; data parallel,
+        each rank evaluates its share of the B streams and all ranks receive the whole result."""
+        if not self.world.distributed:
+            return target_probabilities(self.model, data_tb, self.cfg["bptt"], self.device)
+        local = target_probabilities(self.model, data_tb[:, self.eval_columns], self.cfg["bptt"], self.device)
+        local = local.view(data_tb.shape[0] - 1, -1).to(self.device)  # [T - 1, this rank's streams]
+        return gather_dim(local, 1, self.world).reshape(-1).cpu()
 
     def _evaluate_sample(self) -> None:
         """Evaluate the sample just collected on valid and test and fold it into the running averages."""
@@ -456,7 +604,7 @@ class MethodTrainer:
             "epoch": round(self.step / self.steps_per_epoch, 4),
         }
         for split, data_tb in (("valid", self.valid_tb), ("test", self.test_tb)):
-            probs = target_probabilities(self.model, data_tb, self.cfg["bptt"], self.device)
+            probs = self._target_probabilities(data_tb)
             avg = self.averagers[split]
             avg.update(probs)
             row[f"{split}_ppl"] = perplexity(probs)
@@ -467,7 +615,7 @@ class MethodTrainer:
 
     def _end_epoch(self, lr: float) -> None:
         t0 = time.perf_counter()
-        valid = target_probabilities(self.model, self.valid_tb, self.cfg["bptt"], self.device)
+        valid = self._target_probabilities(self.valid_tb)
         self.eval_time += time.perf_counter() - t0
         avg = self.averagers["valid"]
         row = {
@@ -489,15 +637,15 @@ class MethodTrainer:
             f"  valid avg {row['valid_avg_ppl']:.3f} ({row['num_samples']} samples)" if row["num_samples"] else ""
         )
         self.say(
-            f"{self.method:>8} epoch {row['epoch']:>3}/{self.cfg['epochs']}  lr {lr:.3g}  train {row['train_ppl']:.3f}"
+            f"{self.label:>8} epoch {row['epoch']:>3}/{self.cfg['epochs']}  lr {lr:.3g}  train {row['train_ppl']:.3f}"
             f"  valid {row['valid_ppl']:.3f}{avg_text}  {row['epoch_time_s']:.1f} s"
         )
 
     # -- results -------------------------------------------------------------------------------------
 
     def _final_result(self) -> dict[str, Any]:
-        test = target_probabilities(self.model, self.test_tb, self.cfg["bptt"], self.device)
-        valid = target_probabilities(self.model, self.valid_tb, self.cfg["bptt"], self.device)
+        test = self._target_probabilities(self.test_tb)
+        valid = self._target_probabilities(self.valid_tb)
         has_avg = self.averagers["test"].num_samples > 0
         times = [r["epoch_time_s"] for r in self.history]
         result = {
@@ -509,11 +657,14 @@ class MethodTrainer:
             # The median is robust to an epoch slowed by other work on the machine.
             "sec_per_epoch": statistics.median(times) if times else 0.0,
             "test_avg_ppl_by_samples": [r["test_avg_ppl"] for r in self.curve],
+            "chains": 1, "split_rhat": None,
         }  # fmt: skip
         self._write_logs(result)
         return result
 
     def _write_logs(self, result: dict[str, Any] | None = None) -> None:
+        if not self.world.is_main:
+            return
         write_run_logs(self.run_dir, EPOCH_COLUMNS, self.history, SAMPLE_COLUMNS, self.curve, {
             "method": self.method, "config": self.cfg, "burn_in_steps": self.burn_in, "thin_steps": self.thin,
             "steps_per_epoch": self.steps_per_epoch, "epochs": self.history, "samples": self.curve, "result": result,
@@ -522,7 +673,19 @@ class MethodTrainer:
     # -- checkpoints ---------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` atomically, then the logs (derived from the same state)."""
+        """Write ``checkpoint.pt`` atomically, then the logs (derived from the same state).
+
+        Data parallel, every rank calls it: the ranks check that their parameters are bitwise equal and
+        send rank 0 their share of the hidden state and their RNG states; rank 0 writes.
+        """
+        world, hidden = self.world, self.hidden
+        if world.distributed:
+            check_replicas_equal(list(self.model.parameters()), world, f"{self.label}: the parameters")
+            if hidden is not None:
+                hidden = tuple(gather_dim(t, 1, world) for t in hidden)  # [L, B, H]: the whole batch
+            rank_rngs = gather_objects(_rng_states(self.device), world)
+            if not world.is_main:
+                return
         state = {
             "format": CHECKPOINT_FORMAT,
             "method": self.method,
@@ -537,7 +700,7 @@ class MethodTrainer:
                 device=self.device,
                 epoch_rng=self.epoch_rng_state,
             ),  # fmt: skip
-            "hidden": None if self.hidden is None else [t.cpu() for t in self.hidden],
+            "hidden": None if hidden is None else [t.cpu() for t in hidden],
             "loss_sum": self.loss_sum,
             "tokens": self.tokens,
             "train_time": self.train_time,
@@ -546,8 +709,11 @@ class MethodTrainer:
             "averagers": {k: v.state_dict() for k, v in self.averagers.items()},
             "history": self.history,
             "curve": self.curve,
+            "world_size": world.size,
         }
-        save_atomic(state, self.checkpoint_path)
+        if world.distributed:
+            state["rank_rng_states"] = rank_rngs
+        write_checkpoint(state, self.checkpoint_path)
         self._write_logs()
 
     def _restore(self, ck: dict[str, Any]) -> None:
@@ -562,10 +728,35 @@ class MethodTrainer:
         self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
-        self.hidden = None if ck["hidden"] is None else tuple(t.to(self.device) for t in ck["hidden"])
+        saved_world = int(ck.get("world_size", 1))
+        if saved_world != self.world.size:
+            raise ConfigError(
+                f"{self.checkpoint_path} was written by {saved_world} data-parallel process(es); resume it with "
+                f"the same number ({'torchrun --nproc_per_node=' + str(saved_world) if saved_world > 1 else 'python'}"
+                " -m sgmcmc_fused.train lm --resume ...)"
+            )
+        if self.world.distributed:
+            _set_rng_states(ck["rank_rng_states"][self.world.rank], self.device)
+        if ck["hidden"] is None:
+            self.hidden = None
+        else:  # the whole batch's [L, B, H]: this rank's columns
+            self.hidden = tuple(t[:, self.columns].contiguous().to(self.device) for t in ck["hidden"])
         self.loss_sum, self.tokens = float(ck["loss_sum"]), int(ck["tokens"])
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
-        self.collector.load_state_dict(ck["collector"])
+        if self.world.is_main:
+            self.collector.load_state_dict(ck["collector"])
         for k, v in self.averagers.items():
             v.load_state_dict(ck["averagers"][k])
         self.history, self.curve = list(ck["history"]), list(ck["curve"])
+
+
+def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's torch CPU RNG state and, training on CUDA, its device's RNG state."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)

@@ -154,3 +154,22 @@ def parse_steps(spec: str | int, steps_per_epoch: int, option: str, minimum: int
     if steps < minimum:
         raise ConfigError(f"{option} {spec!r}: must be at least {minimum} step{'s' if minimum != 1 else ''}")
     return steps
+
+
+def temperature(spec: str | float, num_data: int) -> float:
+    """The temperature of a --temperature spec: a number, or "K/N" = K / num_data.
+
+    Raises:
+        ConfigError: malformed, negative or not finite.
+    """
+    text = str(spec).strip()
+    try:
+        if text.upper().endswith("/N"):
+            value = float(text[:-2]) / num_data
+        else:
+            value = float(text)
+    except ValueError:
+        raise ConfigError(f"--temperature {spec!r}: expected a number (1, 0.01) or K/N (1/N, 10/N)") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--temperature {spec!r}: must be a finite number >= 0")
+    return value

@@ -1,0 +1,214 @@
+"""The trainers under ``torchrun --nproc_per_node=2`` (gloo, 2 CPU processes, 1 thread each).
+
+- Data parallel: the language-model run equals the single-process run on the same global batch to
+  float rounding, with uneven column shares (batch 9 = 5 + 4, evaluation streams 7 = 4 + 3). The
+  ranks' parameters are compared bitwise at every checkpoint by the trainer itself
+  (`check_replicas_equal`, whose detection of a difference is tested here with two processes).
+- Exact resume: a data-parallel run stopped mid-epoch and resumed under torchrun ends bit-identical
+  to the uninterrupted data-parallel run (dropout on, so every rank's RNG must resume); resuming with
+  another process count is refused with a clear message.
+- Chains: ``--chains 2`` on 2 processes (one chain each) gives bit for bit the single-process
+  ``--chains 2`` result.
+- The classifier: data parallel equals single process (batch 25 = 13 + 12, and a last batch of 1
+  sentence, which leaves one rank without a sentence), and resumes bit for bit under torchrun.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sgmcmc_fused.train import main
+from sgmcmc_fused.train.checkpoint import load_checkpoint
+from sgmcmc_fused.train.distributed import World, check_replicas_equal, gather_dim, shard
+
+ROOT = Path(__file__).resolve().parents[1]
+dist = torch.distributed
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
+)
+
+LM = [
+    "lm", "--synthetic-train-tokens", "9000", "--synthetic-eval-tokens", "700", "--hidden", "24",
+    "--batch-size", "9", "--bptt", "10", "--eval-batch-size", "7", "--epochs", "2", "--method", "psgld",
+    "--burn-in", "40", "--thin", "25", "--no-plot", "--quiet", "--threads", "1",
+]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+    }
+
+
+def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "sgmcmc_fused.train", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-10000:]
+
+
+def _model(out: Path, method: str = "psgld") -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / method / "checkpoint.pt")["model"]
+
+
+def _result(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())["methods"][0]
+
+
+def test_data_parallel_lm_equals_single_process(tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main([*LM, "--out", str(single)]) == 0
+    _ok(_torchrun(*LM, "--out", str(ddp)))
+    a, b = _model(single), _model(ddp)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5, msg=k)
+    ra, rb = _result(single), _result(ddp)
+    assert ra["num_samples"] == rb["num_samples"] == 6  # noise after step 40, a sample every 25 of 198
+    assert rb["test_avg_ppl"] == pytest.approx(ra["test_avg_ppl"], rel=1e-4)
+    assert rb["test_ppl"] == pytest.approx(ra["test_ppl"], rel=1e-4)
+    ck = load_checkpoint(ddp / "psgld" / "checkpoint.pt")
+    assert ck["world_size"] == 2 and len(ck["rank_rng_states"]) == 2
+    # The training perplexity sums both ranks' tokens: the same as one process's, to rounding.
+    la = json.loads((single / "psgld" / "log.json").read_text())["epochs"]
+    lb = json.loads((ddp / "psgld" / "log.json").read_text())["epochs"]
+    for ea, eb in zip(la, lb, strict=True):
+        assert eb["train_ppl"] == pytest.approx(ea["train_ppl"], rel=1e-4)
+
+
+def test_data_parallel_resume_is_bit_exact(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = [*LM, "--dropout", "0.2", "--dropconnect", "0.1", "--checkpoint-every", "30"]
+    _ok(_torchrun(*args, "--out", str(straight)))
+    _ok(_torchrun(*args, "--out", str(split), "--stop-after-steps", "130"))
+    assert load_checkpoint(split / "psgld" / "checkpoint.pt")["step"] == 130
+    refused = _torchrun("lm", "--resume", str(split), "--quiet", "--threads", "1", nproc=1)
+    assert refused.returncode != 0
+    assert "written by 2 data-parallel process(es)" in refused.stderr + refused.stdout
+    _ok(_torchrun("lm", "--resume", str(split), "--quiet", "--no-plot", "--threads", "1", "--checkpoint-every", "30"))
+    a, b = load_checkpoint(straight / "psgld" / "checkpoint.pt"), load_checkpoint(split / "psgld" / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, (ra, rb) in enumerate(zip(a["rank_rng_states"], b["rank_rng_states"], strict=True)):
+        assert torch.equal(ra[0], rb[0]), f"rank {i} RNG"
+    assert a["curve"] == b["curve"]
+    assert _result(straight)["test_avg_ppl"] == _result(split)["test_avg_ppl"]
+
+
+def test_chains_on_two_processes_equal_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [*LM, "--chains", "2", "--epochs", "1", "--burn-in", "20", "--thin", "15"]
+    assert main([*args, "--out", str(one)]) == 0
+    _ok(_torchrun(*args, "--out", str(two)))
+    ra, rb = _result(one), _result(two)
+    for key in ("test_avg_ppl", "valid_avg_ppl", "test_ppl", "split_rhat", "chain_test_avg_ppl", "num_samples"):
+        assert ra[key] == rb[key], key
+    for k in range(2):
+        ma, mb = _model(one, f"psgld/chain-{k}"), _model(two, f"psgld/chain-{k}")
+        assert all(torch.equal(ma[n], mb[n]) for n in ma)
+
+
+CLS = [
+    "classify", "--synthetic-train-size", "1362", "--synthetic-test-size", "300", "--hidden", "16",
+    "--embedding-dim", "16", "--epochs", "2", "--method", "psgld", "--batch-size", "25", "--burn-in", "1ep",
+    "--thin", "10", "--no-progress", "--quiet", "--threads", "1",
+]  # fmt: skip
+
+
+def test_data_parallel_classifier_equals_single_process(tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main([*CLS, "--dropout", "0", "--out", str(single)]) == 0
+    _ok(_torchrun(*CLS, "--dropout", "0", "--out", str(ddp)))
+    a = load_checkpoint(single / "psgld" / "checkpoint.pt")
+    b = load_checkpoint(ddp / "psgld" / "checkpoint.pt")
+    assert b["step"] == a["step"] == 2 * 50  # 1226 training sentences: 49 batches of 25 and one of 1
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=2e-5, msg=k)
+    torch.testing.assert_close(b["test_samples"], a["test_samples"], rtol=0, atol=1e-5)
+    ra, rb = _result(single), _result(ddp)
+    assert rb["num_samples"] == ra["num_samples"] == 5
+    assert rb["nll_mean"] == pytest.approx(ra["nll_mean"], rel=1e-4)
+    assert [e["train_loss"] for e in json.loads((ddp / "psgld" / "log.json").read_text())["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in json.loads((single / "psgld" / "log.json").read_text())["epochs"]], rel=1e-5
+    )
+
+
+def test_data_parallel_classifier_resume_is_bit_exact(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _ok(_torchrun(*CLS, "--out", str(straight)))
+    _ok(_torchrun(*CLS, "--out", str(split), "--stop-after-steps", "63"))
+    assert load_checkpoint(split / "psgld" / "checkpoint.pt")["step"] == 63
+    _ok(_torchrun("classify", "--resume", str(split), "--quiet", "--no-progress", "--threads", "1"))
+    a, b = load_checkpoint(straight / "psgld" / "checkpoint.pt"), load_checkpoint(split / "psgld" / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["test_samples"], b["test_samples"])
+    assert _result(straight)["error_mean"] == _result(split)["error_mean"]
+
+
+def test_too_many_processes_for_the_batch_is_a_clear_error(tmp_path):
+    proc = _torchrun(*LM, "--batch-size", "1", "--out", str(tmp_path / "x"))
+    assert proc.returncode != 0
+    assert "--batch-size 1 is smaller than the 2 processes" in proc.stderr + proc.stdout
+
+
+# -- the collectives the trainers use ----------------------------------------------------------------
+
+
+def _collectives_worker(rank: int, world_size: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )  # fmt: skip
+    try:
+        world = World(rank, world_size)
+        full = torch.arange(2 * 7 * 3, dtype=torch.float64).view(2, 7, 3)
+        mine = full[:, shard(7, world)]
+        assert mine.shape[1] == (4 if rank == 0 else 3)
+        assert torch.equal(gather_dim(mine, 1, world), full)
+        same = [torch.ones(3), torch.arange(4.0)]
+        check_replicas_equal(same, world, "params")
+        differs = [torch.ones(3), torch.arange(4.0) + (rank == 1) * 1e-7]
+        try:
+            check_replicas_equal(differs, world, "params")
+        except RuntimeError as e:
+            assert "params differ between ranks (ranks [1] differ from rank 0)" in str(e)
+        else:
+            raise AssertionError("a difference of 1e-7 between ranks was not detected")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_shard_gather_and_replica_check():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_collectives_worker, args=(2, port), nprocs=2, join=True)
+
+
+def test_shard_covers_the_range():
+    for n in (1, 2, 7, 10):
+        for size in (1, 2, 3):
+            if size > n:
+                continue
+            parts = [shard(n, World(r, size)) for r in range(size)]
+            assert [i for p in parts for i in range(n)[p]] == list(range(n))
+            assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
