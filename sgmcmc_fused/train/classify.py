@@ -52,7 +52,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..bayes import (
@@ -78,15 +77,16 @@ from .distributed import (
     World,
     any_rank,
     barrier,
-    check_replicas_equal,
+    data_parallel,
     gather_dim,
     gather_objects,
-    init_world,
+    replica_checkpoint_state,
+    restore_replica_state,
+    run_in_world,
     shard,
-    shutdown,
     sum_ranks,
 )
-from .lm import _device, _InterruptFlag, _Printer, _rng_states, _set_rng_states, _Stop
+from .lm import _device, _InterruptFlag, _Printer, _Stop
 from .methods import SAMPLERS, make_optimizer, set_noise
 from .options import parse_steps
 from .runlog import write_csv, write_json, write_run_logs
@@ -431,14 +431,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise ConfigError(f"--stop-after-steps must be >= 1, got {args.stop_after_steps}")
-    world, device = init_world(_device(args.device))
-    try:
-        status = _run_in_world(args, world, device)
-    except BaseException:
-        shutdown(world, wait_for_all=False)
-        raise
-    shutdown(world)
-    return status
+    return run_in_world(_device(args.device), lambda world, device: _run_in_world(args, world, device))
 
 
 def _run_in_world(args: argparse.Namespace, world: World, device: torch.device) -> int:
@@ -656,15 +649,7 @@ class ClassifierTrainer:
             dropconnect=cfg["dropconnect"], mask=cfg["mask"], masked=cfg["masked"], embeddings=data.embeddings,
             freeze_embeddings=cfg["static_embeddings"], lstm_seed=seed, lstm_impl=cfg["lstm_impl"],
         ).to(device)  # fmt: skip
-        self.forward_model: torch.nn.Module = self.model
-        if world.distributed:
-            # The shared seed made the initialisation identical on every rank; from here on each rank's
-            # dropout masks its own sentences, so its stream must differ.
-            if world.rank:
-                torch.manual_seed((seed + 0x9E3779B97F4A7C15 * world.rank) % 2**64)
-            self.forward_model = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
-            )
+        self.forward_model = data_parallel(self.model, world, device, seed)
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = make_optimizer(
             method, params, lr=cfg["lr"][method], num_data=self.num_train, seed=seed,
@@ -930,11 +915,9 @@ class ClassifierTrainer:
         send rank 0 their RNG states; rank 0 writes.
         """
         world = self.world
-        if world.distributed:
-            check_replicas_equal(list(self.model.parameters()), world, f"{self.name}: the parameters")
-            rank_rngs = gather_objects(_rng_states(self.device), world)
-            if not world.is_main:
-                return
+        replica = replica_checkpoint_state(list(self.model.parameters()), world, f"{self.name}: the parameters")
+        if not world.is_main:
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "method": self.method,
@@ -960,10 +943,8 @@ class ClassifierTrainer:
             "epoch_test_probs": torch.stack(self.epoch_test_probs) if self.epoch_test_probs else None,
             "history": self.history,
             "curve": self.curve,
-            "world_size": world.size,
+            **replica,
         }
-        if world.distributed:
-            state["rank_rng_states"] = rank_rngs
         write_checkpoint(state, self.checkpoint_path)
         self._write_logs()
 
@@ -978,14 +959,7 @@ class ClassifierTrainer:
         self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
-        saved_world = int(ck.get("world_size", 1))
-        if saved_world != self.world.size:
-            raise ConfigError(
-                f"{self.checkpoint_path} was written by {saved_world} data-parallel process(es); resume it with "
-                "the same number"
-            )
-        if self.world.distributed:
-            _set_rng_states(ck["rank_rng_states"][self.world.rank], self.device)
+        restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
         self.loss_sum, self.errors, self.seen = float(ck["loss_sum"]), int(ck["errors"]), int(ck["seen"])
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
         for k, v in self.averagers.items():

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import content_digest
 from .options import ConfigError
@@ -85,6 +87,19 @@ def shutdown(world: World, *, wait_for_all: bool = True) -> None:
         if wait_for_all:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def run_in_world(device: torch.device, body: Callable[[World, torch.device], int]) -> int:
+    """`init_world`, then body(world, device) (returns the exit status), then `shutdown`: after waiting
+    for every rank when body returns, at once when it raises."""
+    world, device = init_world(device)
+    try:
+        status = body(world, device)
+    except BaseException:
+        shutdown(world, wait_for_all=False)
+        raise
+    shutdown(world)
+    return status
 
 
 def shard(n: int, world: World) -> slice:
@@ -156,3 +171,62 @@ def check_replicas_equal(tensors: list[torch.Tensor], world: World, what: str) -
     if len(set(digests)) != 1:
         differing = [r for r, d in enumerate(digests) if d != digests[0]]
         raise RuntimeError(f"{what} differ between ranks (ranks {differing} differ from rank 0)")
+
+
+def data_parallel(model: torch.nn.Module, world: World, device: torch.device, seed: int) -> torch.nn.Module:
+    """The module to call forward on: `model` itself alone, else `model` wrapped in DDP.
+
+    Call it right after building `model` from the shared seed (identical on every rank). Every rank
+    other than 0 then reseeds torch's RNG from (seed, rank): each rank's dropout masks its own share of
+    the batch, so the ranks' streams must differ.
+    """
+    if not world.distributed:
+        return model
+    if world.rank:
+        torch.manual_seed((seed + 0x9E3779B97F4A7C15 * world.rank) % 2**64)
+    # Gradients as views of DDP's buckets: no copy in and out of them, no second copy in memory.
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+    )
+
+
+def rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's torch CPU RNG state and, training on CUDA, its device's RNG state."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def replica_checkpoint_state(params: list[torch.Tensor], world: World, what: str) -> dict[str, Any]:
+    """Checkpoint entries of a data-parallel replica (collective; every rank calls it): checks that the
+    ranks' `params` are bitwise equal and returns {"world_size", and every rank's RNG states}."""
+    state: dict[str, Any] = {"world_size": world.size}
+    if world.distributed:
+        check_replicas_equal(params, world, what)
+        state["rank_rng_states"] = gather_objects(rng_states(_device_of(params)), world)
+    return state
+
+
+def restore_replica_state(ck: dict[str, Any], world: World, device: torch.device, path: Any) -> None:
+    """Restore this rank's RNG states from a checkpoint written by `replica_checkpoint_state`.
+
+    Raises:
+        ConfigError: the checkpoint was written by another number of data-parallel processes.
+    """
+    saved = int(ck.get("world_size", 1))
+    if saved != world.size:
+        how = f"torchrun --nproc_per_node={saved} -m ..." if saved > 1 else "one process (python -m ...)"
+        raise ConfigError(
+            f"{path} was written by {saved} data-parallel process(es); resume it with the same number: {how}"
+        )
+    if world.distributed:
+        set_rng_states(ck["rank_rng_states"][world.rank], device)
+
+
+def _device_of(params: list[torch.Tensor]) -> torch.device:
+    return params[0].device if params else torch.device("cpu")

@@ -51,7 +51,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..bayes import PredictiveAverager, SampleCollector
@@ -70,12 +69,13 @@ from .distributed import (
     World,
     any_rank,
     barrier,
-    check_replicas_equal,
+    data_parallel,
     gather_dim,
     gather_objects,
-    init_world,
+    replica_checkpoint_state,
+    restore_replica_state,
+    run_in_world,
     shard,
-    shutdown,
     sum_ranks,
 )
 from .language_model import LanguageModel, detach_hidden, perplexity, target_probabilities
@@ -145,14 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise ConfigError(f"--stop-after-steps must be >= 1, got {args.stop_after_steps}")
-    world, device = init_world(_device(args.device))
-    try:
-        status = _run_in_world(args, world, device)
-    except BaseException:
-        shutdown(world, wait_for_all=False)
-        raise
-    shutdown(world)
-    return status
+    return run_in_world(_device(args.device), lambda world, device: _run_in_world(args, world, device))
 
 
 def _run_in_world(args: argparse.Namespace, world: World, device: torch.device) -> int:
@@ -428,16 +421,7 @@ class MethodTrainer:
             mask=cfg["mask"], masked=cfg["masked"], init_scale=cfg["init_scale"], lstm_seed=cfg["seed"],
             lstm_impl=cfg["lstm_impl"],
         ).to(device)  # fmt: skip
-        self.forward_model: torch.nn.Module = self.model
-        if world.distributed:
-            # The shared seed made the initialisation identical on every rank (DDP checks that too);
-            # from here on each rank's dropout masks its own columns, so its stream must differ.
-            if world.rank:
-                torch.manual_seed((cfg["seed"] + 0x9E3779B97F4A7C15 * world.rank) % 2**64)
-            # Gradients as views of DDP's buckets: no copy in and out of them, no second copy in memory.
-            self.forward_model = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
-            )
+        self.forward_model = data_parallel(self.model, world, device, cfg["seed"])
         self.optimizer = make_optimizer(
             method, list(self.model.named_parameters()), lr=cfg["lr"][method], num_data=data.num_train_tokens,
             seed=cfg["seed"], temperature=temperature(cfg["temperature"], data.num_train_tokens),
@@ -679,13 +663,11 @@ class MethodTrainer:
         send rank 0 their share of the hidden state and their RNG states; rank 0 writes.
         """
         world, hidden = self.world, self.hidden
-        if world.distributed:
-            check_replicas_equal(list(self.model.parameters()), world, f"{self.label}: the parameters")
-            if hidden is not None:
-                hidden = tuple(gather_dim(t, 1, world) for t in hidden)  # [L, B, H]: the whole batch
-            rank_rngs = gather_objects(_rng_states(self.device), world)
-            if not world.is_main:
-                return
+        replica = replica_checkpoint_state(list(self.model.parameters()), world, f"{self.label}: the parameters")
+        if world.distributed and hidden is not None:
+            hidden = tuple(gather_dim(t, 1, world) for t in hidden)  # [L, B, H]: the whole batch
+        if not world.is_main:
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "method": self.method,
@@ -709,10 +691,8 @@ class MethodTrainer:
             "averagers": {k: v.state_dict() for k, v in self.averagers.items()},
             "history": self.history,
             "curve": self.curve,
-            "world_size": world.size,
+            **replica,
         }
-        if world.distributed:
-            state["rank_rng_states"] = rank_rngs
         write_checkpoint(state, self.checkpoint_path)
         self._write_logs()
 
@@ -728,15 +708,7 @@ class MethodTrainer:
         self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
-        saved_world = int(ck.get("world_size", 1))
-        if saved_world != self.world.size:
-            raise ConfigError(
-                f"{self.checkpoint_path} was written by {saved_world} data-parallel process(es); resume it with "
-                f"the same number ({'torchrun --nproc_per_node=' + str(saved_world) if saved_world > 1 else 'python'}"
-                " -m sgmcmc_fused.train lm --resume ...)"
-            )
-        if self.world.distributed:
-            _set_rng_states(ck["rank_rng_states"][self.world.rank], self.device)
+        restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
         if ck["hidden"] is None:
             self.hidden = None
         else:  # the whole batch's [L, B, H]: this rank's columns
@@ -748,15 +720,3 @@ class MethodTrainer:
         for k, v in self.averagers.items():
             v.load_state_dict(ck["averagers"][k])
         self.history, self.curve = list(ck["history"]), list(ck["curve"])
-
-
-def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """This process's torch CPU RNG state and, training on CUDA, its device's RNG state."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    cpu, cuda = states
-    torch.set_rng_state(cpu)
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
