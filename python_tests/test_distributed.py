@@ -117,6 +117,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
             assert opt.state[p]["step"] == STEPS
         if rank == 0:
             torch.save(flat, out_path)
+        dist.barrier()  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
@@ -205,6 +206,7 @@ def _shard_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
             gathered.append(torch.cat(pieces).reshape(w.shape))
         if rank == 0:
             torch.save(gathered, out_path)
+        dist.barrier()  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 

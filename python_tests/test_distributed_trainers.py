@@ -193,6 +193,7 @@ def _collectives_worker(rank: int, world_size: int, port: int) -> None:
             assert "params differ between ranks (ranks [1] differ from rank 0)" in str(e)
         else:
             raise AssertionError("a difference of 1e-7 between ranks was not detected")
+        dist.barrier()  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
