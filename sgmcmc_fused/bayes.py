@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,8 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import nn
+
+from .atomic_file import atomic_write
 
 __all__ = [
     "PredictiveAverager",
@@ -46,16 +47,8 @@ def _file_name(index: int) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 class SampleCollector:

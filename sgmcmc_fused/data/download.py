@@ -11,11 +11,12 @@ so a downloaded directory is used exactly as that one. Nothing here runs at impo
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from ..atomic_file import atomic_write
 
 __all__ = ["SOURCES", "download"]
 
@@ -54,31 +55,22 @@ def _rehost(url: str, base_url: str | None) -> str:
 
 def _fetch(url: str, dest: Path, timeout: float) -> None:
     """Download `url` to `dest` atomically: a temporary file in dest's directory, fsync, rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    expected = resp.headers.get("Content-Length")
-                    size = 0
-                    while chunk := resp.read(_CHUNK):
-                        out.write(chunk)
-                        size += len(chunk)
-            except urllib.error.HTTPError as e:
-                raise RuntimeError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-            except urllib.error.URLError as e:
-                raise RuntimeError(f"download of {url} failed: {e.reason} (is the network reachable?)") from None
-            except (TimeoutError, ConnectionError) as e:
-                raise RuntimeError(f"download of {url} failed: {e!r}") from None
-            if expected is not None and size != int(expected):
-                raise RuntimeError(f"download of {url} failed: got {size} of {expected} bytes (connection cut?)")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dest, suffix=".part") as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                expected = resp.headers.get("Content-Length")
+                size = 0
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    size += len(chunk)
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise RuntimeError(f"download of {url} failed: {e.reason} (is the network reachable?)") from None
+        except (TimeoutError, ConnectionError) as e:
+            raise RuntimeError(f"download of {url} failed: {e!r}") from None
+        if expected is not None and size != int(expected):
+            raise RuntimeError(f"download of {url} failed: got {size} of {expected} bytes (connection cut?)")
 
 
 def download(name: str, dest_dir: str | os.PathLike, *, base_url: str | None = None, timeout: float = 60) -> list[Path]:

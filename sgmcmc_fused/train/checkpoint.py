@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic_file import atomic_write
 from .options import ConfigError
 
 
@@ -72,7 +72,7 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         raise ValueError(f"{DIGEST_KEY!r} is reserved for the checkpoint's digest")
     if path.is_file():
         # Link the current checkpoint under a temporary name, then rename that over NAME.prev: both
-        # steps are atomic, and NAME stays in place until save_atomic renames the new one over it.
+        # steps are atomic, and NAME stays in place until atomic_write renames the new one over it.
         prev = previous_path(path)
         tmp_link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
         try:
@@ -81,37 +81,8 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             pass
         os.link(path, tmp_link)
         os.replace(tmp_link, prev)
-    save_atomic({**state, DIGEST_KEY: content_digest(state)}, path)
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save `obj` to `path` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path) as f:
+        torch.save({**state, DIGEST_KEY: content_digest(state)}, f)
 
 
 def load_checkpoint(path: str | os.PathLike, expected_format: str | None = None) -> dict[str, Any]:
