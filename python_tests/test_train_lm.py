@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,8 @@ def test_resume_is_bit_exact(tmp_path, variant):
 def test_ctrl_c_checkpoints_and_resumes_exactly(tmp_path):
     """SIGINT in the middle of training: the run checkpoints at the next step boundary and exits with
     status 130; resumed to the end of the interrupted epoch, it equals an uninterrupted run."""
-    args = ["--method", "psgld", "--burn-in", "100", "--thin", "40", "--no-plot"]
+    # One thread in every part: CPU reductions split by thread, so the count is part of the result.
+    args = ["--method", "psgld", "--burn-in", "100", "--thin", "40", "--no-plot", "--threads", "1"]
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "sgmcmc_fused.train", *TINY, *args, "--epochs", "40", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -188,13 +190,35 @@ def test_ctrl_c_checkpoints_and_resumes_exactly(tmp_path):
     epochs = ck["epoch"] + 1
     assert 1 <= ck["epoch"] < 40 and ck["step"] >= STEPS_PER_EPOCH
 
-    assert main(["lm", "--resume", str(out), "--epochs", str(epochs), "--quiet", "--no-plot"]) == 0
+    assert main(["lm", "--resume", str(out), "--epochs", str(epochs), "--quiet", "--no-plot", "--threads", "1"]) == 0
     straight = _run(tmp_path, "straight", *args, "--epochs", str(epochs))
     a = load_checkpoint(straight / "psgld" / "checkpoint.pt")
     b = load_checkpoint(out / "psgld" / "checkpoint.pt")
     assert a["step"] == b["step"] == epochs * STEPS_PER_EPOCH
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def test_threads_are_restored_and_a_resume_under_another_count_warns(tmp_path):
+    """--threads holds for the run only (an in-process caller keeps its own count); resuming a CPU run
+    under another thread count warns that the result will not be bitwise the uninterrupted one's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = _run(
+            tmp_path, "threads", "--method", "rmsprop", "--no-plot", "--threads", "1", "--stop-after-steps", "30"
+        )
+        assert torch.get_num_threads() == 2
+        assert load_checkpoint(out / "rmsprop" / "checkpoint.pt")["cpu_threads"] == 1
+        with pytest.warns(RuntimeWarning, match=r"resumed with 2 CPU threads, checkpointed with 1; pass --threads 1"):
+            assert main(["lm", "--resume", str(out), "--quiet", "--no-plot", "--stop-after-steps", "60"]) == 0
+        with warnings.catch_warnings(record=True) as caught:  # the count of the last checkpoint: no warning
+            warnings.simplefilter("always")
+            assert main(["lm", "--resume", str(out), "--quiet", "--no-plot", "--epochs", "1"]) == 0
+        assert not [w for w in caught if "CPU threads" in str(w.message)]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_checkpoint_and_logs(tmp_path):

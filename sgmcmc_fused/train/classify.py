@@ -45,6 +45,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ from .checkpoint import (
     check_same_config,
     load_checkpoint,
     restore_training_state,
+    thread_count_note,
     write_checkpoint,
 )
 from .classify_config import ConfigError
@@ -88,7 +90,7 @@ from .distributed import (
 )
 from .lm import _device, _InterruptFlag, _Printer, _Stop
 from .methods import SAMPLERS, make_optimizer, set_noise
-from .options import parse_steps
+from .options import cpu_threads, parse_steps
 from .runlog import write_csv, write_json, write_run_logs
 from .sentence_model import SentenceClassifier, class_probabilities, pad_batch
 
@@ -425,13 +427,10 @@ def encode_split(split: Split, data: ClassifyData, min_count: int = 1) -> Encode
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise ConfigError(f"--stop-after-steps must be >= 1, got {args.stop_after_steps}")
-    return run_in_world(_device(args.device), lambda world, device: _run_in_world(args, world, device))
+    with cpu_threads(args.threads):
+        return run_in_world(_device(args.device), lambda world, device: _run_in_world(args, world, device))
 
 
 def _run_in_world(args: argparse.Namespace, world: World, device: torch.device) -> int:
@@ -676,6 +675,7 @@ class ClassifierTrainer:
         self.history: list[dict[str, Any]] = []
         self.curve: list[dict[str, Any]] = []
         self.checkpoint_path = run_dir / "checkpoint.pt"
+        self.resume_note: str | None = None  # set by _restore
         if self.checkpoint_path.exists():
             self._restore(load_checkpoint(self.checkpoint_path, CHECKPOINT_FORMAT))
 
@@ -695,6 +695,8 @@ class ClassifierTrainer:
         resume_hint = f"--resume {self.run_dir.parent.parent if self.fold else self.run_dir.parent}"
         if self.epoch < cfg["epochs"] and (self.step or self.batch_in_epoch):
             self.say(f"{self.name}: resuming at epoch {self.epoch + 1}, step {self.step}")
+        if self.resume_note and self.epoch < cfg["epochs"]:
+            warnings.warn(f"{self.name}: {self.resume_note}", RuntimeWarning, stacklevel=2)
         while self.epoch < cfg["epochs"]:
             if stop_after is not None and self.step >= stop_after:
                 raise _Stop(f"{self.name}: stopped after step {self.step} (--stop-after-steps); continue with "
@@ -960,6 +962,7 @@ class ClassifierTrainer:
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
+        self.resume_note = thread_count_note(ck, self.device)
         self.loss_sum, self.errors, self.seen = float(ck["loss_sum"]), int(ck["errors"]), int(ck["seen"])
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
         for k, v in self.averagers.items():

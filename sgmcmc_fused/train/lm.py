@@ -46,6 +46,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from .checkpoint import (
     check_same_config,
     load_checkpoint,
     restore_training_state,
+    thread_count_note,
     write_checkpoint,
 )
 from .distributed import (
@@ -83,7 +85,7 @@ from .lm_chains import chain_config, chain_dir, pool_chains
 from .lm_config import ConfigError
 from .lm_data import LMData, check_splits, epoch_batches, load_lm_data, prepare_train, steps_per_epoch
 from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
-from .options import parse_steps, temperature
+from .options import cpu_threads, parse_steps, temperature
 from .plots import plot_lm_runs
 from .runlog import write_csv, write_json, write_run_logs
 
@@ -137,15 +139,12 @@ class _Stop(Exception):
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise ConfigError(f"--stop-after-steps must be >= 1, got {args.stop_after_steps}")
-    return run_in_world(_device(args.device), lambda world, device: _run_in_world(args, world, device))
+    with cpu_threads(args.threads):
+        return run_in_world(_device(args.device), lambda world, device: _run_in_world(args, world, device))
 
 
 def _run_in_world(args: argparse.Namespace, world: World, device: torch.device) -> int:
@@ -454,6 +453,7 @@ class MethodTrainer:
         self.history: list[dict[str, Any]] = []  # one row per epoch
         self.curve: list[dict[str, Any]] = []  # one row per collected sample
         self.checkpoint_path = run_dir / "checkpoint.pt"
+        self.resume_note: str | None = None  # set by _restore
         if self.checkpoint_path.exists():
             self._restore(load_checkpoint(self.checkpoint_path, CHECKPOINT_FORMAT))
 
@@ -475,6 +475,8 @@ class MethodTrainer:
         cfg = self.cfg
         if self.epoch < cfg["epochs"] and (self.step or self.batch_in_epoch):
             self.say(f"{self.label}: resuming at epoch {self.epoch + 1}, step {self.step}")
+        if self.resume_note and self.epoch < cfg["epochs"]:
+            warnings.warn(f"{self.label}: {self.resume_note}", RuntimeWarning, stacklevel=2)
         while self.epoch < cfg["epochs"]:
             if stop_after is not None and self.step >= stop_after:
                 break
@@ -709,6 +711,7 @@ class MethodTrainer:
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
+        self.resume_note = thread_count_note(ck, self.device)
         if ck["hidden"] is None:
             self.hidden = None
         else:  # the whole batch's [L, B, H]: this rank's columns

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 from .methods import METHODS, parse_lrs
 
@@ -56,9 +60,33 @@ def add_nan_policy_argument(group: argparse._ArgumentGroup) -> None:
 def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
     """--device, --threads, --step-impl and --lstm-impl."""
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
-    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's); results are bitwise reproducible for a given count",
+    )
     group.add_argument("--step-impl", default="auto", help="backend of the optimizer step (see sgmcmc_fused.backends)")
     group.add_argument("--lstm-impl", default="auto", help="backend of the DropConnect LSTM")
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with torch's intra-op thread count set to `threads` (None: leave it), and give the
+    caller's count back afterwards: a trainer called in-process must not change its caller's threads.
+
+    Raises:
+        ConfigError: `threads` < 1.
+    """
+    if threads is None:
+        yield
+        return
+    need(threads >= 1, f"--threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def add_output_arguments(group: argparse._ArgumentGroup) -> None:
