@@ -22,43 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from trainer_timing import ptb_small_args, trainer_step_ms
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from sgmcmc_fused.train.checkpoint import load_checkpoint  # noqa: E402
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}  # fmt: skip
 
 
 def run_case(name: str, nproc: int, threads: int, batch: int, steps: int, data_args: list[str], out: Path) -> dict:
-    args = [
-        "lm", *data_args, "--method", "psgld", "--batch-size", str(batch), "--burn-in", "0", "--thin", "100000",
-        "--stop-after-steps", str(steps), "--threads", str(threads), "--quiet", "--no-progress", "--no-plot",
-        "--out", str(out / name),
-    ]  # fmt: skip
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "sgmcmc_fused.train", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "sgmcmc_fused.train", *args]  # fmt: skip
-    env = {**_env(), "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    ck = load_checkpoint(out / name / "psgld" / "checkpoint.pt")
-    step_s = float(ck["train_time"]) / int(ck["step"])
+    extra = [*data_args, "--batch-size", str(batch)]
+    ms, taken = trainer_step_ms("psgld", steps, extra, out / name, processes=nproc, threads=threads)
     return {"case": name, "processes": nproc, "threads_per_process": threads, "global_batch": batch,
-            "steps": int(ck["step"]), "step_ms": 1e3 * step_s, "ms_per_sequence": 1e3 * step_s / batch}  # fmt: skip
+            "steps": taken, "step_ms": ms, "ms_per_sequence": ms / batch}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="PTB folder (default ../shared/data/ptb); 'synthetic' for the embedded corpus")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the rows here")
     a = p.parse_args(argv)
-    data_args = (["--synthetic-train-tokens", "200000", "--preset", "small"] if a.word_corpus == "synthetic"
-                 else ["--word-corpus", a.word_corpus, "--preset", "small"])  # fmt: skip
+    data_args = ptb_small_args(a.word_corpus)
     with tempfile.TemporaryDirectory(prefix="ddp-bench-") as tmp:
         out = Path(tmp)
         rows = [

@@ -18,37 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from trainer_timing import ptb_small_args, trainer_step_ms
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from sgmcmc_fused.train.checkpoint import load_checkpoint  # noqa: E402
-
 METHODS = ("sgd", "sgld", "rmsprop", "psgld")
-
-
-def step_ms(method: str, steps: int, threads: int, data_args: list[str], out: Path) -> float:
-    """Milliseconds per training step of one run of `method`."""
-    args = [
-        "lm", *data_args, "--method", method, "--burn-in", "0", "--thin", "1000000", "--stop-after-steps",
-        str(steps), "--threads", str(threads), "--quiet", "--no-progress", "--no-plot", "--out", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": str(threads)}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "sgmcmc_fused.train", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    ck = load_checkpoint(out / method / "checkpoint.pt")
-    return 1e3 * float(ck["train_time"]) / int(ck["step"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="PTB folder (default ../shared/data/ptb); 'synthetic' for the embedded corpus")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the measurements here")
     a = p.parse_args(argv)
-    data_args = (["--synthetic-train-tokens", "200000", "--preset", "small"] if a.word_corpus == "synthetic"
-                 else ["--word-corpus", a.word_corpus, "--preset", "small"])  # fmt: skip
+    data_args = ptb_small_args(a.word_corpus)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     with tempfile.TemporaryDirectory(prefix="method-bench-") as tmp:
         for r in range(a.rounds):
             for m in METHODS:
-                times[m].append(step_ms(m, a.steps, a.threads, data_args, Path(tmp) / f"{m}-{r}"))
+                ms, _ = trainer_step_ms(m, a.steps, data_args, Path(tmp) / f"{m}-{r}", threads=a.threads)
+                times[m].append(ms)
     median = {m: statistics.median(t) for m, t in times.items()}
     print(f"torch {torch.__version__}, {a.threads} thread(s); small preset (2x200 LSTM, batch 20, bptt 20) "
           f"on {a.word_corpus}; {a.steps} steps x {a.rounds} rounds")  # fmt: skip
