@@ -172,6 +172,8 @@ def test_fixed_split_files_word_vectors_and_select(tmp_path):
     assert cfg["embedding_dim"] == 6  # the vectors' width
     (run,) = _csv(out / "folds.csv")
     assert (int(run["num_train"]), int(run["num_valid"]), int(run["num_test"])) == (350, 50, 50)
+    data = json.loads((out / "results.json").read_text())["data"]
+    assert data.startswith("train.txt / valid.txt / test.txt: 350/50/50 train/valid/test sentences"), data
     rows = _csv(out / "psgld" / "predictions.csv")
     assert [int(r["index"]) for r in rows] == list(range(50)) and {r["fold"] for r in rows} == {"0"}
     log = _csv(out / "psgld" / "log.csv")

@@ -319,12 +319,12 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
     names = [Path(spec["train"]).name]
     if spec["test"] is not None:
         test = _load_file(spec["test"])
-        names.append(Path(spec["test"]).name)
         if spec["valid"] is not None:
             train, valid = train_file, _load_file(spec["valid"])
             names.append(Path(spec["valid"]).name)
         else:
             train, valid = _hold_out(train_file, frac, [seed, 0], spec["train"])
+        names.append(Path(spec["test"]).name)  # in the order of the counts: train / valid / test
         splits = [Split(0, train, valid, test)]
         desc = f"{' / '.join(names)}: {len(train)}/{len(valid or [])}/{len(test)} train/valid/test sentences" + (
             "" if spec["valid"] or valid is None else f" (valid: {frac:g} of {names[0]} held out)"
