@@ -12,6 +12,7 @@ the same update.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,11 @@ def shutdown(world: World, *, wait_for_all: bool = True) -> None:
     connections down while another still finished its work could make gloo abort that one.
     """
     if world.distributed and dist.is_initialized():
+        # Free the run's DDP reducers (and the gloo work they hold) now, while the group is alive: an
+        # object in a reference cycle would otherwise be freed at interpreter exit, after the group is
+        # gone, where gloo's destructors can abort the process ("terminate called without an active
+        # exception").
+        gc.collect()
         if wait_for_all:
             dist.barrier()
         dist.destroy_process_group()
