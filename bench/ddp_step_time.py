@@ -27,9 +27,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from trainer_timing import ptb_small_args, trainer_step_ms
-
-REPO = Path(__file__).resolve().parent.parent
+from trainer_timing import REPO, ptb_small_args, trainer_step_ms
 
 
 def run_case(name: str, nproc: int, threads: int, batch: int, steps: int, data_args: list[str], out: Path) -> dict:

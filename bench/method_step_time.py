@@ -24,9 +24,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from trainer_timing import ptb_small_args, trainer_step_ms
+from trainer_timing import REPO, ptb_small_args, trainer_step_ms
 
-REPO = Path(__file__).resolve().parent.parent
 METHODS = ("sgd", "sgld", "rmsprop", "psgld")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -151,21 +152,23 @@ def capture_training_state(
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "epoch_rng": epoch_rng,
         # CPU kernels split their reductions by thread, so the thread count is part of what fixes the
-        # floating-point result; a resume under another count is checked by `thread_count_note`.
+        # floating-point result; a resume under another count is checked by `warn_if_threads_changed`.
         "cpu_threads": torch.get_num_threads(),
     }
 
 
-def thread_count_note(ck: dict[str, Any], device: torch.device) -> str | None:
-    """A warning when a CPU run resumes under another torch thread count than it was checkpointed with
-    (the result is then close to, but not bitwise equal to, the uninterrupted run's); else None."""
+def warn_if_threads_changed(ck: dict[str, Any], device: torch.device, label: str) -> None:
+    """Warn (RuntimeWarning) when a CPU run resumes under another torch thread count than it was
+    checkpointed with: the result is then close to, but not bitwise equal to, the uninterrupted run's."""
     saved = ck.get("cpu_threads")
     now = torch.get_num_threads()
     if device.type != "cpu" or saved is None or int(saved) == now:
-        return None
-    return (
-        f"resumed with {now} CPU threads, checkpointed with {saved}; pass --threads {saved} for a result "
-        "bitwise equal to an uninterrupted run"
+        return
+    warnings.warn(
+        f"{label}: resumed with {now} CPU threads, checkpointed with {saved}; pass --threads {saved} for a "
+        "result bitwise equal to an uninterrupted run",
+        RuntimeWarning,
+        stacklevel=3,
     )
 
 

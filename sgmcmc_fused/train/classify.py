@@ -45,7 +45,6 @@ import math
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ from .checkpoint import (
     check_same_config,
     load_checkpoint,
     restore_training_state,
-    thread_count_note,
+    warn_if_threads_changed,
     write_checkpoint,
 )
 from .classify_config import ConfigError
@@ -675,7 +674,6 @@ class ClassifierTrainer:
         self.history: list[dict[str, Any]] = []
         self.curve: list[dict[str, Any]] = []
         self.checkpoint_path = run_dir / "checkpoint.pt"
-        self.resume_note: str | None = None  # set by _restore
         if self.checkpoint_path.exists():
             self._restore(load_checkpoint(self.checkpoint_path, CHECKPOINT_FORMAT))
 
@@ -695,8 +693,6 @@ class ClassifierTrainer:
         resume_hint = f"--resume {self.run_dir.parent.parent if self.fold else self.run_dir.parent}"
         if self.epoch < cfg["epochs"] and (self.step or self.batch_in_epoch):
             self.say(f"{self.name}: resuming at epoch {self.epoch + 1}, step {self.step}")
-        if self.resume_note and self.epoch < cfg["epochs"]:
-            warnings.warn(f"{self.name}: {self.resume_note}", RuntimeWarning, stacklevel=2)
         while self.epoch < cfg["epochs"]:
             if stop_after is not None and self.step >= stop_after:
                 raise _Stop(f"{self.name}: stopped after step {self.step} (--stop-after-steps); continue with "
@@ -962,7 +958,8 @@ class ClassifierTrainer:
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
-        self.resume_note = thread_count_note(ck, self.device)
+        if self.epoch < self.cfg["epochs"]:  # a finished method computes nothing more
+            warn_if_threads_changed(ck, self.device, self.name)
         self.loss_sum, self.errors, self.seen = float(ck["loss_sum"]), int(ck["errors"]), int(ck["seen"])
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
         for k, v in self.averagers.items():

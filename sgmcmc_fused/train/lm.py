@@ -46,7 +46,6 @@ import signal
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ from .checkpoint import (
     check_same_config,
     load_checkpoint,
     restore_training_state,
-    thread_count_note,
+    warn_if_threads_changed,
     write_checkpoint,
 )
 from .distributed import (
@@ -453,7 +452,6 @@ class MethodTrainer:
         self.history: list[dict[str, Any]] = []  # one row per epoch
         self.curve: list[dict[str, Any]] = []  # one row per collected sample
         self.checkpoint_path = run_dir / "checkpoint.pt"
-        self.resume_note: str | None = None  # set by _restore
         if self.checkpoint_path.exists():
             self._restore(load_checkpoint(self.checkpoint_path, CHECKPOINT_FORMAT))
 
@@ -475,8 +473,6 @@ class MethodTrainer:
         cfg = self.cfg
         if self.epoch < cfg["epochs"] and (self.step or self.batch_in_epoch):
             self.say(f"{self.label}: resuming at epoch {self.epoch + 1}, step {self.step}")
-        if self.resume_note and self.epoch < cfg["epochs"]:
-            warnings.warn(f"{self.label}: {self.resume_note}", RuntimeWarning, stacklevel=2)
         while self.epoch < cfg["epochs"]:
             if stop_after is not None and self.step >= stop_after:
                 break
@@ -711,7 +707,8 @@ class MethodTrainer:
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
-        self.resume_note = thread_count_note(ck, self.device)
+        if self.epoch < self.cfg["epochs"]:  # a finished method computes nothing more
+            warn_if_threads_changed(ck, self.device, self.label)
         if ck["hidden"] is None:
             self.hidden = None
         else:  # the whole batch's [L, B, H]: this rank's columns
