@@ -175,6 +175,53 @@ def test_averager_equals_stacked_mean_and_perplexity():
     assert again.perplexity(labels) == avg.perplexity(labels)
 
 
+def test_weighted_averager_equals_the_weighted_mean():
+    g = torch.Generator().manual_seed(5)
+    s, n = 6, 40
+    probs = torch.rand(s, n, 3, generator=g, dtype=torch.float64).softmax(-1)
+    weights = [3e-3, 1.5e-3, 7.5e-4, 3.75e-4, 1e-4, 2.0]  # a decaying step size, then one large weight
+    avg, geo = PredictiveAverager(n), PredictiveAverager(n, log_space=True)
+    for p, w in zip(probs, weights, strict=True):
+        avg.update(p, weight=w)
+        geo.update(p, weight=w)
+    w = torch.tensor(weights, dtype=torch.float64).view(-1, 1, 1)
+    torch.testing.assert_close(avg.mean, (w * probs).sum(0) / w.sum(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(geo.mean, ((w * probs.log()).sum(0) / w.sum()).exp(), rtol=1e-13, atol=0)
+    assert avg.num_samples == s and avg.total_weight == pytest.approx(sum(weights), rel=1e-15)
+    # equal weights of any size give the plain mean
+    same = PredictiveAverager(n)
+    for p in probs:
+        same.update(p, weight=0.25)
+    torch.testing.assert_close(same.mean, probs.mean(0), rtol=1e-13, atol=0)
+    # the weight survives a checkpoint; a state from before weights existed counts its samples
+    again = PredictiveAverager(n)
+    again.load_state_dict(avg.state_dict())
+    again.update(probs[0], weight=1.0)
+    avg.update(probs[0], weight=1.0)
+    torch.testing.assert_close(again.mean, avg.mean, rtol=0, atol=0)
+    old = {k: v for k, v in same.state_dict().items() if k != "total_weight"}
+    legacy = PredictiveAverager(n)
+    legacy.load_state_dict(old)
+    assert legacy.total_weight == s
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight must be a finite number > 0"):
+            avg.update(probs[0], weight=bad)
+    assert avg.num_samples == s + 1  # the refused updates changed nothing
+
+
+def test_pooled_weighted_averagers_weigh_chains_by_total_weight():
+    g = torch.Generator().manual_seed(6)
+    probs = torch.rand(5, 30, generator=g, dtype=torch.float64)
+    weights = [1.0, 0.5, 0.25, 2.0, 0.1]
+    a, b = PredictiveAverager(30), PredictiveAverager(30)
+    for i, (p, w) in enumerate(zip(probs, weights, strict=True)):
+        (a if i < 3 else b).update(p, weight=w)
+    pooled = PredictiveAverager.pooled([a, b])
+    w = torch.tensor(weights, dtype=torch.float64).view(-1, 1)
+    torch.testing.assert_close(pooled.mean, (w * probs).sum(0) / w.sum(), rtol=1e-13, atol=0)
+    assert pooled.num_samples == 5 and pooled.total_weight == pytest.approx(sum(weights))
+
+
 def test_perplexity_by_num_samples_against_a_loop():
     g = torch.Generator().manual_seed(1)
     target = torch.rand(5, 30, generator=g, dtype=torch.float64) * 0.9 + 0.05

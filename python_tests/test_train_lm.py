@@ -101,6 +101,37 @@ def test_model_average_matches_the_stored_samples(tmp_path):
     assert float(online[-1]) < float(singles.max())
 
 
+def test_lr_weighted_model_average_matches_the_stored_samples(tmp_path):
+    """--sample-weights lr weighs each sample by the learning rate it was drawn at (Welling & Teh): the
+    running average equals Σ lr_s p(θ_s) / Σ lr_s over the stored samples, after every sample."""
+    out = _run(
+        tmp_path, "lr_weights", "--method", "psgld", "--decay-after", "1", "--lr-decay", "2", "--burn-in", "1ep",
+        "--thin", "0.5ep", "--sample-weights", "lr", "--no-plot",
+    )  # fmt: skip
+    _, samples = _csv(out / "psgld" / "samples.csv")
+    records = load_checkpoint(out / "psgld" / "checkpoint.pt")["collector"]["records"]
+    # steps 300, 400 fall in the second epoch (lr 1e-2 / 2), steps 500, 600 in the third (1e-2 / 4)
+    assert [int(s["step"]) for s in samples] == [r["step"] for r in records] == [300, 400, 500, 600]
+    weights = [float(s["weight"]) for s in samples]
+    assert weights == pytest.approx([5e-3, 5e-3, 2.5e-3, 2.5e-3], rel=1e-12)
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["sample_weights"] == "lr"
+    data = load_lm_data(cfg["data"])
+    test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
+    model = LanguageModel(data.vocab_size, cfg["hidden"], cfg["layers"])
+    probs = []
+    for r in records:
+        model.load_state_dict(r["state"])
+        probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu").double())
+    w = torch.tensor(weights, dtype=torch.float64)
+    for n, row in enumerate(samples, start=1):
+        mean = (w[:n, None] * torch.stack(probs[:n])).sum(0) / w[:n].sum()
+        assert float(row["test_avg_ppl"]) == pytest.approx(math.exp(-mean.log().mean().item()), rel=1e-9)
+    uniform = perplexity_by_num_samples(torch.stack(probs))[-1].item()
+    assert float(samples[-1]["test_avg_ppl"]) != pytest.approx(uniform, rel=1e-9)  # the weights mattered
+
+
 @pytest.mark.parametrize(
     "variant",
     [
@@ -266,6 +297,7 @@ def test_checkpoint_and_logs(tmp_path):
         (["--thin", "0"], "--thin '0': must be at least 1 step"),
         (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["--lr-decay", "0.5"], "--lr-decay must be >= 1"),
+        (["--sample-weights", "step"], "argument --sample-weights: invalid choice: 'step'"),
         (["--word-corpus", "/nonexistent/ptb"], "neither a folder nor a prefix"),
         (["--char-corpus", "/nonexistent/text.txt"], "no such file"),
         (["--char-corpus", "x", "--word-corpus", "y"], "not allowed with argument"),

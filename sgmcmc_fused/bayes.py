@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -253,6 +254,11 @@ class PredictiveAverager:
     probabilities). Nothing per sample is stored. With ``log_space=True`` it averages
     log-probabilities instead (mean_s log p_n, the average of the samples' log-likelihoods, the
     usual but non-Bayesian comparison); then `mean` is the geometric mean exp(mean_s log p_n).
+
+    Each update may carry a weight w_s > 0; the mean is then Σ_s w_s p_n(θ_s) / Σ_s w_s. Samples
+    drawn with a decreasing step size ε_s are weighted by it (Welling & Teh 2011, §4): a sample
+    stands for the stretch of the trajectory around it, and at small steps the chain moves little,
+    so unweighted, its many near-identical late samples would outvote the earlier, spread-out ones.
     """
 
     def __init__(self, num_items: int, log_space: bool = False):
@@ -261,14 +267,21 @@ class PredictiveAverager:
         self.num_items = num_items
         self.log_space = log_space
         self.num_samples = 0
-        self._acc: torch.Tensor | None = None  # running mean of probs, or of log probs
+        self.total_weight = 0.0  # Σ_s w_s; equals num_samples for unweighted updates
+        self._acc: torch.Tensor | None = None  # running (weighted) mean of probs, or of log probs
 
-    def update(self, probs: torch.Tensor | None = None, *, log_probs: torch.Tensor | None = None) -> None:
+    def update(
+        self, probs: torch.Tensor | None = None, *, log_probs: torch.Tensor | None = None, weight: float = 1.0
+    ) -> None:
         """Add one sample's probabilities `probs` [num_items] or [num_items, C] (or `log_probs`,
-        which avoids underflow of tiny probabilities in log_space mode). Any device and float dtype;
-        the mean is kept in float64 on the device of the first update."""
+        which avoids underflow of tiny probabilities in log_space mode) with weight `weight` (a finite
+        number > 0, e.g. the step size the sample was drawn at). Any device and float dtype; the mean
+        is kept in float64 on the device of the first update."""
         if (probs is None) == (log_probs is None):
             raise ValueError("pass exactly one of probs and log_probs")
+        weight = float(weight)
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"weight must be a finite number > 0, got {weight}")
         x = (probs if probs is not None else log_probs).detach()
         if x.dim() not in (1, 2) or x.shape[0] != self.num_items:
             raise ValueError(f"expected [{self.num_items}] or [{self.num_items}, C], got shape {tuple(x.shape)}")
@@ -284,8 +297,10 @@ class PredictiveAverager:
         else:
             v = v.to(self._acc.device)
         self.num_samples += 1
-        # Welford-style running mean: exact to rounding for any number of samples, no growing sum.
-        self._acc += (v - self._acc) / self.num_samples
+        self.total_weight += weight
+        # West's weighted form of Welford's running mean: exact to rounding for any number of samples,
+        # no growing sum; with unit weights it is the plain running mean.
+        self._acc += (v - self._acc) * (weight / self.total_weight)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -320,6 +335,7 @@ class PredictiveAverager:
 
     def reset(self) -> None:
         self.num_samples = 0
+        self.total_weight = 0.0
         self._acc = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -327,18 +343,21 @@ class PredictiveAverager:
             "num_items": self.num_items,
             "log_space": self.log_space,
             "num_samples": self.num_samples,
+            "total_weight": self.total_weight,
             "acc": self._acc,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_items, self.log_space = state["num_items"], state["log_space"]
         self.num_samples, self._acc = state["num_samples"], state["acc"]
+        # States written before weights existed hold unweighted means: total weight = sample count.
+        self.total_weight = float(state.get("total_weight", self.num_samples))
 
     @classmethod
     def pooled(cls, averagers: Sequence[PredictiveAverager]) -> PredictiveAverager:
         """One averager over all the samples of `averagers` (e.g. independent chains on the same
-        evaluation set): their means weighted by their sample counts. Averagers without samples are
-        ignored.
+        evaluation set): their means weighted by their total sample weights (the sample counts, for
+        unweighted updates). Averagers without samples are ignored.
 
         Raises:
             ValueError: no averagers, or they differ in num_items, log_space or update shape.
@@ -359,10 +378,11 @@ class PredictiveAverager:
         shapes = {tuple(a._acc.shape) for a in filled}
         if len(shapes) > 1:
             raise ValueError(f"cannot pool averagers of different update shapes {sorted(shapes)}")
-        total = sum(a.num_samples for a in filled)
+        total = sum(a.total_weight for a in filled)
         device = filled[0]._acc.device
-        out._acc = sum(a._acc.to(device) * (a.num_samples / total) for a in filled)
-        out.num_samples = total
+        out._acc = sum(a._acc.to(device) * (a.total_weight / total) for a in filled)
+        out.num_samples = sum(a.num_samples for a in filled)
+        out.total_weight = total
         return out
 
 

@@ -19,9 +19,9 @@ Units: `lr` is the step size of the mean loss per token (SPEC §1); num_data = t
 
 Outputs in --out DIR: config.json; per method METHOD/log.csv (one row per epoch: epoch, step, lr,
 train/valid perplexity, averaged valid perplexity, samples, seconds), METHOD/samples.csv (one row per
-collected sample: the perplexity of that sample and of the running average on valid and test),
-METHOD/log.json (all of it, and the final result), METHOD/checkpoint.pt; results.json, results.csv and
-perplexity.png for all methods.
+collected sample: its weight in the average, and the perplexity of that sample and of the running
+average on valid and test), METHOD/log.json (all of it, and the final result), METHOD/checkpoint.pt;
+results.json, results.csv and perplexity.png for all methods.
 
 Checkpoints (each epoch end, every --checkpoint-every steps, at --stop-after-steps and on Ctrl-C) hold
 everything the rest of the run depends on (parameters, optimizer state with its noise seed and counters,
@@ -94,7 +94,9 @@ EPOCH_COLUMNS = [
     "method", "epoch", "step", "lr", "noise", "train_ppl", "valid_ppl", "valid_avg_ppl", "num_samples",
     "epoch_time_s", "eval_time_s", "skipped_steps",
 ]  # fmt: skip
-SAMPLE_COLUMNS = ["method", "sample", "step", "epoch", "valid_ppl", "valid_avg_ppl", "test_ppl", "test_avg_ppl"]
+SAMPLE_COLUMNS = [
+    "method", "sample", "step", "epoch", "weight", "valid_ppl", "valid_avg_ppl", "test_ppl", "test_avg_ppl",
+]  # fmt: skip
 RESULT_COLUMNS = [
     "method", "lr", "epochs", "steps", "test_ppl", "test_avg_ppl", "valid_ppl", "valid_avg_ppl", "num_samples",
     "sec_per_epoch", "chains", "split_rhat",
@@ -277,6 +279,7 @@ def _resumed_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--resume {out}: no run there (no config.json)")
     cfg = json.loads(path.read_text())
+    cfg.setdefault("sample_weights", "uniform")  # runs saved before the option existed averaged uniformly
     parser: argparse.ArgumentParser = args.parser
     changed = sorted(
         k for k, v in vars(args).items()
@@ -585,10 +588,12 @@ class MethodTrainer:
             "step": self.step,
             "epoch": round(self.step / self.steps_per_epoch, 4),
         }
+        weight = self.lr_at(self.epoch) if self.cfg["sample_weights"] == "lr" else 1.0
+        row["weight"] = weight
         for split, data_tb in (("valid", self.valid_tb), ("test", self.test_tb)):
             probs = self._target_probabilities(data_tb)
             avg = self.averagers[split]
-            avg.update(probs)
+            avg.update(probs, weight=weight)
             row[f"{split}_ppl"] = perplexity(probs)
             row[f"{split}_avg_ppl"] = avg.perplexity()
         row["sample"] = self.averagers["valid"].num_samples

@@ -71,6 +71,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: while rmsprop went on to 128.1.
 DEFAULT_TEMPERATURE = "1/N"
 
+#: --sample-weights: how the model average weighs its samples (see PredictiveAverager).
+SAMPLE_WEIGHTS = ("uniform", "lr")
+
 #: Preset chosen when --preset is not given, by data kind.
 DEFAULT_PRESET = {"synthetic": "tiny", "word": "small", "char": "char"}
 #: Synthetic corpus of the embedded default (sgmcmc_fused.data.synthetic.make_synthetic_corpus).
@@ -212,6 +215,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="posterior samples kept (oldest dropped); the running averages use every sample",
     )
     meth.add_argument(
+        "--sample-weights",
+        choices=list(SAMPLE_WEIGHTS),
+        default="uniform",
+        help="weights of the samples in the model average: uniform, or lr, the learning rate each sample "
+        "was drawn at (Welling & Teh 2011: with a decaying lr, late samples from a chain that barely moves "
+        "would otherwise outvote the early, spread-out ones). Default %(default)s",
+    )
+    meth.add_argument(
         "--samples-dir",
         metavar="DIR",
         help="keep the samples on disk in DIR/METHOD instead of in memory (and in checkpoints)",
@@ -301,7 +312,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     cfg.update(
         dropconnect=args.dropconnect, mask=args.mask, masked=args.masked, minibatch=args.minibatch,
         eval_batch_size=args.eval_batch_size, temperature=args.temperature, weight_decay=args.weight_decay,
-        alpha=args.alpha, eps=args.eps, max_samples=args.max_samples,
+        alpha=args.alpha, eps=args.eps, max_samples=args.max_samples, sample_weights=args.sample_weights,
         samples_dir=os.path.abspath(args.samples_dir) if args.samples_dir else None,
         average_optimizers=args.average_optimizers, nan_policy=args.nan_policy, seed=args.seed,
         chains=args.chains, step_impl=args.step_impl, lstm_impl=args.lstm_impl,
@@ -327,6 +338,10 @@ def check_config(cfg: dict[str, Any]) -> None:
         math.isfinite(cfg["init_scale"]) and cfg["init_scale"] > 0, f"--init-scale must be > 0, got {cfg['init_scale']}"
     )
     temperature(cfg["temperature"], 1)  # checks the spec
+    need(
+        cfg["sample_weights"] in SAMPLE_WEIGHTS,
+        f"--sample-weights must be one of {', '.join(SAMPLE_WEIGHTS)}, got {cfg['sample_weights']!r}",
+    )
     check_optimizer_config(cfg)
 
 
