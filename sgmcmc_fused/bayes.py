@@ -256,7 +256,7 @@ class PredictiveAverager:
     usual but non-Bayesian comparison); then `mean` is the geometric mean exp(mean_s log p_n).
 
     Each update may carry a weight w_s > 0; the mean is then Σ_s w_s p_n(θ_s) / Σ_s w_s. Samples
-    drawn with a decreasing step size ε_s are weighted by it (Welling & Teh 2011, §4): a sample
+    drawn with a decreasing step size ε_s are weighted by it (Welling & Teh 2011): a sample
     stands for the stretch of the trajectory around it, and at small steps the chain moves little,
     so unweighted, its many near-identical late samples would outvote the earlier, spread-out ones.
     """
