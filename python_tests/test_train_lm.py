@@ -22,7 +22,7 @@ import torch
 from sgmcmc_fused.bayes import perplexity_by_num_samples, split_rhat
 from sgmcmc_fused.data import batchify
 from sgmcmc_fused.train import main
-from sgmcmc_fused.train.checkpoint import load_checkpoint
+from sgmcmc_fused.train.checkpoint import load_checkpoint, write_checkpoint
 from sgmcmc_fused.train.language_model import LanguageModel, target_probabilities
 from sgmcmc_fused.train.lm import EPOCH_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS
 from sgmcmc_fused.train.lm_data import load_lm_data
@@ -323,6 +323,30 @@ def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
             main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_run_saved_before_sample_weights_existed_resumes_exactly(tmp_path):
+    """Runs saved without the sample_weights field (nor the averagers' total weight) resume as the
+    uniform average they computed, and finish bit for bit like an uninterrupted run."""
+    sampling = ["--method", "psgld", "--burn-in", "1ep", "--thin", "0.5ep", "--no-plot"]
+    straight = _run(tmp_path, "straight", *sampling)
+    old = tmp_path / "old"
+    assert main([*TINY, "--out", str(old), *sampling, "--stop-after-steps", "450"]) == 0
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["sample_weights"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    ck_path = old / "psgld" / "checkpoint.pt"
+    ck = load_checkpoint(ck_path)
+    assert ck["averagers"]["test"]["num_samples"] == 2  # steps 300 and 400
+    del ck["config"]["sample_weights"]
+    for state in ck["averagers"].values():
+        del state["total_weight"]
+    write_checkpoint(ck, ck_path)
+    assert main(["lm", "--resume", str(old), "--quiet", "--no-plot"]) == 0
+    # the resumed run's config.json now names the field, with the value the run used all along
+    assert json.loads((old / "config.json").read_text()) == {**cfg, "sample_weights": "uniform"}
+    assert (old / "psgld" / "samples.csv").read_text() == (straight / "psgld" / "samples.csv").read_text()
+    assert _csv(old / "results.csv")[1][0]["test_avg_ppl"] == _csv(straight / "results.csv")[1][0]["test_avg_ppl"]
 
 
 def test_chains_pool_their_samples_and_report_split_rhat(tmp_path):

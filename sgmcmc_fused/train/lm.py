@@ -278,8 +278,7 @@ def _resumed_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     path = out / "config.json"
     if not path.is_file():
         raise ConfigError(f"--resume {out}: no run there (no config.json)")
-    cfg = json.loads(path.read_text())
-    cfg.setdefault("sample_weights", "uniform")  # runs saved before the option existed averaged uniformly
+    cfg = lm_config.with_added_fields(json.loads(path.read_text()))
     parser: argparse.ArgumentParser = args.parser
     changed = sorted(
         k for k, v in vars(args).items()
@@ -707,7 +706,8 @@ class MethodTrainer:
                 f"{self.checkpoint_path}: the data differ from the data this run was trained on "
                 f"({ck['data_fingerprint']} vs {self.data.fingerprint})"
             )
-        check_same_config(self.checkpoint_path, ck["config"], self.cfg, lm_config.RESUMABLE_OVERRIDES)
+        saved_cfg = lm_config.with_added_fields(ck["config"])
+        check_same_config(self.checkpoint_path, saved_cfg, self.cfg, lm_config.RESUMABLE_OVERRIDES)
         self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg["nan_policy"]
         )

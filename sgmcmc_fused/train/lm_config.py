@@ -75,6 +75,17 @@ DEFAULT_TEMPERATURE = "1/N"
 #: --sample-weights: how the model average weighs its samples (see PredictiveAverager).
 SAMPLE_WEIGHTS = ("uniform", "lr")
 
+#: Fields added to the configuration after runs were saved without them, with the value that
+#: reproduces what those runs computed (see `with_added_fields`).
+ADDED_FIELDS: dict[str, Any] = {"sample_weights": "uniform"}
+
+
+def with_added_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` (a saved configuration: config.json or a checkpoint's) completed with ADDED_FIELDS, so
+    that a run saved before a field existed resumes and compares equal to its completed self."""
+    return {**ADDED_FIELDS, **cfg}
+
+
 #: Preset chosen when --preset is not given, by data kind.
 DEFAULT_PRESET = {"synthetic": "tiny", "word": "small", "char": "char"}
 #: Synthetic corpus of the embedded default (sgmcmc_fused.data.synthetic.make_synthetic_corpus).
