@@ -6,6 +6,7 @@ files read back with safetensors' own loader.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -195,18 +196,35 @@ def test_weighted_averager_equals_the_weighted_mean():
     torch.testing.assert_close(same.mean, probs.mean(0), rtol=1e-13, atol=0)
     # the weight survives a checkpoint; a state from before weights existed counts its samples
     again = PredictiveAverager(n)
-    again.load_state_dict(avg.state_dict())
+    again.load_state_dict(copy.deepcopy(avg.state_dict()))  # a copy, as torch.load would give
+    assert again.total_weight == avg.total_weight
     again.update(probs[0], weight=1.0)
+    w1 = torch.cat([w.view(-1), torch.ones(1, dtype=torch.float64)]).view(-1, 1, 1)
+    expected = (w1 * torch.cat([probs, probs[:1]])).sum(0) / w1.sum()
+    torch.testing.assert_close(again.mean, expected, rtol=1e-13, atol=0)
     avg.update(probs[0], weight=1.0)
-    torch.testing.assert_close(again.mean, avg.mean, rtol=0, atol=0)
     old = {k: v for k, v in same.state_dict().items() if k != "total_weight"}
     legacy = PredictiveAverager(n)
     legacy.load_state_dict(old)
     assert legacy.total_weight == s
+    before = (avg.num_samples, avg.total_weight, avg.mean)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="weight must be a finite number > 0"):
             avg.update(probs[0], weight=bad)
-    assert avg.num_samples == s + 1  # the refused updates changed nothing
+    # the refused updates changed nothing
+    assert (avg.num_samples, avg.total_weight) == before[:2]
+    torch.testing.assert_close(avg.mean, before[2], rtol=0, atol=0)
+
+
+def test_unit_weights_are_bitwise_the_plain_running_mean():
+    """Runs that do not weigh their samples keep their numbers bit for bit: (v - acc) * 1 / n."""
+    g = torch.Generator().manual_seed(7)
+    probs = torch.rand(36, 10_000, generator=g, dtype=torch.float64)
+    avg, acc = PredictiveAverager(10_000), torch.zeros(10_000, dtype=torch.float64)
+    for n, p in enumerate(probs, start=1):
+        avg.update(p)
+        acc += (p - acc) / n
+    assert torch.equal(avg.mean, acc)
 
 
 def test_pooled_weighted_averagers_weigh_chains_by_total_weight():

@@ -256,7 +256,7 @@ class PredictiveAverager:
     usual but non-Bayesian comparison); then `mean` is the geometric mean exp(mean_s log p_n).
 
     Each update may carry a weight w_s > 0; the mean is then Σ_s w_s p_n(θ_s) / Σ_s w_s. Samples
-    drawn with a decreasing step size ε_s are weighted by it (Welling & Teh 2011): a sample
+    drawn with a decreasing step size ε_s can be weighted by it (``weight=ε_s``; Welling & Teh 2011): a sample
     stands for the stretch of the trajectory around it, and at small steps the chain moves little,
     so unweighted, its many near-identical late samples would outvote the earlier, spread-out ones.
     """
@@ -299,8 +299,9 @@ class PredictiveAverager:
         self.num_samples += 1
         self.total_weight += weight
         # West's weighted form of Welford's running mean: exact to rounding for any number of samples,
-        # no growing sum; with unit weights it is the plain running mean.
-        self._acc += (v - self._acc) * (weight / self.total_weight)
+        # no growing sum. Evaluated left to right, so that with unit weights it is bitwise the plain
+        # running mean (v - acc) / n, and unweighted runs keep their numbers.
+        self._acc += (v - self._acc) * weight / self.total_weight
 
     @property
     def mean(self) -> torch.Tensor:

@@ -4,7 +4,8 @@ Trains embedding → DropConnectLSTM → dropout → softmax language models wit
 (sgd, rmsprop, sgld, psgld; `sgmcmc_fused.train.methods`), one after another from the same
 initialisation and data order, and prints their test perplexities: of the last weights and of the model
 average (SPEC §4: after burn-in a sample every `thin` steps; the per-token probabilities of the
-samples are averaged online over the valid and test sets).
+samples are averaged online over the valid and test sets, uniformly or, with --sample-weights lr,
+weighted by the learning rate each sample was drawn at).
 
     python -m sgmcmc_fused.train lm                      # embedded default: synthetic HMM corpus, tiny
                                                          # model, rmsprop vs psgld, a few CPU minutes
@@ -725,3 +726,5 @@ class MethodTrainer:
         for k, v in self.averagers.items():
             v.load_state_dict(ck["averagers"][k])
         self.history, self.curve = list(ck["history"]), list(ck["curve"])
+        for row in self.curve:  # samples of a run saved before --sample-weights counted once each
+            row.setdefault("weight", 1.0)

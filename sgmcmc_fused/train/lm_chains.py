@@ -31,10 +31,11 @@ def pool_chains(method: str, cfg: dict[str, Any], out: Path, checkpoint_format: 
     """The result row of `method`'s cfg["chains"] finished chains under `out`.
 
     test_avg_ppl / valid_avg_ppl: perplexity of the average over all the chains' samples (each chain's
-    running mean weighted by its sample count); test_ppl / valid_ppl: the mean over chains of the last
-    sample's perplexity; split_rhat: split-R̂ (`split_rhat`) of the per-sample mean validation
-    log-likelihood per token, -log(valid perplexity), across chains (None with fewer than 4 samples a
-    chain); chain_test_avg_ppl: each chain's own model-average perplexity.
+    running mean weighted by its total sample weight: its sample count, for uniform averaging);
+    test_ppl / valid_ppl: the mean over chains of the last sample's perplexity; split_rhat: split-R̂
+    (`split_rhat`) of the per-sample mean validation log-likelihood per token, -log(valid perplexity),
+    across chains (None with fewer than 4 samples a chain); chain_test_avg_ppl: each chain's own
+    model-average perplexity.
 
     Raises:
         CheckpointError: a chain's checkpoint is missing or damaged.
