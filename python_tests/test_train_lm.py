@@ -48,6 +48,20 @@ def _csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
+def _test_probabilities(out: Path, records: list[dict]) -> torch.Tensor:
+    """The stored samples `records` (collector records of the run in `out`) re-evaluated on its test
+    split, independently of the trainer's running average: float64 [S, N] target probabilities."""
+    cfg = json.loads((out / "config.json").read_text())
+    data = load_lm_data(cfg["data"])
+    test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
+    model = LanguageModel(data.vocab_size, cfg["hidden"], cfg["layers"])
+    probs = []
+    for r in records:
+        model.load_state_dict(r["state"])
+        probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu"))
+    return torch.stack(probs).double()
+
+
 def test_default_entry_point_learns_and_prints_the_table(tmp_path):
     """The real command line: both methods learn context (test perplexity below the unigram's, above the
     source's Bayes-optimal floor), and the table is printed with the floor beside the methods."""
@@ -85,15 +99,7 @@ def test_model_average_matches_the_stored_samples(tmp_path):
     assert len(records) == len(samples) == 8
     assert [r["step"] for r in records] == [int(s["step"]) for s in samples] == list(range(250, 601, 50))
 
-    cfg = json.loads((out / "config.json").read_text())
-    data = load_lm_data(cfg["data"])
-    test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
-    model = LanguageModel(data.vocab_size, cfg["hidden"], cfg["layers"])
-    probs = []
-    for r in records:
-        model.load_state_dict(r["state"])
-        probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu"))
-    curve = perplexity_by_num_samples(torch.stack(probs))
+    curve = perplexity_by_num_samples(_test_probabilities(out, records))
     online = torch.tensor([float(s["test_avg_ppl"]) for s in samples], dtype=torch.float64)
     torch.testing.assert_close(curve, online, rtol=1e-9, atol=0)
     singles = torch.tensor([float(s["test_ppl"]) for s in samples], dtype=torch.float64)
@@ -115,20 +121,13 @@ def test_lr_weighted_model_average_matches_the_stored_samples(tmp_path):
     weights = [float(s["weight"]) for s in samples]
     assert weights == pytest.approx([5e-3, 5e-3, 2.5e-3, 2.5e-3], rel=1e-12)
 
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["sample_weights"] == "lr"
-    data = load_lm_data(cfg["data"])
-    test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
-    model = LanguageModel(data.vocab_size, cfg["hidden"], cfg["layers"])
-    probs = []
-    for r in records:
-        model.load_state_dict(r["state"])
-        probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu").double())
+    assert json.loads((out / "config.json").read_text())["sample_weights"] == "lr"
+    probs = _test_probabilities(out, records)
     w = torch.tensor(weights, dtype=torch.float64)
     for n, row in enumerate(samples, start=1):
-        mean = (w[:n, None] * torch.stack(probs[:n])).sum(0) / w[:n].sum()
+        mean = (w[:n, None] * probs[:n]).sum(0) / w[:n].sum()
         assert float(row["test_avg_ppl"]) == pytest.approx(math.exp(-mean.log().mean().item()), rel=1e-9)
-    uniform = perplexity_by_num_samples(torch.stack(probs))[-1].item()
+    uniform = perplexity_by_num_samples(probs)[-1].item()
     assert float(samples[-1]["test_avg_ppl"]) != pytest.approx(uniform, rel=1e-9)  # the weights mattered
 
 
@@ -366,18 +365,12 @@ def test_chains_pool_their_samples_and_report_split_rhat(tmp_path):
 
     result = json.loads((out / "results.json").read_text())["methods"][0]
     assert result["chains"] == 2 and result["num_samples"] == 8
-    cfg = json.loads((out / "config.json").read_text())
-    data = load_lm_data(cfg["data"])
-    test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])
-    model = LanguageModel(data.vocab_size, cfg["hidden"], cfg["layers"])
-    probs, traces = [], []
+    records, traces = [], []
     for k in range(2):
         ck = load_checkpoint(out / "psgld" / f"chain-{k}" / "checkpoint.pt")
-        for r in ck["collector"]["records"]:
-            model.load_state_dict(r["state"])
-            probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu"))
+        records += ck["collector"]["records"]
         traces.append([-math.log(row["valid_ppl"]) for row in ck["curve"]])
-    pooled = math.exp(-float(torch.stack(probs).mean(0).log().mean()))
+    pooled = math.exp(-float(_test_probabilities(out, records).mean(0).log().mean()))
     assert result["test_avg_ppl"] == pytest.approx(pooled, rel=1e-9)
     # Pooling two chains beats the worse chain's own average.
     assert result["test_avg_ppl"] < max(result["chain_test_avg_ppl"])
