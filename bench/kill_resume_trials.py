@@ -51,12 +51,13 @@ METHOD = "psgld"
 #: periodic checkpoints, which fold the running loss, fall at the same steps).
 RUN_CONTROL = ["--checkpoint-every", "7", "--threads", "1", "--no-progress", "--no-plot", "--quiet"]
 #: A tiny synthetic run of a few seconds: 30 steps per epoch, 3 epochs, noise after step 12, a sample
-#: every 9 steps, dropout and DropConnect on (so torch's RNG and the mask counters must resume too),
-#: and a learning-rate decay after the first epoch.
+#: every 9 steps (the newest 4 kept, so checkpoints hold samples and drop old ones), dropout and
+#: DropConnect on (so torch's RNG and the mask counters must resume too), and a learning-rate decay
+#: after the first epoch.
 RUN_ARGS = [
     "--method", METHOD, "--synthetic-train-tokens", "12000", "--synthetic-eval-tokens", "400",
     "--hidden", "32", "--epochs", "3", "--decay-after", "1", "--burn-in", "12", "--thin", "9",
-    "--dropout", "0.1", "--dropconnect", "0.2", "--seed", "11", *RUN_CONTROL,
+    "--dropout", "0.1", "--dropconnect", "0.2", "--max-samples", "4", "--seed", "11", *RUN_CONTROL,
 ]  # fmt: skip
 
 #: Wall-clock entries: the only ones allowed to differ between the reference and a resumed run.

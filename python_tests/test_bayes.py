@@ -72,6 +72,20 @@ def test_collector_keeps_the_right_steps_in_memory():
     assert _run(SampleCollector(burn_in=0, thin=1), range(5)) == [True] * 5
 
 
+def test_collector_keeping_none_counts_the_schedule_only():
+    c = SampleCollector(burn_in=2, thin=3, max_samples=0)
+    took = _run(c, range(12))
+    assert took == [t >= 2 and (t - 2) % 3 == 0 for t in range(12)]  # steps 2, 5, 8, 11
+    assert len(c) == 0 and c.num_taken == 4 and list(c) == []
+    state = c.state_dict()
+    assert state["records"] == [] and state["next_index"] == 4
+    resumed = SampleCollector(burn_in=2, thin=3, max_samples=0)
+    resumed.load_state_dict(state)
+    assert resumed.num_taken == 4
+    with pytest.raises(ValueError, match="max_samples must be >= 0 or None, got -1"):
+        SampleCollector(burn_in=0, thin=1, max_samples=-1)
+
+
 def test_collector_on_disk_safetensors_round_trip(tmp_path):
     d = tmp_path / "samples"
     c = SampleCollector(burn_in=2, thin=3, max_samples=2, directory=d)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from sgmcmc_fused.bayes import perplexity_by_num_samples, split_rhat
 from sgmcmc_fused.data import batchify
@@ -25,6 +26,7 @@ from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint, write_checkpoint
 from sgmcmc_fused.train.language_model import LanguageModel, target_probabilities
 from sgmcmc_fused.train.lm import EPOCH_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS
+from sgmcmc_fused.train.lm_config import DEFAULT_SAMPLES_ON_DISK
 from sgmcmc_fused.train.lm_data import load_lm_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +94,8 @@ def test_model_average_matches_the_stored_samples(tmp_path):
     """The online running average (PredictiveAverager during training) equals averaging the probabilities
     of the collected samples afterwards, sample by sample; and averaging probabilities is never worse
     than the geometric mean of the samples' own perplexities (Jensen), which log-averaging would not give."""
-    out = _run(tmp_path, "avg", "--method", "psgld", "--burn-in", "1ep", "--thin", "0.25ep", "--no-plot")
+    out = _run(tmp_path, "avg", "--method", "psgld", "--burn-in", "1ep", "--thin", "0.25ep", "--max-samples", "8",
+               "--no-plot")  # fmt: skip
     _, samples = _csv(out / "psgld" / "samples.csv")
     ck = load_checkpoint(out / "psgld" / "checkpoint.pt")
     records = ck["collector"]["records"]
@@ -112,7 +115,7 @@ def test_lr_weighted_model_average_matches_the_stored_samples(tmp_path):
     running average equals Σ lr_s p(θ_s) / Σ lr_s over the stored samples, after every sample."""
     out = _run(
         tmp_path, "lr_weights", "--method", "psgld", "--decay-after", "1", "--lr-decay", "2", "--burn-in", "1ep",
-        "--thin", "0.5ep", "--sample-weights", "lr", "--no-plot",
+        "--thin", "0.5ep", "--sample-weights", "lr", "--max-samples", "4", "--no-plot",
     )  # fmt: skip
     _, samples = _csv(out / "psgld" / "samples.csv")
     records = load_checkpoint(out / "psgld" / "checkpoint.pt")["collector"]["records"]
@@ -285,6 +288,37 @@ def test_checkpoint_and_logs(tmp_path):
     assert e.value.code == 2
 
 
+def test_samples_are_kept_only_when_asked(tmp_path):
+    """By default no sample is kept (the averages are online), so checkpoints hold one copy of the
+    parameters; --samples-dir keeps DEFAULT_SAMPLES_ON_DISK of them there, as safetensors files."""
+    sampling = ["--method", "psgld", "--burn-in", "1ep", "--thin", "0.25ep", "--no-plot"]
+    plain = _run(tmp_path, "plain", *sampling)
+    ck = load_checkpoint(plain / "psgld" / "checkpoint.pt")
+    assert ck["config"]["max_samples"] == 0
+    assert ck["collector"]["records"] == [] and ck["collector"]["next_index"] == 8  # all 8 averaged, none kept
+    assert len(_csv(plain / "psgld" / "samples.csv")[1]) == 8
+
+    kept = _run(tmp_path, "kept", *sampling, "--max-samples", "3")
+    ck_kept = load_checkpoint(kept / "psgld" / "checkpoint.pt")
+    assert [r["step"] for r in ck_kept["collector"]["records"]] == [500, 550, 600]  # the newest 3
+    model_bytes = sum(t.numel() * t.element_size() for t in ck["model"].values())
+    extra = (kept / "psgld" / "checkpoint.pt").stat().st_size - (plain / "psgld" / "checkpoint.pt").stat().st_size
+    assert extra == pytest.approx(3 * model_bytes, rel=0.05)
+    # The same chain either way: keeping samples changes nothing it computes.
+    assert (
+        json.loads((kept / "results.json").read_text())["methods"][0]["test_avg_ppl"]
+        == json.loads((plain / "results.json").read_text())["methods"][0]["test_avg_ppl"]
+    )
+
+    on_disk = _run(tmp_path, "disk", *sampling, "--samples-dir", str(tmp_path / "samples"))
+    assert load_checkpoint(on_disk / "psgld" / "checkpoint.pt")["config"]["max_samples"] == DEFAULT_SAMPLES_ON_DISK
+    files = sorted((tmp_path / "samples" / "psgld").glob("sample_*.safetensors"))
+    assert len(files) == 8  # fewer than the default limit were taken: all kept
+    last = load_file(files[-1])
+    final = load_checkpoint(on_disk / "psgld" / "checkpoint.pt")["model"]
+    assert all(torch.equal(last[k], final[k]) for k in final)  # the last sample is the final step's weights
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -296,6 +330,8 @@ def test_checkpoint_and_logs(tmp_path):
         (["--thin", "0"], "--thin '0': must be at least 1 step"),
         (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["--lr-decay", "0.5"], "--lr-decay must be >= 1"),
+        (["--max-samples", "-1"], "--max-samples must be >= 0, got -1"),
+        (["--samples-dir", "s", "--max-samples", "0"], "with --max-samples 0 would keep nothing there"),
         (["--sample-weights", "step"], "argument --sample-weights: invalid choice: 'step'"),
         (["--word-corpus", "/nonexistent/ptb"], "neither a folder nor a prefix"),
         (["--char-corpus", "/nonexistent/text.txt"], "no such file"),
@@ -354,7 +390,8 @@ def test_chains_pool_their_samples_and_report_split_rhat(tmp_path):
     """--chains 2: chain k is the run with seed SEED + k (bit for bit), the pooled model average equals
     averaging the probabilities of every stored sample of both chains, and split-R-hat is that of the
     chains' per-sample validation log-likelihoods."""
-    common = ["--method", "psgld", "--burn-in", "1ep", "--thin", "0.25ep", "--epochs", "2", "--no-plot"]
+    common = ["--method", "psgld", "--burn-in", "1ep", "--thin", "0.25ep", "--epochs", "2", "--max-samples", "4",
+              "--no-plot"]  # fmt: skip
     out = _run(tmp_path, "chains", *common, "--chains", "2", "--seed", "5")
     alone = _run(tmp_path, "seed6", *common, "--seed", "6")
     chain1 = load_checkpoint(out / "psgld" / "chain-1" / "checkpoint.pt")

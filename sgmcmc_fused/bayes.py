@@ -56,7 +56,9 @@ class SampleCollector:
     """Keeps posterior samples (copies of a module's state_dict) taken along a sampler's run.
 
     A sample is taken at step t when t >= burn_in and (t - burn_in) % thin == 0. At most
-    `max_samples` are kept (None: all); beyond that the oldest is dropped. Samples live in CPU
+    `max_samples` are kept (None: all; 0: none, the collector then only counts the samples taken,
+    for callers that average online and need just the schedule); beyond that the oldest is
+    dropped. Samples live in CPU
     memory, or, with `directory`, in ``directory/sample_XXXXXXXX.safetensors`` files (XXXXXXXX the
     collection index, counting every sample ever taken), each written to a temporary file and
     renamed, and deleted when dropped. The directory belongs to the collector.
@@ -76,8 +78,8 @@ class SampleCollector:
     def __init__(self, burn_in: int, thin: int, max_samples: int | None = None, directory: str | Path | None = None):
         if burn_in < 0 or thin < 1:
             raise ValueError(f"need burn_in >= 0 and thin >= 1, got burn_in={burn_in}, thin={thin}")
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+        if max_samples is not None and max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
         self.burn_in = burn_in
         self.thin = thin
         self.max_samples = max_samples
@@ -104,8 +106,11 @@ class SampleCollector:
 
     def collect(self, step: int, module: nn.Module) -> None:
         """Take a sample now, whatever the step (recorded with `step`)."""
-        state = module.state_dict()
         index = self._next_index
+        if self.max_samples == 0:  # keeps none: count it, copy nothing
+            self._next_index += 1
+            return
+        state = module.state_dict()
         record: dict[str, Any] = {"index": index, "step": int(step)}
         if self.directory is None:
             record["state"] = {
@@ -128,6 +133,11 @@ class SampleCollector:
     # -- reading -----------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def num_taken(self) -> int:
+        """Samples taken since the start, kept or since dropped."""
+        return self._next_index
 
     @property
     def steps(self) -> list[int]:

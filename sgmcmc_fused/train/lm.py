@@ -391,7 +391,7 @@ class MethodTrainer:
     Step numbering: step t (1-based) is the t-th parameter update. The samplers' noise is on for the
     steps t > burn_in; a sample is collected after step t = burn_in + k * thin, k >= 1 (the first after
     `thin` noisy steps), and evaluated on valid and test at once, so the running averages need no
-    stored samples (the collector keeps the last --max-samples for later use).
+    stored samples (the collector keeps the last --max-samples, none by default, for later use).
 
     With a distributed `world` it is one of the data-parallel replicas (see the module docstring):
     every rank calls every method, the collective ones (evaluation, checkpoint) at the same steps.
@@ -434,7 +434,7 @@ class MethodTrainer:
         if world.is_main:
             self.collector = SampleCollector(self.burn_in + self.thin, self.thin, cfg["max_samples"], samples_dir)
         else:  # only rank 0 keeps samples; the others use the collector's schedule alone
-            self.collector = SampleCollector(self.burn_in + self.thin, self.thin, 1)
+            self.collector = SampleCollector(self.burn_in + self.thin, self.thin, 0)
         self.train_data = prepare_train(data, cfg["batch_size"], cfg["minibatch"], device)
         self.valid_tb = batchify(data.corpus.valid, cfg["eval_batch_size"])
         self.test_tb = batchify(data.corpus.test, cfg["eval_batch_size"])

@@ -72,6 +72,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: while rmsprop went on to 128.1.
 DEFAULT_TEMPERATURE = "1/N"
 
+#: --max-samples when --samples-dir is given (without it the default is 0: keep none).
+DEFAULT_SAMPLES_ON_DISK = 20
+
 #: --sample-weights: how the model average weighs its samples (see PredictiveAverager).
 SAMPLE_WEIGHTS = ("uniform", "lr")
 
@@ -223,8 +226,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     meth.add_argument(
         "--max-samples",
         type=int,
-        default=20,
-        help="posterior samples kept (oldest dropped); the running averages use every sample",
+        help="posterior samples kept for later use (oldest dropped). The model averages are computed online "
+        "from every sample and need none kept. Default: 0 (none); with --samples-dir, "
+        f"{DEFAULT_SAMPLES_ON_DISK}. Without --samples-dir the kept samples live in memory and in every "
+        "checkpoint (a full copy of the parameters each)",
     )
     meth.add_argument(
         "--sample-weights",
@@ -324,7 +329,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     cfg.update(
         dropconnect=args.dropconnect, mask=args.mask, masked=args.masked, minibatch=args.minibatch,
         eval_batch_size=args.eval_batch_size, temperature=args.temperature, weight_decay=args.weight_decay,
-        alpha=args.alpha, eps=args.eps, max_samples=args.max_samples, sample_weights=args.sample_weights,
+        alpha=args.alpha, eps=args.eps, max_samples=_max_samples(args), sample_weights=args.sample_weights,
         samples_dir=os.path.abspath(args.samples_dir) if args.samples_dir else None,
         average_optimizers=args.average_optimizers, nan_policy=args.nan_policy, seed=args.seed,
         chains=args.chains, step_impl=args.step_impl, lstm_impl=args.lstm_impl,
@@ -333,11 +338,24 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+def _max_samples(args: argparse.Namespace) -> int:
+    """--max-samples, or its default: keep none in memory (they would bloat every checkpoint and the
+    averages do not need them), DEFAULT_SAMPLES_ON_DISK when the user gave a folder for them."""
+    if args.max_samples is not None:
+        return args.max_samples
+    return DEFAULT_SAMPLES_ON_DISK if args.samples_dir else 0
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """Range checks with messages that name the option."""
 
-    for name in ("hidden", "layers", "batch_size", "bptt", "epochs", "eval_batch_size", "max_samples", "chains"):
+    for name in ("hidden", "layers", "batch_size", "bptt", "epochs", "eval_batch_size", "chains"):
         need(isinstance(cfg[name], int) and cfg[name] >= 1, f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+    need(cfg["max_samples"] >= 0, f"--max-samples must be >= 0, got {cfg['max_samples']}")
+    need(
+        cfg["max_samples"] > 0 or not cfg["samples_dir"],
+        f"--samples-dir {cfg['samples_dir']} with --max-samples 0 would keep nothing there: give --max-samples N >= 1",
+    )
     need(cfg["decay_after"] >= 0, f"--decay-after must be >= 0, got {cfg['decay_after']}")
     need(
         math.isfinite(cfg["lr_decay"]) and cfg["lr_decay"] >= 1,
