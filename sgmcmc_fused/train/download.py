@@ -1,9 +1,9 @@
 """``python -m sgmcmc_fused.train download NAME [NAME ...] [--dest DIR] [--base-url URL]``.
 
 Fetches the public corpora of the paper's experiments (`sgmcmc_fused.data.download.SOURCES`) into DIR
-with the layout of ``../shared/data`` (``ptb/``, ``tinyshakespeare/``, ``sentcls/``), then prints every
-file: ``wrote PATH (BYTES bytes)``, or ``kept PATH`` for a file that was already there (never
-re-downloaded). Each file is written to a temporary name and renamed, so an interrupted download leaves
+with the layout of ``../shared/data`` (``ptb/``, ``tinyshakespeare/``, ``sentcls/``; War and Peace in
+``warandpeace/``), then prints every file: ``wrote PATH (BYTES bytes)``, or ``kept PATH`` for a file
+that was already there (never re-downloaded). Each file is written to a temporary name and renamed, so an interrupted download leaves
 no partial file. ``--base-url`` replaces the scheme and host of every URL (a mirror, or a local server
 in tests).
 
@@ -23,13 +23,13 @@ from ..data.download import SOURCES, download
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``download`` subcommand."""
     p = subparsers.add_parser(
-        "download", help="fetch PTB, Tiny Shakespeare and the sentence-classification sets",
+        "download", help="fetch PTB, War and Peace, Tiny Shakespeare and the sentence-classification sets",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("names", nargs="+", metavar="NAME", choices=sorted(SOURCES), help=f"{', '.join(sorted(SOURCES))}")
     p.add_argument("--dest", default="data", metavar="DIR", help="destination folder (default: data)")
     p.add_argument(
-        "--base-url", metavar="URL", help="fetch from URL/<path> instead of https://raw.githubusercontent.com"
+        "--base-url", metavar="URL", help="fetch every file from URL/<its path> instead of its own host (a mirror)"
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per connection or read (default 60)")
     p.set_defaults(func=run, parser=p)
