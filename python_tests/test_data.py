@@ -431,7 +431,7 @@ def _gutenberg_page(body: str) -> bytes:
 
 def test_download_war_and_peace_without_the_gutenberg_wrapper(http_root, tmp_path):
     root, base, _ = http_root
-    (url, rel), = dl.SOURCES["warandpeace"]
+    ((url, rel),) = dl.SOURCES["warandpeace"]
     served = root / url.split("www.gutenberg.org/", 1)[1]
     served.parent.mkdir(parents=True)
     body = "\n".join(f"“Well, Prince, so Genoa and Lucca are now {i} estates.”\n\nCHAPTER {i}" for i in range(200))

@@ -3,9 +3,9 @@
 Fetches the public corpora of the paper's experiments (`sgmcmc_fused.data.download.SOURCES`) into DIR
 with the layout of ``../shared/data`` (``ptb/``, ``tinyshakespeare/``, ``sentcls/``; War and Peace in
 ``warandpeace/``), then prints every file: ``wrote PATH (BYTES bytes)``, or ``kept PATH`` for a file
-that was already there (never re-downloaded). Each file is written to a temporary name and renamed, so an interrupted download leaves
-no partial file. ``--base-url`` replaces the scheme and host of every URL (a mirror, or a local server
-in tests).
+that was already there (never re-downloaded). Each file is written to a temporary name and renamed,
+so an interrupted download leaves no partial file. ``--base-url`` replaces the scheme and host of
+every URL (a mirror, or a local server in tests).
 
     python -m sgmcmc_fused.train download ptb trec --dest data
     python -m sgmcmc_fused.train lm --word-corpus data/ptb
