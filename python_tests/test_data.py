@@ -139,6 +139,13 @@ def test_char_corpus_split_and_round_trip(tmp_path):
     assert "".join(c2.vocab.decode(c2.valid)) == text[n // 2 : n // 2 + n // 4]
 
 
+def test_char_corpus_warns_about_characters_unseen_in_train(tmp_path):
+    text = "abab\n" * 36 + "xyz!"  # the last 5 % (the test split) holds x, y, z and ! only
+    with pytest.warns(UserWarning, match=r"u\.txt: 4 character\(s\) of valid/test never occur in train \('!xyz'\)"):
+        c = load_char_corpus(_write(tmp_path / "u.txt", text))
+    assert len(c.vocab) == 7 and set("".join(c.vocab.decode(c.train))) == set("ab\n")
+
+
 def test_char_corpus_errors_and_latin1(tmp_path):
     with pytest.raises(ValueError, match=r"e\.txt: the file is empty"):
         load_char_corpus(_write(tmp_path / "e.txt", ""))

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from sgmcmc_fused.train import main
-from sgmcmc_fused.train.classify import make_synthetic_task
+from sgmcmc_fused.train.checkpoint import load_checkpoint
+from sgmcmc_fused.train.classify import encode_split, load_classify_data, make_synthetic_task
 
 #: 1350 training sentences / batch 50 = 27 steps per epoch; burn-in 2 epochs (54 steps), a sample every
 #: round(0.25 * 27) = 7 steps: samples after steps 61, 68, ..., 159 (15 of them) in 6 epochs (162 steps).
@@ -185,6 +186,35 @@ def test_fixed_split_files_word_vectors_and_select(tmp_path):
     assert summary["unknown_test_tokens"] >= 50  # "never-seen" maps to <unk>
 
 
+def test_word_vectors_initialise_their_words_rows(tmp_path):
+    """Each training word with a vector starts from the file's numbers; the others from U(±0.25).
+    With --static-embeddings the trained model still holds exactly those rows."""
+    train, test, vectors = tmp_path / "train.txt", tmp_path / "test.txt", tmp_path / "vec.txt"
+    _write_sentences(
+        train, [0, 1] * 30, [["good", "film", f"x{i}"] if i % 2 == 0 else ["bad", "film"] for i in range(60)]
+    )
+    _write_sentences(test, [0, 1], [["good"], ["bad"]])
+    table = {"good": [0.5, -1.0, 2.0], "bad": [-0.5, 1.0, -2.0], "absent": [9.0, 9.0, 9.0]}
+    vectors.write_text("3 3\n" + "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in table.items()))
+    spec = {"kind": "files", "train": str(train), "test": str(test), "valid": None, "valid_fraction": 0.0,
+            "word_vectors": str(vectors), "folds": None, "max_folds": None, "min_count": 1, "seed": 0}  # fmt: skip
+    data = load_classify_data(spec)
+    enc = encode_split(data.splits[0], data)
+    for word in ("good", "bad"):
+        assert enc.embeddings[enc.vocab.stoi[word]].tolist() == table[word]
+    others = [enc.vocab.stoi[w] for w in enc.vocab.itos if w not in table]
+    assert enc.embeddings[others].abs().max() <= 0.25 and enc.embeddings[others].std() > 0.05
+
+    out = tmp_path / "run"
+    argv = ["classify", "--train", str(train), "--test", str(test), "--word-vectors", str(vectors),
+            "--static-embeddings", "--valid-fraction", "0", "--hidden", "4", "--epochs", "1", "--method", "rmsprop",
+            "--no-progress", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    model = load_checkpoint(out / "rmsprop" / "checkpoint.pt")["model"]
+    (name,) = [k for k in model if k.endswith("weight") and tuple(model[k].shape) == tuple(enc.embeddings.shape)]
+    assert torch.equal(model[name], enc.embeddings)
+
+
 def _bad_file(tmp_path: Path, text: str, name: str = "bad.txt") -> str:
     path = tmp_path / name
     path.write_text(text)
@@ -210,6 +240,38 @@ def _bad_file(tmp_path: Path, text: str, name: str = "bad.txt") -> str:
             r"--valid needs --test",
         ),
         (lambda p: ["--test", _bad_file(p, "0 a\n")], r"--test needs --train"),
+        (
+            lambda p: ["--train", _bad_file(p, "1 a\n2 b\n1 c\n2 d\n"), "--test", _bad_file(p, "1 a\n2 b\n", "t.txt")],
+            r"class\(es\) \[0\] of 0\.\.2 never occur \(labels counted from 1\?",
+        ),
+        (
+            lambda p: [
+                "--train",
+                _bad_file(p, "0 a b\n1 b c\n"),
+                "--test",
+                _bad_file(p, "0 a\n", "t.txt"),
+                "--word-vectors",
+                _bad_file(p, "A 1 2\nB 1 2\n", "vec.txt"),
+                "--valid-fraction",
+                "0",
+            ],
+            r"vec\.txt: none of the 3 training words has a vector",
+        ),
+        (
+            lambda p: [
+                "--train",
+                _bad_file(p, "0 a b\n1 b c\n"),
+                "--test",
+                _bad_file(p, "0 a\n", "t.txt"),
+                "--word-vectors",
+                _bad_file(p, "a 1 2\n", "vec.txt"),
+                "--valid-fraction",
+                "0",
+                "--embedding-dim",
+                "5",
+            ],
+            r"--embedding-dim 5 differs from the 2-d --word-vectors",
+        ),
         (lambda p: ["--method", "adam"], r"unknown method 'adam'"),
         (lambda p: ["--temperature", "hot"], r"--temperature 'hot'"),
         (lambda p: ["--burn-in", "soon"], r"--burn-in 'soon'"),

@@ -350,6 +350,15 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
     num_classes = 1 + max(int(s.labels.max()) for sp in splits for s in (sp.train, sp.valid, sp.test) if s is not None)
     if num_classes < 2:
         raise ConfigError(f"{spec['train']}: every label is 0; a classifier needs at least two classes")
+    present = {
+        int(c) for sp in splits for s in (sp.train, sp.valid, sp.test) if s is not None for c in s.labels.unique()
+    }
+    absent = sorted(set(range(num_classes)) - present)
+    if absent:
+        raise ConfigError(
+            f"{spec['train']}: labels must be the class indices 0..K-1, but class(es) {absent} of 0..{num_classes - 1} "
+            "never occur (labels counted from 1? subtract 1)"
+        )
     for sp in splits:
         seen = set(sp.train.labels.tolist())
         for name, s in (("valid", sp.valid), ("test", sp.test)):
@@ -368,6 +377,11 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
             )  # fmt: skip
         except (ValueError, OSError) as e:
             raise ConfigError(str(e)) from None
+        if found == 0:
+            raise ConfigError(
+                f"--word-vectors {spec['word_vectors']}: none of the {len(vocab) - 1} training words has a vector "
+                "there (a different tokenisation or letter case?)"
+            )
         data.word_vectors = (vocab, vectors)
         data.notes.append(
             f"word vectors: {Path(spec['word_vectors']).name}, {vectors.shape[1]}-d, {found} of {len(vocab) - 1} "

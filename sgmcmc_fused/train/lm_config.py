@@ -110,7 +110,12 @@ _PRESET_FIELDS: list[tuple[str, type, str]] = [
     ("epochs", int, "training epochs"),
     ("lr_decay", float, "divide the learning rate by this factor every epoch after --decay-after"),
     ("decay_after", int, "epochs at the initial learning rate"),
-    ("clip", float, "max L2 norm of the gradient (mean loss per token) of all parameters; 0 = off"),
+    (
+        "clip",
+        float,
+        "max L2 norm of the gradient of the mean loss per token, all parameters; 0 = off. A clip c "
+        "on the loss summed over the bptt steps (Zaremba et al.'s convention) is c / bptt here",
+    ),
     ("dropout", float, "dropout on the embedding output, between layers and before the softmax"),
     ("init_scale", float, "initialise every parameter U(-s, s)"),
     ("burn_in", str, "steps (N) or epochs (Nep) before the samplers' noise and the sample collection start"),
@@ -120,6 +125,15 @@ _PRESET_FIELDS: list[tuple[str, type, str]] = [
 #: Fields of the configuration that --resume may change (they do not alter the computed numbers of
 #: the steps already taken; a longer schedule continues from the checkpoint).
 RESUMABLE_OVERRIDES = frozenset({"epochs"})
+
+
+def _preset_values(field: str) -> str:
+    """'tiny 128, small 200, ...': the presets' values of `field`, for the --help text."""
+    return ", ".join(
+        f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+        for name, preset in PRESETS.items()
+        if (value := preset.get(field)) is not None
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -188,7 +202,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="default: tiny for synthetic data, small for --word-corpus, char for --char-corpus",
     )
     for dest, typ, help_text in _PRESET_FIELDS:
-        model.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=help_text)
+        model.add_argument(
+            "--" + dest.replace("_", "-"), dest=dest, type=typ, default=None,
+            help=f"{help_text}. Presets: {_preset_values(dest)}",
+        )  # fmt: skip
     add_dropconnect_arguments(model, "LSTM matrices masked by DropConnect: recurrent (hh), input (ih) or both")
 
     meth = p.add_argument_group("methods")
@@ -206,7 +223,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="[METHOD=]LR",
         help="learning rate, for every method or for one (repeatable). Defaults: rmsprop/psgld "
-        "1e-3 (tiny preset 3e-3); sgd/sgld = bptt (Zaremba's lr 1 on the loss summed over the bptt steps)",
+        f"{RMS_DEFAULT_LR:g} ({_preset_values('rms_lr')}); sgd/sgld = bptt (Zaremba's lr 1 on the loss summed "
+        "over the bptt steps)",
     )
     meth.add_argument(
         "--temperature",
