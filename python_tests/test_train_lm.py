@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -62,6 +63,73 @@ def _test_probabilities(out: Path, records: list[dict]) -> torch.Tensor:
         model.load_state_dict(r["state"])
         probs.append(target_probabilities(model, test_tb, cfg["bptt"], "cpu"))
     return torch.stack(probs).double()
+
+
+def _markov_sentences(num: int, seed: int) -> list[str]:
+    """Sentences of a small first-order Markov source over 20 words: each word has 3 successors."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(20)]
+    successors = {w: random.Random(i).sample(words, 3) for i, w in enumerate(words)}
+    lines = []
+    for _ in range(num):
+        w, line = rng.choice(words), []
+        for _ in range(rng.randint(4, 9)):
+            line.append(w)
+            w = rng.choice(successors[w])
+        lines.append(" ".join(line))
+    return lines
+
+
+def _reference_test_perplexity(out: Path, method: str) -> float:
+    """The final weights of `method` scored on the run's test split by torch's own nn.Embedding,
+    nn.LSTM and nn.Linear, each evaluation stream in one call (no truncation into bptt chunks)."""
+    cfg = json.loads((out / "config.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the loader's notes were checked on the run itself
+        data = load_lm_data(cfg["data"])
+    state = load_checkpoint(out / method / "checkpoint.pt")["model"]
+    v, h, layers = data.vocab_size, cfg["hidden"], cfg["layers"]
+    embedding, lstm, decoder = torch.nn.Embedding(v, h), torch.nn.LSTM(h, h, layers), torch.nn.Linear(h, v)
+    embedding.load_state_dict({"weight": state["embedding.weight"]})
+    lstm.load_state_dict({k.removeprefix("lstm."): t for k, t in state.items() if k.startswith("lstm.")})
+    decoder.load_state_dict({"weight": state["decoder.weight"], "bias": state["decoder.bias"]})
+    streams = batchify(data.corpus.test, cfg["eval_batch_size"])
+    with torch.no_grad():
+        logits = decoder(lstm(embedding(streams[:-1]))[0]).double()
+    logp = torch.log_softmax(logits, -1).gather(-1, streams[1:].unsqueeze(-1))
+    return math.exp(-logp.mean().item())
+
+
+@pytest.mark.parametrize("level", ["word", "char"])
+def test_trains_on_corpus_files(tmp_path, level):
+    """A PTB-format folder and a plain text file train end to end: the reported test perplexity is
+    that of the final weights scored independently, and below the unigram's."""
+    small = ["--hidden", "16", "--batch-size", "4", "--bptt", "8", "--epochs", "2", "--eval-batch-size", "2",
+             "--lr", "1e-2", "--method", "rmsprop", "--quiet", "--no-plot"]  # fmt: skip
+    if level == "word":
+        folder = tmp_path / "ptb"
+        folder.mkdir()
+        for split, num, seed in (("train", 400, 0), ("valid", 40, 1), ("test", 40, 2)):
+            lines = _markov_sentences(num, seed)
+            if split == "test":
+                lines[3] += " never-seen"
+            (folder / f"ptb.{split}.txt").write_text("".join(f" {line} \n" for line in lines))
+        source = ["--word-corpus", str(folder)]
+    else:
+        text = tmp_path / "input.txt"
+        text.write_text("\n".join(_markov_sentences(300, 3)) + "\n", encoding="utf-8")
+        source = ["--char-corpus", str(text)]
+    out = tmp_path / level
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["lm", *source, *small, "--out", str(out)]) == 0
+    if level == "word":
+        assert any("<unk>" in str(w.message) for w in caught)  # the test split's unseen word, mapped clearly
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["methods"]
+    assert row["test_ppl"] == pytest.approx(_reference_test_perplexity(out, "rmsprop"), rel=1e-4)
+    assert row["test_ppl"] < 0.8 * results["unigram_test_ppl"]
+    assert json.loads((out / "config.json").read_text())["preset"] == ("small" if level == "word" else "char")
 
 
 def test_default_entry_point_learns_and_prints_the_table(tmp_path):
