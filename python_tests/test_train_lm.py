@@ -403,6 +403,7 @@ def test_samples_are_kept_only_when_asked(tmp_path):
         (["--sample-weights", "step"], "argument --sample-weights: invalid choice: 'step'"),
         (["--word-corpus", "/nonexistent/ptb"], "neither a folder nor a prefix"),
         (["--char-corpus", "/nonexistent/text.txt"], "no such file"),
+        (["--char-corpus", "/"], "--char-corpus / is a folder: give the text file itself"),
         (["--char-corpus", "x", "--word-corpus", "y"], "not allowed with argument"),
         (["--eval-batch-size", "5000"], "too few for 5000 parallel streams"),
         (["--device", "tpu:7"], "--device 'tpu:7'"),

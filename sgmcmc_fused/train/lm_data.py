@@ -75,6 +75,8 @@ def load_lm_data(spec: dict[str, Any]) -> LMData:
             corpus = _load_word(spec["path"])
             description = f"word corpus {spec['path']}"
         elif kind == "char":
+            if Path(spec["path"]).is_dir():
+                raise ConfigError(f"--char-corpus {spec['path']} is a folder: give the text file itself")
             if not Path(spec["path"]).is_file():
                 raise ConfigError(f"--char-corpus {spec['path']}: no such file")
             corpus = load_char_corpus(spec["path"], tuple(spec["split"]))
