@@ -112,6 +112,21 @@ def test_synthetic_end_to_end_numbers_match_the_saved_predictions(tmp_path, caps
     assert psgld["mean_mutual_information"] > 0 and psgld["mean_std"] > 0
     samples = _csv(out / "psgld" / "samples.csv")
     assert [int(s["step"]) for s in samples] == [54 + 7 * k for k in range(1, TINY_SAMPLES + 1)]
+    # Each sentence's predictive mean, std and mutual information, recomputed in numpy from the
+    # samples' class probabilities that the checkpoint keeps ([S, N, C]).
+    per_sample = load_checkpoint(out / "psgld" / "checkpoint.pt")["test_samples"].double().numpy()
+    assert per_sample.shape == (TINY_SAMPLES, 600, res["num_classes"])
+    rows = _csv(out / "psgld" / "predictions.csv")
+    mean, std, _ = _predictive(rows, res["num_classes"])
+    np.testing.assert_allclose(mean, per_sample.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(std, per_sample.std(0, ddof=0), rtol=0, atol=1e-12)
+
+    def entropy_of(p):
+        return -(p * np.log(np.clip(p, 1e-300, None))).sum(-1)
+
+    mi = entropy_of(per_sample.mean(0)) - entropy_of(per_sample).mean(0)
+    np.testing.assert_allclose([float(x["mutual_information"]) for x in rows], mi, rtol=0, atol=1e-9)
+    assert psgld["mean_std"] == pytest.approx(std[np.arange(600), mean.argmax(1)].mean(), abs=1e-12)
     # The online running average (PredictiveAverager) ends where the stacked samples' mean does.
     assert float(samples[-1]["test_avg_error"]) == pytest.approx(psgld["error_mean"], abs=1e-12)
     # Before burn-in the two methods are the same computation (same initialisation, data order, kernels).
