@@ -236,6 +236,13 @@ def _bad_file(tmp_path: Path, text: str, name: str = "bad.txt") -> str:
     return str(path)
 
 
+def _with_vectors(tmp_path: Path, vectors: str, *extra: str) -> list[str]:
+    """A two-class fixed split over the words a, b, c, with `vectors` as the --word-vectors file."""
+    train, test = _bad_file(tmp_path, "0 a b\n1 b c\n"), _bad_file(tmp_path, "0 a\n", "t.txt")
+    return ["--train", train, "--test", test, "--word-vectors", _bad_file(tmp_path, vectors, "vec.txt"),
+            "--valid-fraction", "0", *extra]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "make_argv, message",
     [
@@ -259,32 +266,9 @@ def _bad_file(tmp_path: Path, text: str, name: str = "bad.txt") -> str:
             lambda p: ["--train", _bad_file(p, "1 a\n2 b\n1 c\n2 d\n"), "--test", _bad_file(p, "1 a\n2 b\n", "t.txt")],
             r"class\(es\) \[0\] of 0\.\.2 never occur \(labels counted from 1\?",
         ),
+        (lambda p: _with_vectors(p, "A 1 2\nB 1 2\n"), r"vec\.txt: none of the 3 training words has a vector"),
         (
-            lambda p: [
-                "--train",
-                _bad_file(p, "0 a b\n1 b c\n"),
-                "--test",
-                _bad_file(p, "0 a\n", "t.txt"),
-                "--word-vectors",
-                _bad_file(p, "A 1 2\nB 1 2\n", "vec.txt"),
-                "--valid-fraction",
-                "0",
-            ],
-            r"vec\.txt: none of the 3 training words has a vector",
-        ),
-        (
-            lambda p: [
-                "--train",
-                _bad_file(p, "0 a b\n1 b c\n"),
-                "--test",
-                _bad_file(p, "0 a\n", "t.txt"),
-                "--word-vectors",
-                _bad_file(p, "a 1 2\n", "vec.txt"),
-                "--valid-fraction",
-                "0",
-                "--embedding-dim",
-                "5",
-            ],
+            lambda p: _with_vectors(p, "a 1 2\n", "--embedding-dim", "5"),
             r"--embedding-dim 5 differs from the 2-d --word-vectors",
         ),
         (lambda p: ["--method", "adam"], r"unknown method 'adam'"),
@@ -294,19 +278,7 @@ def _bad_file(tmp_path: Path, text: str, name: str = "bad.txt") -> str:
         (lambda p: ["--valid-fraction", "0", "--select", "best-valid"], r"best-valid needs validation"),
         (lambda p: ["--synthetic-label-noise", "0.8"], r"--synthetic-label-noise must be in"),
         (lambda p: ["--resume", str(p / "nothing")], r"no run there"),
-        (
-            lambda p: [
-                "--train",
-                _bad_file(p, "0 a b\n1 b c\n"),
-                "--test",
-                _bad_file(p, "0 a\n", "t.txt"),
-                "--word-vectors",
-                _bad_file(p, "a 1 2\nb 1\n", "vec.txt"),
-                "--valid-fraction",
-                "0",
-            ],  # fmt: skip
-            r"vec\.txt:2: expected a word and 2 numbers",
-        ),
+        (lambda p: _with_vectors(p, "a 1 2\nb 1\n"), r"vec\.txt:2: expected a word and 2 numbers"),
     ],
 )
 def test_bad_arguments_and_malformed_files_are_usage_errors(tmp_path, capsys, make_argv, message):
