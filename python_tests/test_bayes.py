@@ -84,6 +84,8 @@ def test_collector_keeping_none_counts_the_schedule_only():
     assert resumed.num_taken == 4
     with pytest.raises(ValueError, match="max_samples must be >= 0 or None, got -1"):
         SampleCollector(burn_in=0, thin=1, max_samples=-1)
+    with pytest.raises(ValueError, match="max_samples=0 keeps no sample"):
+        SampleCollector(burn_in=0, thin=1, max_samples=0, directory="unused")
 
 
 def test_collector_on_disk_safetensors_round_trip(tmp_path):

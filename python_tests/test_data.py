@@ -449,6 +449,9 @@ def test_download_war_and_peace_without_the_gutenberg_wrapper(http_root, tmp_pat
     c = load_char_corpus(path)
     assert "\r" not in c.vocab.itos and "W" in c.vocab.itos and "“" in c.vocab.itos
 
+    served.write_bytes(_gutenberg_page("\n"))  # nothing between the markers
+    with pytest.raises(RuntimeError, match="nothing between the START OF and END OF lines"):
+        dl.download("warandpeace", tmp_path / "other", base_url=base, timeout=10)
     served.write_bytes(b"<html>a mirror's error page</html>")  # markers missing: refused, nothing written
     with pytest.raises(RuntimeError, match=r"pg2600\.txt: no '\*\*\* START OF/END OF"):
         dl.download("warandpeace", tmp_path / "other", base_url=base, timeout=10)

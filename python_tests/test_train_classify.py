@@ -266,6 +266,10 @@ def _with_vectors(tmp_path: Path, vectors: str, *extra: str) -> list[str]:
             lambda p: ["--train", _bad_file(p, "1 a\n2 b\n1 c\n2 d\n"), "--test", _bad_file(p, "1 a\n2 b\n", "t.txt")],
             r"class\(es\) \[0\] of 0\.\.2 never occur \(labels counted from 1\?",
         ),
+        (
+            lambda p: ["--train", _bad_file(p, "0 a\n3 b\n0 c\n3 d\n"), "--folds", "2"],
+            r"class\(es\) \[1, 2\] of 0\.\.3 never occur \(renumber the labels 0\.\.K-1\)",
+        ),
         (lambda p: _with_vectors(p, "A 1 2\nB 1 2\n"), r"vec\.txt: none of the 3 training words has a vector"),
         (
             lambda p: _with_vectors(p, "a 1 2\n", "--embedding-dim", "5"),

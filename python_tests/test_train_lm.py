@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from sgmcmc_fused.bayes import perplexity_by_num_samples, split_rhat
 from sgmcmc_fused.data import batchify
@@ -378,13 +377,16 @@ def test_samples_are_kept_only_when_asked(tmp_path):
         == json.loads((plain / "results.json").read_text())["methods"][0]["test_avg_ppl"]
     )
 
-    on_disk = _run(tmp_path, "disk", *sampling, "--samples-dir", str(tmp_path / "samples"))
+    newest = ck_kept["collector"]["records"][-1]["state"]
+    assert all(torch.equal(newest[k], ck_kept["model"][k]) for k in newest)  # step 600: the final weights
+
+    # On disk: a sample every 15 steps after step 200 gives 26; the default keeps the newest 20.
+    disk_args = ["--method", "psgld", "--burn-in", "1ep", "--thin", "15", "--no-plot"]
+    on_disk = _run(tmp_path, "disk", *disk_args, "--samples-dir", str(tmp_path / "samples"))
     assert load_checkpoint(on_disk / "psgld" / "checkpoint.pt")["config"]["max_samples"] == DEFAULT_SAMPLES_ON_DISK
-    files = sorted((tmp_path / "samples" / "psgld").glob("sample_*.safetensors"))
-    assert len(files) == 8  # fewer than the default limit were taken: all kept
-    last = load_file(files[-1])
-    final = load_checkpoint(on_disk / "psgld" / "checkpoint.pt")["model"]
-    assert all(torch.equal(last[k], final[k]) for k in final)  # the last sample is the final step's weights
+    assert len(_csv(on_disk / "psgld" / "samples.csv")[1]) == 26
+    files = sorted(p.name for p in (tmp_path / "samples" / "psgld").iterdir())
+    assert files == [f"sample_{i:08d}.safetensors" for i in range(26 - DEFAULT_SAMPLES_ON_DISK, 26)]
 
 
 @pytest.mark.parametrize(

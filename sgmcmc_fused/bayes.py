@@ -80,6 +80,8 @@ class SampleCollector:
             raise ValueError(f"need burn_in >= 0 and thin >= 1, got burn_in={burn_in}, thin={thin}")
         if max_samples is not None and max_samples < 0:
             raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
+        if max_samples == 0 and directory is not None:
+            raise ValueError(f"max_samples=0 keeps no sample, so directory={str(directory)!r} would stay empty")
         self.burn_in = burn_in
         self.thin = thin
         self.max_samples = max_samples

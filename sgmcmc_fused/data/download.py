@@ -68,7 +68,10 @@ def strip_gutenberg(raw: bytes) -> bytes:
     start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
     if start is None or end is None or end.start() < start.end():
         raise RuntimeError("no '*** START OF/END OF THE PROJECT GUTENBERG EBOOK' lines: not the expected eBook file")
-    return text[start.end() : end.start()].strip(b"\n") + b"\n"
+    body = text[start.end() : end.start()].strip(b"\n")
+    if not body.strip():
+        raise RuntimeError("nothing between the START OF and END OF lines: an empty eBook file")
+    return body + b"\n"
 
 
 #: destination (relative to dest_dir) -> what is done to the downloaded bytes before they are
@@ -123,8 +126,8 @@ def download(name: str, dest_dir: str | os.PathLike, *, base_url: str | None = N
 
     Raises:
         ValueError for an unknown name; RuntimeError naming the URL on an HTTP error status, a
-        network failure, a truncated transfer or a file that is not what was expected (earlier files of
-    the set are kept).
+        network failure, a truncated transfer or a file that is not what was expected (earlier
+        files of the set are kept).
     """
     if name not in SOURCES:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(sorted(SOURCES))}")

@@ -355,9 +355,10 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
     }
     absent = sorted(set(range(num_classes)) - present)
     if absent:
+        hint = "labels counted from 1? subtract 1" if absent[0] == 0 else "renumber the labels 0..K-1"
         raise ConfigError(
             f"{spec['train']}: labels must be the class indices 0..K-1, but class(es) {absent} of 0..{num_classes - 1} "
-            "never occur (labels counted from 1? subtract 1)"
+            f"never occur ({hint})"
         )
     for sp in splits:
         seen = set(sp.train.labels.tolist())

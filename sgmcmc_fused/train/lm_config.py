@@ -95,10 +95,10 @@ DEFAULT_PRESET = {"synthetic": "tiny", "word": "small", "char": "char"}
 #: 50k training tokens for a 1x128 LSTM (~85k parameters): rmsprop at lr 3e-3 overfits after epoch 3
 #: (seed 0: valid 112.8 at epoch 3, 122.9 at epoch 10; Bayes-optimal 97.4), the regime where averaging
 #: posterior samples pays. Measured test perplexities, rmsprop last / psgld model average: seed 0 ->
-#: 121.1 / 113.9 at the default T = 1/N; at T = 1, seeds 0, 1, 2 -> 121.1 / 115.2, 102.0 / 98.9,
-#: 119.4 / 114.7; 4 pooled chains (--chains 4) 110.7. In so small a setting most of that gain
-#: comes from averaging along the trajectory: with --average-optimizers rmsprop's own snapshot average
-#: reaches 113.9 (seed 0), and psgld at --temperature 0.1 reaches 113.3.
+#: 121.1 / 113.9 at the default T = 1/N; at T = 1, --seed 0, 1, 2 -> 121.1 / 115.2, 119.7 / 115.8,
+#: 120.0 / 115.1; 4 pooled chains (--chains 4) 110.7 (docs/results.md has the commands). In so small
+#: a setting most of that gain comes from averaging along the trajectory: with --average-optimizers
+#: rmsprop's own snapshot average reaches 113.9 (seed 0), and psgld at --temperature 0.1 reaches 113.3.
 SYNTHETIC_DEFAULTS = dict(num_states=16, vocab_size=200, train_tokens=50_000, eval_tokens=20_000)
 
 #: Options that fill the model/schedule fields of a preset: (option dest, type, help).
