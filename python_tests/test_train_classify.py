@@ -21,7 +21,7 @@ import torch
 
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
-from sgmcmc_fused.train.classify import encode_split, load_classify_data, make_synthetic_task
+from sgmcmc_fused.train.classify_data import encode_split, load_classify_data, make_synthetic_task
 
 #: 1350 training sentences / batch 50 = 27 steps per epoch; burn-in 2 epochs (54 steps), a sample every
 #: round(0.25 * 27) = 7 steps: samples after steps 61, 68, ..., 159 (15 of them) in 6 epochs (162 steps).

@@ -12,7 +12,12 @@ Commands (each a module of this package with a ``register(subparsers)`` function
 - ``download``: fetches the public corpora (PTB, Tiny Shakespeare, TREC, SST-2, ...) for users with a
   network (`sgmcmc_fused.data.download`).
 
-Shared pieces: `methods` (the optimizer factory), `checkpoint` (atomic saves, weights_only loads),
+Each trainer is a command module (options, the run, the final table) over its parts: ``lm`` over
+`lm_config`, `lm_data`, `language_model`, `lm_trainer` (one method) and `lm_chains`; ``classify`` over
+`classify_config`, `classify_data`, `sentence_model` and `classify_trainer`.
+
+Shared pieces: `methods` (the optimizer factory), `options` (shared options and checks), `run_control`
+(device, messages, Ctrl-C), `checkpoint` (atomic saves, weights_only loads), `distributed` (DDP),
 `runlog` (CSV/JSON logs), `plots`.
 """
 

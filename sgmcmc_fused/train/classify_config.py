@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # fmt: on
 #: Preset chosen when --preset is not given, by data kind.
 DEFAULT_PRESET = {"synthetic": "tiny", "files": "paper"}
-#: The synthetic task of the embedded default (see sgmcmc_fused.train.classify.make_synthetic_task).
+#: The synthetic task of the embedded default (see sgmcmc_fused.train.classify_data.make_synthetic_task).
 SYNTHETIC_DEFAULTS = dict(
     num_classes=4, vocab_size=300, train_size=5000, test_size=1000, min_len=4, max_len=12, signal=0.3,
     label_noise=0.1,

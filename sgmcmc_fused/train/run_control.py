@@ -1,0 +1,82 @@
+"""What a training command needs around its loop, shared by ``lm`` and ``classify``: the device it runs
+on, its messages, Ctrl-C, and the exception that ends a run early after a checkpoint."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+from .options import ConfigError
+
+
+class Stop(Exception):
+    """Training stopped before the end (--stop-after-steps or Ctrl-C), after a checkpoint.
+
+    `status` is the command's exit status: 0 for a planned stop, 130 for an interrupt.
+    """
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The device named by --device: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (CUDA when present).
+
+    Raises:
+        ConfigError: a malformed name, or CUDA asked for where it is not available.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device {spec!r}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec}: CUDA is not available here")
+    return device
+
+
+class Printer:
+    """Progress messages to stdout: all of them, or with `quiet` only the forced ones; none at all on
+    a rank other than 0 of a distributed run (`silent`)."""
+
+    def __init__(self, quiet: bool, silent: bool = False):
+        self.quiet, self.silent = quiet, silent
+
+    def __call__(self, message: str, force: bool = False) -> None:
+        if not self.silent and (force or not self.quiet):
+            # through tqdm, so that a message does not tear an active progress bar
+            tqdm.write(message, file=sys.stdout)
+
+
+class InterruptFlag:
+    """Within the block, the first Ctrl-C sets a flag (the training loop checkpoints at the next step
+    boundary and stops); a second one interrupts at once. A no-op outside the main thread."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __bool__(self) -> bool:
+        return self.set
+
+    def _handler(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
