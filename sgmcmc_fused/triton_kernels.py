@@ -2,7 +2,7 @@
 
 Three custom operators, registered with ``torch.library.triton_op`` so that ``torch.compile`` traces
 into them and sees the kernels (each launch goes through ``torch.library.wrap_triton``); under the
-Triton interpreter they are registered as opaque custom ops instead (see :func:`_register_op`):
+Triton interpreter they are registered as opaque custom ops instead (see ``triton_common.register_op``):
 
 - ``torch.ops.sgmcmc_fused.triton_psgld_step_`` (mutates ``params`` and ``square_avgs``),
 - ``torch.ops.sgmcmc_fused.triton_sgld_step_`` (mutates ``params``),
@@ -32,118 +32,62 @@ Limitations:
   the interpreter every operation rounds separately. Division, square roots and the bf16 rounding
   are IEEE round-to-nearest in both (div.rn / sqrt.rn; tl.sqrt and fp32 `/` are approximate).
 
-Interpreter mode is decided when ``@triton.jit`` runs, that is when this module is imported: set
-``TRITON_INTERPRET=1`` before importing it to run the kernels on CPU tensors (slow; a test tool).
+Interpreter mode is decided when :mod:`sgmcmc_fused.triton_common` is imported (it holds the
+device helpers, the Philox stream and the launch and registration code this module shares with
+:mod:`sgmcmc_fused.triton_lstm`): set ``TRITON_INTERPRET=1`` before importing :mod:`sgmcmc_fused` to
+run the kernels on CPU tensors (slow; a test tool).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
 import struct
 from collections.abc import Sequence
 
 import torch
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from .reference import TWO_PI_F32, noise_var_scale
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError as _exc:  # the module still imports: every entry point reports the reason
-    triton = None
-    tl = None
-    _TRITON_IMPORT_ERROR: str | None = f"triton is not installed ({_exc})"
-else:
-    _TRITON_IMPORT_ERROR = None
+from .reference import noise_var_scale
+from .triton_common import (
+    INT64_LIMIT,
+    SUPPORTED_DTYPES,
+    TRITON_IMPORT_ERROR,
+    UINT32_LIMIT,
+    check_device,
+    device_guard,
+    div_rn,
+    jit,
+    launches_skipped,
+    not_supported_reasons,
+    num_quads,
+    philox_normal_tile,
+    quad_tile,
+    quads_per_program,
+    register_op,
+    require_triton,
+    sqrt_rn,
+    tl,
+    to_math_dtype,
+    to_storage_dtype,
+    triton,
+    unavailable_reason,
+)
 
 __all__ = ["not_supported_reasons", "philox_normal", "psgld_step_", "sgld_step_", "unavailable_reason"]
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 #: stream ids of optimizer noise stay below the DropConnect bit (SPEC §2); the noise op alone takes any uint32.
 _STEP_STREAM_ID_LIMIT = 1 << 31
-_UINT32_LIMIT = 1 << 32
-_INT64_LIMIT = 1 << 63
-
-
-def _jit(**options):
-    """``triton.jit(**options)`` when triton is importable, else a no-op decorator (the plain functions
-    are then never called: no op is registered and the public helpers raise first)."""
-    if triton is None:
-        return lambda fn: fn
-    return triton.jit(**options)
-
-
-def _constexpr(value):
-    """A global a Triton kernel may read (kernels may only read constexpr globals)."""
-    return value if tl is None else tl.constexpr(value)
 
 
 # --------------------------------------------------------------------------------------------------
 # Device code
 # --------------------------------------------------------------------------------------------------
 
-_TWO_PI = _constexpr(TWO_PI_F32)
-#: 2^-23: ((x >> 9) + 0.5) * 2^-23 maps a uint32 to the open interval (0, 1), exactly in fp32.
-_UNIFORM_SCALE = _constexpr(2.0**-23)
-
-#: Quads per program on the GPU: 1024 elements, 8 per thread with 4 warps.
-_BLOCK_QUADS_GPU = 256
-#: The interpreter runs every program as a sequence of numpy calls over the block, so fewer, larger
-#: programs are much faster there (the noise does not depend on the block size).
-_BLOCK_QUADS_INTERPRETER = 4096
 _NUM_WARPS = 4
 
 
-@_jit()
-def _sqrt_rn(x):
-    """IEEE square root. tl.sqrt is the approximate one for fp32; fp64 has no approximate variant."""
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
-
-
-@_jit()
-def _div_rn(x, y):
-    """IEEE division x / y (y a block; x a block or a scalar). Triton's `/` on fp32 is a 2-ulp
-    approximation; on fp64 it is IEEE."""
-    if y.dtype == tl.float64:
-        return x / y
-    else:
-        return tl.div_rn(x, y)
-
-
-@_jit()
-def _to_math_dtype(x, IS_FP64: tl.constexpr):
-    """fp16 / bf16 / fp32 -> fp32; fp64 stays fp64."""
-    if IS_FP64:
-        return x.to(tl.float64)
-    else:
-        return x.to(tl.float32)
-
-
-@_jit()
-def _to_storage_dtype(x, storage_dtype: tl.constexpr):
-    """Math-type block -> the parameter's storage dtype, rounding to nearest even.
-
-    bf16 is rounded with integer ops rather than ``x.to(tl.bfloat16)``: the Triton interpreter
-    truncates that cast, and this way the interpreter (what CI without a GPU tests) and the
-    compiled kernel round alike. The fp32 bit pattern plus 0x7FFF plus the lowest kept bit, shifted
-    right by 16, is round-to-nearest-even (overflowing to inf as it should); NaN stays a quiet NaN.
-    """
-    if storage_dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        rounded = tl.where(x != x, 0x7FC0, rounded)
-        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return x.to(storage_dtype)
-
-
-@_jit()
+@jit()
 def _hyperparameter(hi, mid, lo, IS_FP64: tl.constexpr):
     """A hyperparameter in the math type from its three fp32 parts (host side: _split_fp64).
 
@@ -156,61 +100,10 @@ def _hyperparameter(hi, mid, lo, IS_FP64: tl.constexpr):
         return tl.cast(hi, tl.float32)
 
 
-@_jit()
-def _uint32_to_open_uniform(x):
-    """uint32 block -> fp32 uniforms in (0, 1): ((x >> 9) + 0.5) * 2^-23 (exact in fp32)."""
-    return ((x >> 9).to(tl.float32) + 0.5) * _UNIFORM_SCALE
-
-
-@_jit()
-def _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr):
-    """The N(0, 1) draws of the quads ``quad`` of stream (seed, stream_id, step), SPEC §2.
-
-    Args:
-        quad: int64 block [BLOCK_QUADS], quad indices q (elements 4q .. 4q + 3).
-    Returns:
-        fp32 [BLOCK_QUADS, 4]: row i holds the normals of elements 4 * quad[i] + (0, 1, 2, 3).
-    """
-    quad_lo = quad.to(tl.uint32)  # truncation keeps the low 32 bits
-    quad_hi = (quad >> 32).to(tl.uint32)
-    zeros = tl.zeros_like(quad_lo)
-    # All four counter words must be uint32 blocks; stream_id / step may arrive as int32, int64 or
-    # (specialised to 1) constexpr, hence tl.cast.
-    x0, x1, x2, x3 = tl.philox(
-        seed, quad_lo, quad_hi, zeros + tl.cast(stream_id, tl.uint32), zeros + tl.cast(step, tl.uint32)
-    )
-    radius01 = tl.sqrt_rn(-2.0 * tl.log(_uint32_to_open_uniform(x0)))
-    radius23 = tl.sqrt_rn(-2.0 * tl.log(_uint32_to_open_uniform(x2)))
-    angle1 = _uint32_to_open_uniform(x1) * _TWO_PI
-    angle3 = _uint32_to_open_uniform(x3) * _TWO_PI
-    n0 = radius01 * tl.cos(angle1)
-    n1 = radius01 * tl.sin(angle1)
-    n2 = radius23 * tl.cos(angle3)
-    n3 = radius23 * tl.sin(angle3)
-    # join(join(n0, n2), join(n1, n3))[q, i, j] is n[2 i + j], so the row-major reshape gives lanes 0..3.
-    return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (BLOCK_QUADS, 4))
-
-
-@_jit()
-def _quad_tile(element_offset, numel, BLOCK_QUADS: tl.constexpr):
-    """This program's quads and the local element index / mask of each (quad, lane).
-
-    Returns:
-        quad: int64 [BLOCK_QUADS], global quad indices.
-        local: int64 [BLOCK_QUADS, 4], index into this tensor of element 4 * quad + lane.
-        in_bounds: bool [BLOCK_QUADS, 4], 0 <= local < numel.
-    """
-    offset = tl.cast(element_offset, tl.int64)
-    quad = offset // 4 + tl.program_id(0).to(tl.int64) * BLOCK_QUADS + tl.arange(0, BLOCK_QUADS).to(tl.int64)
-    local = (quad * 4 - offset)[:, None] + tl.arange(0, 4).to(tl.int64)[None, :]
-    in_bounds = (local >= 0) & (local < numel)
-    return quad, local, in_bounds
-
-
 # seed / stream_id / step change every call: specialising on their value (== 1, divisible by 16)
 # would only compile more variants. element_offset stays specialised: knowing it is a multiple of
 # 16 lets the compiler vectorise the tile's loads and stores.
-@_jit(do_not_specialize=["seed", "stream_id", "step"])
+@jit(do_not_specialize=["seed", "stream_id", "step"])
 def _langevin_step_kernel(
     param_ptr,
     grad_ptr,
@@ -262,10 +155,10 @@ def _langevin_step_kernel(
     Math runs in fp32, fp64 for fp64 params.
     """
     IS_FP64: tl.constexpr = param_ptr.dtype.element_ty == tl.float64
-    quad, local, in_bounds = _quad_tile(element_offset, numel, BLOCK_QUADS)
+    quad, local, in_bounds = quad_tile(element_offset, numel, BLOCK_QUADS)
 
-    theta = _to_math_dtype(tl.load(param_ptr + local, mask=in_bounds), IS_FP64)
-    grad = _to_math_dtype(tl.load(grad_ptr + local, mask=in_bounds), IS_FP64)
+    theta = to_math_dtype(tl.load(param_ptr + local, mask=in_bounds), IS_FP64)
+    grad = to_math_dtype(tl.load(grad_ptr + local, mask=in_bounds), IS_FP64)
 
     lr = _hyperparameter(lr_hi, lr_mid, lr_lo, IS_FP64)
     if HAS_WEIGHT_DECAY:
@@ -277,88 +170,32 @@ def _langevin_step_kernel(
         eps = _hyperparameter(eps_hi, eps_mid, eps_lo, IS_FP64)
         square_avg = tl.load(square_avg_ptr + local, mask=in_bounds)
         square_avg = alpha * square_avg + one_minus_alpha * (grad * grad)
-        precond = _div_rn(1.0, eps + _sqrt_rn(square_avg))
+        precond = div_rn(1.0, eps + sqrt_rn(square_avg))
         theta = theta - (lr * precond) * grad
         if ADD_NOISE:
             noise_var_scale = _hyperparameter(noise_hi, noise_mid, noise_lo, IS_FP64)
-            xi = _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS).to(theta.dtype)
-            theta = theta + _sqrt_rn(noise_var_scale * precond) * xi
+            xi = philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS).to(theta.dtype)
+            theta = theta + sqrt_rn(noise_var_scale * precond) * xi
         tl.store(square_avg_ptr + local, square_avg, mask=in_bounds)
     else:
         theta = theta - lr * grad
         if ADD_NOISE:
             noise_std = _hyperparameter(noise_hi, noise_mid, noise_lo, IS_FP64)
-            xi = _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS).to(theta.dtype)
+            xi = philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS).to(theta.dtype)
             theta = theta + noise_std * xi
 
-    tl.store(param_ptr + local, _to_storage_dtype(theta, param_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(param_ptr + local, to_storage_dtype(theta, param_ptr.dtype.element_ty), mask=in_bounds)
 
 
-@_jit(do_not_specialize=["seed", "stream_id", "step"])
+@jit(do_not_specialize=["seed", "stream_id", "step"])
 def _philox_normal_kernel(out_ptr, numel, element_offset, seed, stream_id, step, BLOCK_QUADS: tl.constexpr):
     """out[i] = N(0, 1) draw of element element_offset + i of stream (seed, stream_id, step).
 
     Args:
         out_ptr: [numel] fp32, written.
     """
-    quad, local, in_bounds = _quad_tile(element_offset, numel, BLOCK_QUADS)
-    tl.store(out_ptr + local, _philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS), mask=in_bounds)
-
-
-# --------------------------------------------------------------------------------------------------
-# Availability
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_interpreted() -> bool:
-    """Whether the kernels were created in interpreter mode (TRITON_INTERPRET=1 at import time)."""
-    if triton is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_langevin_step_kernel, InterpretedFunction)
-
-
-def not_supported_reasons(device: torch.device | str) -> list[str]:
-    """Why the Triton backend cannot update tensors on ``device`` (empty list: it can).
-
-    CUDA tensors need triton; CPU tensors need triton in interpreter mode, i.e. TRITON_INTERPRET=1
-    set before this module was imported.
-    """
-    if _TRITON_IMPORT_ERROR is not None:
-        return [_TRITON_IMPORT_ERROR]
-    device = torch.device(device)
-    if device.type == "cuda":
-        return []
-    if device.type == "cpu":
-        if _is_interpreted():
-            return []
-        return [
-            "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing "
-            "sgmcmc_fused.triton_kernels (Triton reads it when the kernels are defined)"
-        ]
-    return [f"the Triton backend runs on CUDA tensors (CPU tensors under TRITON_INTERPRET=1), not on {device.type}"]
-
-
-def unavailable_reason(device: torch.device | str | None = None) -> str | None:
-    """None when the Triton backend is usable, else why not.
-
-    With ``device`` None: usable on some device here (triton importable, and a CUDA GPU present or
-    the interpreter on); otherwise: usable for tensors on ``device``.
-    """
-    if device is not None:
-        reasons = not_supported_reasons(device)
-        return "; ".join(reasons) if reasons else None
-    if _TRITON_IMPORT_ERROR is not None:
-        return _TRITON_IMPORT_ERROR
-    if torch.cuda.is_available() or _is_interpreted():
-        return None
-    return "no CUDA GPU, and the Triton interpreter is off (set TRITON_INTERPRET=1 before importing sgmcmc_fused)"
-
-
-def _require_triton() -> None:
-    if _TRITON_IMPORT_ERROR is not None:
-        raise RuntimeError(f"sgmcmc_fused Triton backend unavailable: {_TRITON_IMPORT_ERROR}")
+    quad, local, in_bounds = quad_tile(element_offset, numel, BLOCK_QUADS)
+    tl.store(out_ptr + local, philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS), mask=in_bounds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,12 +251,6 @@ def _check_int_list(op: str, name: str, values: object) -> list[int]:
     return checked
 
 
-def _check_device(op: str, what: str, device: torch.device) -> None:
-    reasons = not_supported_reasons(device)
-    if reasons:
-        raise ValueError(f"{op}: {what} is on {device}, where the Triton backend cannot run: {'; '.join(reasons)}")
-
-
 def _check_finite_at_least(op: str, name: str, value: float, low: float, strict: bool = False) -> None:
     ok = math.isfinite(value) and (value > low if strict else value >= low)
     if not ok:
@@ -457,7 +288,7 @@ def _check_step_inputs(
     _check_finite_at_least(op, "temperature", temperature, 0.0)
     if num_data < 1:
         raise ValueError(f"{op}: num_data must be >= 1, got {num_data}")
-    if not 0 <= seed < _INT64_LIMIT:
+    if not 0 <= seed < INT64_LIMIT:
         raise ValueError(f"{op}: seed must be in [0, 2^63), got {seed}")
     if square_avgs is not None:
         if not 0.0 <= alpha < 1.0:
@@ -473,7 +304,7 @@ def _check_step_inputs(
                 "one call updates tensors of one device"
             )
         if i == 0:
-            _check_device(op, "params[0]", device)
+            check_device(op, "params[0]", device)
         if p.dtype not in SUPPORTED_DTYPES:
             raise TypeError(
                 f"{op}: params[{i}] has dtype {p.dtype}; supported are float32, float64, float16 and bfloat16"
@@ -513,43 +344,8 @@ def _check_step_inputs(
             )
         if element_offsets[i] < 0:
             raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is negative")
-        if not 0 <= steps[i] < _UINT32_LIMIT:
+        if not 0 <= steps[i] < UINT32_LIMIT:
             raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
-
-
-def _launches_skipped(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether to skip the kernels because the call only traces (fake tensors) under the interpreter.
-
-    Why: compiled kernels go through wrap_triton, which records them into the graph when tracing; in
-    interpreter mode wrap_triton hands back the bare kernel, which cannot run on fake tensors. These
-    ops return nothing, so skipping is the exact fake implementation and lets torch.compile and
-    opcheck exercise the ops on CPU.
-    """
-    if not _is_interpreted():
-        return False
-    from torch._subclasses.fake_tensor import is_fake
-
-    return any(is_fake(t) for t in tensors)
-
-
-def _device_guard(tensor: torch.Tensor):
-    """Makes the tensor's CUDA device current for a launch: Triton launches on the *current* device,
-    whatever device the pointers belong to. A no-op on CPU and for fake tensors (tracing launches
-    nothing; the compiled graph guards devices itself)."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    if tensor.device.type != "cuda" or is_fake(tensor):
-        return contextlib.nullcontext()
-    return torch.cuda.device(tensor.device)
-
-
-def _block_quads() -> int:
-    return _BLOCK_QUADS_INTERPRETER if _is_interpreted() else _BLOCK_QUADS_GPU
-
-
-def _num_quads(numel: int, element_offset: int) -> int:
-    """How many quads elements element_offset .. element_offset + numel - 1 touch (numel > 0)."""
-    return (element_offset + numel - 1) // 4 - element_offset // 4 + 1
 
 
 def _launch_langevin_steps(
@@ -576,15 +372,15 @@ def _launch_langevin_steps(
     eps_parts = _split_fp64(op, "eps", eps)
     weight_decay_parts = _split_fp64(op, "weight_decay", weight_decay)
     noise_parts = _split_fp64(op, "the noise scale 2 * lr * temperature / num_data", noise)
-    if _launches_skipped(params):
+    if launches_skipped(params):
         return
-    block_quads = _block_quads()
+    block_quads = quads_per_program()
     for i, param in enumerate(params):
         numel = param.numel()
         if numel == 0:
             continue
-        grid = (triton.cdiv(_num_quads(numel, element_offsets[i]), block_quads),)
-        with _device_guard(param):
+        grid = (triton.cdiv(num_quads(numel, element_offsets[i]), block_quads),)
+        with device_guard(param):
             wrap_triton(_langevin_step_kernel)[grid](
                 param,
                 grads[i],
@@ -719,25 +515,25 @@ def _sgld_step_op(
 
 def _philox_normal_op(out: torch.Tensor, seed: int, stream_id: int, step: int, element_offset: int) -> None:
     op = "triton_philox_normal_"
-    _check_device(op, "out", out.device)
+    check_device(op, "out", out.device)
     if out.dtype != torch.float32:
         raise TypeError(f"{op}: out must be float32, got {out.dtype}")
     if not out.is_contiguous():
         raise ValueError(f"{op}: out must be contiguous")
-    if not 0 <= seed < _INT64_LIMIT:
+    if not 0 <= seed < INT64_LIMIT:
         raise ValueError(f"{op}: seed must be in [0, 2^63), got {seed}")
-    if not 0 <= stream_id < _UINT32_LIMIT:
+    if not 0 <= stream_id < UINT32_LIMIT:
         raise ValueError(f"{op}: stream_id = {stream_id} is outside [0, 2^32)")
-    if not 0 <= step < _UINT32_LIMIT:
+    if not 0 <= step < UINT32_LIMIT:
         raise ValueError(f"{op}: step = {step} is outside [0, 2^32)")
     if element_offset < 0:
         raise ValueError(f"{op}: element_offset = {element_offset} is negative")
     numel = out.numel()
-    if numel == 0 or _launches_skipped([out]):
+    if numel == 0 or launches_skipped([out]):
         return
-    block_quads = _block_quads()
-    grid = (triton.cdiv(_num_quads(numel, element_offset), block_quads),)
-    with _device_guard(out):
+    block_quads = quads_per_program()
+    grid = (triton.cdiv(num_quads(numel, element_offset), block_quads),)
+    with device_guard(out):
         wrap_triton(_philox_normal_kernel)[grid](
             out, numel, element_offset, seed, stream_id, step, BLOCK_QUADS=block_quads, num_warps=_NUM_WARPS
         )
@@ -756,26 +552,10 @@ _SGLD_SCHEMA = (
 _PHILOX_NORMAL_SCHEMA = "(Tensor(a!) out, int seed, int stream_id, int step, int element_offset) -> ()"
 
 
-def _register_op(name: str, fn, mutates_args: set[str], schema: str):
-    """Registers ``fn`` as the operator ``name``.
-
-    Compiled kernels: ``triton_op``, so torch.compile traces into ``fn`` and sees the kernels.
-    Interpreter: wrap_triton cannot capture interpreted kernels, so a traced ``fn`` would record
-    nothing and a compiled graph would silently skip the update; the op is registered opaque
-    instead (``custom_op``; the fake implementation is ``fn``, which validates and skips the
-    launches on fake tensors), so torch.compile calls it like any built-in operator.
-    """
-    if _is_interpreted():
-        op = torch.library.custom_op(name, fn, mutates_args=mutates_args, schema=schema)
-        op.register_fake(fn)
-        return op
-    return triton_op(name, fn, mutates_args=mutates_args, schema=schema)
-
-
-if _TRITON_IMPORT_ERROR is None:
-    _register_op("sgmcmc_fused::triton_psgld_step_", _psgld_step_op, {"params", "square_avgs"}, _PSGLD_SCHEMA)
-    _register_op("sgmcmc_fused::triton_sgld_step_", _sgld_step_op, {"params"}, _SGLD_SCHEMA)
-    _register_op("sgmcmc_fused::triton_philox_normal_", _philox_normal_op, {"out"}, _PHILOX_NORMAL_SCHEMA)
+if TRITON_IMPORT_ERROR is None:
+    register_op("sgmcmc_fused::triton_psgld_step_", _psgld_step_op, {"params", "square_avgs"}, _PSGLD_SCHEMA)
+    register_op("sgmcmc_fused::triton_sgld_step_", _sgld_step_op, {"params"}, _SGLD_SCHEMA)
+    register_op("sgmcmc_fused::triton_philox_normal_", _philox_normal_op, {"out"}, _PHILOX_NORMAL_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -812,7 +592,7 @@ def psgld_step_(
         lr, alpha, eps, weight_decay, temperature, num_data, add_noise, seed: as in SPEC §1, §2.
     """
     op = "psgld_step_"
-    _require_triton()
+    require_triton()
     with torch.no_grad():
         torch.ops.sgmcmc_fused.triton_psgld_step_(
             _check_tensor_list(op, "params", params),
@@ -849,7 +629,7 @@ def sgld_step_(
     """SGLD step (SPEC §1, G = 1) in place on ``params``, with the Triton kernels. Arguments as
     :func:`psgld_step_`."""
     op = "sgld_step_"
-    _require_triton()
+    require_triton()
     with torch.no_grad():
         torch.ops.sgmcmc_fused.triton_sgld_step_(
             _check_tensor_list(op, "params", params),
@@ -876,7 +656,7 @@ def philox_normal(
 ) -> torch.Tensor:
     """N(0, 1) draws (fp32, shape [numel]) of elements element_offset .. element_offset + numel - 1
     of the stream (seed, stream_id, step), SPEC §2, drawn by the Triton kernel on ``device``."""
-    _require_triton()
+    require_triton()
     numel = operator.index(numel)
     if numel < 0:
         raise ValueError(f"philox_normal: numel must be >= 0, got {numel}")

@@ -6,7 +6,7 @@ H hidden size; gate order i, f, g, o and the weight layout of ``torch.nn.LSTM``.
 Three custom operators, with the schemas of their C++ counterparts in csrc/ops.cpp under
 ``triton_`` names (they share the CUDA dispatch key with the CUDA kernels), registered like those
 of :mod:`sgmcmc_fused.triton_kernels` (``triton_op``; an opaque ``custom_op`` under the
-interpreter, see ``triton_kernels._register_op``):
+interpreter, see ``triton_common.register_op``):
 
 - ``torch.ops.sgmcmc_fused.triton_dropconnect_weight(weight, seed, weight_id, call, p, kind)``:
   ``weight * M`` with the mask drawn in the same pass (no mask tensor is ever made),
@@ -47,8 +47,9 @@ Limitations:
   fp32, so they can differ from the eager reference in the last bits (SPEC §5 allows 1e-6
   relative); under the interpreter every operation rounds separately.
 
-Interpreter mode is decided when :mod:`sgmcmc_fused.triton_kernels` is imported (this module reuses
-its device helpers): set ``TRITON_INTERPRET=1`` before importing either to run on CPU tensors.
+Interpreter mode is decided when :mod:`sgmcmc_fused.triton_common` is imported (this module uses
+its device helpers): set ``TRITON_INTERPRET=1`` before importing :mod:`sgmcmc_fused` to run on CPU
+tensors.
 """
 
 from __future__ import annotations
@@ -61,30 +62,30 @@ from torch.autograd.function import once_differentiable
 from torch.library import wrap_triton
 
 from .lstm_reference import BERNOULLI, GAUSSIAN, MASK_STREAM_BIT
-from .triton_kernels import (
-    _INT64_LIMIT,
-    _TRITON_IMPORT_ERROR,
-    _UINT32_LIMIT,
+from .triton_common import (
+    INT64_LIMIT,
     SUPPORTED_DTYPES,
-    _block_quads,
-    _check_device,
-    _device_guard,
-    _div_rn,
-    _is_interpreted,
-    _jit,
-    _launches_skipped,
-    _num_quads,
-    _philox_normal_tile,
-    _quad_tile,
-    _register_op,
-    _require_triton,
-    _to_math_dtype,
-    _to_storage_dtype,
-    _uint32_to_open_uniform,
+    TRITON_IMPORT_ERROR,
+    UINT32_LIMIT,
+    check_device,
+    device_guard,
+    div_rn,
+    is_interpreted,
+    jit,
+    launches_skipped,
+    num_quads,
+    philox_normal_tile,
+    quad_tile,
+    quads_per_program,
+    register_op,
+    require_triton,
     tl,
+    to_math_dtype,
+    to_storage_dtype,
     triton,
+    uint32_to_open_uniform,
 )
-from .triton_kernels import not_supported_reasons as _triton_not_supported_reasons
+from .triton_common import not_supported_reasons as _triton_not_supported_reasons
 
 __all__ = [
     "dropconnect_lstm_layer",
@@ -108,7 +109,7 @@ _NUM_WARPS = 4
 # --------------------------------------------------------------------------------------------------
 
 
-@_jit()
+@jit()
 def _philox_uniform_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr):
     """The open uniforms of the quads ``quad`` of stream (seed, stream_id, step), SPEC §2.
 
@@ -123,17 +124,17 @@ def _philox_uniform_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr)
     x0, x1, x2, x3 = tl.philox(
         seed, quad_lo, quad_hi, zeros + tl.cast(stream_id, tl.uint32), zeros + tl.cast(step, tl.uint32)
     )
-    u0 = _uint32_to_open_uniform(x0)
-    u1 = _uint32_to_open_uniform(x1)
-    u2 = _uint32_to_open_uniform(x2)
-    u3 = _uint32_to_open_uniform(x3)
-    # Same interleave as triton_kernels._philox_normal_tile: row-major reshape gives lanes 0..3.
+    u0 = uint32_to_open_uniform(x0)
+    u1 = uint32_to_open_uniform(x1)
+    u2 = uint32_to_open_uniform(x2)
+    u3 = uint32_to_open_uniform(x3)
+    # Same interleave as triton_common.philox_normal_tile: row-major reshape gives lanes 0..3.
     return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (BLOCK_QUADS, 4))
 
 
 # seed / stream_id / call change between calls: specialising on their values would only compile more
 # variants.
-@_jit(do_not_specialize=["seed", "stream_id", "call"])
+@jit(do_not_specialize=["seed", "stream_id", "call"])
 def _dropconnect_weight_kernel(
     weight_ptr, out_ptr, numel, seed, stream_id, call, p, scale, KIND: tl.constexpr, BLOCK_QUADS: tl.constexpr
 ):
@@ -149,24 +150,24 @@ def _dropconnect_weight_kernel(
         KIND: 0 Bernoulli, 1 Gaussian.
     """
     IS_FP64: tl.constexpr = weight_ptr.dtype.element_ty == tl.float64
-    quad, local, in_bounds = _quad_tile(0, numel, BLOCK_QUADS)
+    quad, local, in_bounds = quad_tile(0, numel, BLOCK_QUADS)
     if KIND == 0:
         u = _philox_uniform_tile(seed, quad, stream_id, call, BLOCK_QUADS)
         mask = tl.where(u >= p, scale, 0.0)
     else:
-        mask = 1.0 + scale * _philox_normal_tile(seed, quad, stream_id, call, BLOCK_QUADS)
-    weight = _to_math_dtype(tl.load(weight_ptr + local, mask=in_bounds), IS_FP64)
+        mask = 1.0 + scale * philox_normal_tile(seed, quad, stream_id, call, BLOCK_QUADS)
+    weight = to_math_dtype(tl.load(weight_ptr + local, mask=in_bounds), IS_FP64)
     out = weight * mask.to(weight.dtype)
-    tl.store(out_ptr + local, _to_storage_dtype(out, out_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(out_ptr + local, to_storage_dtype(out, out_ptr.dtype.element_ty), mask=in_bounds)
 
 
-@_jit()
+@jit()
 def _sigmoid(x):
     """1 / (1 + exp(-x)) with an IEEE division (tl.sigmoid divides approximately in fp32)."""
-    return _div_rn(1.0, 1.0 + tl.exp(-x))
+    return div_rn(1.0, 1.0 + tl.exp(-x))
 
 
-@_jit()
+@jit()
 def _tanh(x):
     """tanh in the dtype of x (fp32 or fp64), to a few ulp.
 
@@ -179,17 +180,17 @@ def _tanh(x):
     """
     ax = tl.abs(x)
     x2 = ax * ax
-    pade = _div_rn(
+    pade = div_rn(
         ax * (135135.0 + x2 * (17325.0 + x2 * (378.0 + x2))),
         135135.0 + x2 * (62370.0 + x2 * (3150.0 + x2 * 28.0)),
     )
     e = tl.exp(-2.0 * ax)
-    expo = _div_rn(1.0 - e, 1.0 + e)
+    expo = div_rn(1.0 - e, 1.0 + e)
     t = tl.where(ax < 0.4, pade, expo)
     return tl.where(x < 0, -t, t)
 
 
-@_jit()
+@jit()
 def _cell_tile(batch, hidden, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """This program's [BLOCK_B, BLOCK_H] tile of the [B, H] state.
 
@@ -206,7 +207,7 @@ def _cell_tile(batch, hidden, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     return rows, cols, state, gate, in_bounds
 
 
-@_jit()
+@jit()
 def _row_active(lengths_ptr, rows, batch, step):
     """bool [BLOCK_B, 1]: row b is active at time `step` iff step < lengths[b]."""
     length = tl.load(lengths_ptr + rows, mask=rows < batch, other=0)
@@ -215,7 +216,7 @@ def _row_active(lengths_ptr, rows, batch, step):
 
 # step changes every launch of the time loop; hidden / batch stay specialised (divisibility helps
 # vectorise the loads).
-@_jit(do_not_specialize=["step"])
+@jit(do_not_specialize=["step"])
 def _lstm_cell_forward_kernel(
     gates_ptr,
     bias_ptr,
@@ -246,38 +247,38 @@ def _lstm_cell_forward_kernel(
     IS_FP64: tl.constexpr = gates_ptr.dtype.element_ty == tl.float64
     storage: tl.constexpr = h_ptr.dtype.element_ty
     rows, cols, state, gate, in_bounds = _cell_tile(batch, hidden, BLOCK_B, BLOCK_H)
-    pre_i = _to_math_dtype(tl.load(gates_ptr + gate, mask=in_bounds), IS_FP64)
-    pre_f = _to_math_dtype(tl.load(gates_ptr + gate + hidden, mask=in_bounds), IS_FP64)
-    pre_g = _to_math_dtype(tl.load(gates_ptr + gate + 2 * hidden, mask=in_bounds), IS_FP64)
-    pre_o = _to_math_dtype(tl.load(gates_ptr + gate + 3 * hidden, mask=in_bounds), IS_FP64)
+    pre_i = to_math_dtype(tl.load(gates_ptr + gate, mask=in_bounds), IS_FP64)
+    pre_f = to_math_dtype(tl.load(gates_ptr + gate + hidden, mask=in_bounds), IS_FP64)
+    pre_g = to_math_dtype(tl.load(gates_ptr + gate + 2 * hidden, mask=in_bounds), IS_FP64)
+    pre_o = to_math_dtype(tl.load(gates_ptr + gate + 3 * hidden, mask=in_bounds), IS_FP64)
     if HAS_BIAS:
         col_ok = cols < hidden
-        pre_i = pre_i + _to_math_dtype(tl.load(bias_ptr + cols, mask=col_ok), IS_FP64)[None, :]
-        pre_f = pre_f + _to_math_dtype(tl.load(bias_ptr + hidden + cols, mask=col_ok), IS_FP64)[None, :]
-        pre_g = pre_g + _to_math_dtype(tl.load(bias_ptr + 2 * hidden + cols, mask=col_ok), IS_FP64)[None, :]
-        pre_o = pre_o + _to_math_dtype(tl.load(bias_ptr + 3 * hidden + cols, mask=col_ok), IS_FP64)[None, :]
+        pre_i = pre_i + to_math_dtype(tl.load(bias_ptr + cols, mask=col_ok), IS_FP64)[None, :]
+        pre_f = pre_f + to_math_dtype(tl.load(bias_ptr + hidden + cols, mask=col_ok), IS_FP64)[None, :]
+        pre_g = pre_g + to_math_dtype(tl.load(bias_ptr + 2 * hidden + cols, mask=col_ok), IS_FP64)[None, :]
+        pre_o = pre_o + to_math_dtype(tl.load(bias_ptr + 3 * hidden + cols, mask=col_ok), IS_FP64)[None, :]
     i = _sigmoid(pre_i)
     f = _sigmoid(pre_f)
     g = _tanh(pre_g)
     o = _sigmoid(pre_o)
     c_prev_stored = tl.load(c_prev_ptr + state, mask=in_bounds)
-    c = f * _to_math_dtype(c_prev_stored, IS_FP64) + i * g
+    c = f * to_math_dtype(c_prev_stored, IS_FP64) + i * g
     # h from the unrounded c, as the reference; the next step reads the rounded c back.
-    h_out = _to_storage_dtype(o * _tanh(c), storage)
-    c_out = _to_storage_dtype(c, storage)
+    h_out = to_storage_dtype(o * _tanh(c), storage)
+    c_out = to_storage_dtype(c, storage)
     if HAS_LENGTHS:
         active = _row_active(lengths_ptr, rows, batch, step)
         h_out = tl.where(active, h_out, tl.load(h_prev_ptr + state, mask=in_bounds))
         c_out = tl.where(active, c_out, c_prev_stored)
     tl.store(h_ptr + state, h_out, mask=in_bounds)
     tl.store(c_ptr + state, c_out, mask=in_bounds)
-    tl.store(act_ptr + gate, _to_storage_dtype(i, storage), mask=in_bounds)
-    tl.store(act_ptr + gate + hidden, _to_storage_dtype(f, storage), mask=in_bounds)
-    tl.store(act_ptr + gate + 2 * hidden, _to_storage_dtype(g, storage), mask=in_bounds)
-    tl.store(act_ptr + gate + 3 * hidden, _to_storage_dtype(o, storage), mask=in_bounds)
+    tl.store(act_ptr + gate, to_storage_dtype(i, storage), mask=in_bounds)
+    tl.store(act_ptr + gate + hidden, to_storage_dtype(f, storage), mask=in_bounds)
+    tl.store(act_ptr + gate + 2 * hidden, to_storage_dtype(g, storage), mask=in_bounds)
+    tl.store(act_ptr + gate + 3 * hidden, to_storage_dtype(o, storage), mask=in_bounds)
 
 
-@_jit(do_not_specialize=["step"])
+@jit(do_not_specialize=["step"])
 def _lstm_cell_backward_kernel(
     grad_h_ptr,
     grad_out_ptr,
@@ -313,16 +314,16 @@ def _lstm_cell_backward_kernel(
     IS_FP64: tl.constexpr = act_ptr.dtype.element_ty == tl.float64
     storage: tl.constexpr = grad_gates_ptr.dtype.element_ty
     rows, cols, state, gate, in_bounds = _cell_tile(batch, hidden, BLOCK_B, BLOCK_H)
-    dh = _to_math_dtype(tl.load(grad_h_ptr + state, mask=in_bounds), IS_FP64)
+    dh = to_math_dtype(tl.load(grad_h_ptr + state, mask=in_bounds), IS_FP64)
     if HAS_GRAD_OUT:
-        dh = dh + _to_math_dtype(tl.load(grad_out_ptr + state, mask=in_bounds), IS_FP64)
-    dc = _to_math_dtype(tl.load(grad_c_ptr + state, mask=in_bounds), IS_FP64)
-    i = _to_math_dtype(tl.load(act_ptr + gate, mask=in_bounds), IS_FP64)
-    f = _to_math_dtype(tl.load(act_ptr + gate + hidden, mask=in_bounds), IS_FP64)
-    g = _to_math_dtype(tl.load(act_ptr + gate + 2 * hidden, mask=in_bounds), IS_FP64)
-    o = _to_math_dtype(tl.load(act_ptr + gate + 3 * hidden, mask=in_bounds), IS_FP64)
-    c_prev = _to_math_dtype(tl.load(c_prev_ptr + state, mask=in_bounds), IS_FP64)
-    c = _to_math_dtype(tl.load(c_ptr + state, mask=in_bounds), IS_FP64)
+        dh = dh + to_math_dtype(tl.load(grad_out_ptr + state, mask=in_bounds), IS_FP64)
+    dc = to_math_dtype(tl.load(grad_c_ptr + state, mask=in_bounds), IS_FP64)
+    i = to_math_dtype(tl.load(act_ptr + gate, mask=in_bounds), IS_FP64)
+    f = to_math_dtype(tl.load(act_ptr + gate + hidden, mask=in_bounds), IS_FP64)
+    g = to_math_dtype(tl.load(act_ptr + gate + 2 * hidden, mask=in_bounds), IS_FP64)
+    o = to_math_dtype(tl.load(act_ptr + gate + 3 * hidden, mask=in_bounds), IS_FP64)
+    c_prev = to_math_dtype(tl.load(c_prev_ptr + state, mask=in_bounds), IS_FP64)
+    c = to_math_dtype(tl.load(c_ptr + state, mask=in_bounds), IS_FP64)
 
     tanh_c = _tanh(c)
     dc_total = dc + dh * o * (1 - tanh_c * tanh_c)
@@ -340,12 +341,12 @@ def _lstm_cell_backward_kernel(
         dg = tl.where(active, dg, 0.0)
         do = tl.where(active, do, 0.0)
         dc_prev = tl.where(active, dc_prev, dc)
-        tl.store(grad_h_pass_ptr + state, _to_storage_dtype(tl.where(active, 0.0, dh), storage), mask=in_bounds)
-    tl.store(grad_gates_ptr + gate, _to_storage_dtype(di, storage), mask=in_bounds)
-    tl.store(grad_gates_ptr + gate + hidden, _to_storage_dtype(df, storage), mask=in_bounds)
-    tl.store(grad_gates_ptr + gate + 2 * hidden, _to_storage_dtype(dg, storage), mask=in_bounds)
-    tl.store(grad_gates_ptr + gate + 3 * hidden, _to_storage_dtype(do, storage), mask=in_bounds)
-    tl.store(grad_c_prev_ptr + state, _to_storage_dtype(dc_prev, storage), mask=in_bounds)
+        tl.store(grad_h_pass_ptr + state, to_storage_dtype(tl.where(active, 0.0, dh), storage), mask=in_bounds)
+    tl.store(grad_gates_ptr + gate, to_storage_dtype(di, storage), mask=in_bounds)
+    tl.store(grad_gates_ptr + gate + hidden, to_storage_dtype(df, storage), mask=in_bounds)
+    tl.store(grad_gates_ptr + gate + 2 * hidden, to_storage_dtype(dg, storage), mask=in_bounds)
+    tl.store(grad_gates_ptr + gate + 3 * hidden, to_storage_dtype(do, storage), mask=in_bounds)
+    tl.store(grad_c_prev_ptr + state, to_storage_dtype(dc_prev, storage), mask=in_bounds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ def not_supported_reasons(device: torch.device | str) -> list[str]:
     """Why the Triton LSTM kernels cannot run on tensors of ``device`` (empty list: they can).
 
     CUDA tensors need triton; CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before
-    sgmcmc_fused.triton_kernels was imported). Same rules as triton_kernels.not_supported_reasons.
+    sgmcmc_fused.triton_common was imported). Same rules as triton_common.not_supported_reasons.
     """
     return _triton_not_supported_reasons(device)
 
@@ -381,7 +382,7 @@ def _check_float_tensor(op: str, name: str, t: object, shape: tuple[int, ...] | 
 def _check_same(op: str, tensors: dict[str, torch.Tensor]) -> None:
     """All of `tensors` share the first one's dtype and device, a device the kernels can run on."""
     (first_name, first), *rest = tensors.items()
-    _check_device(op, first_name, first.device)
+    check_device(op, first_name, first.device)
     for name, t in rest:
         if t.device != first.device:
             raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
@@ -390,11 +391,11 @@ def _check_same(op: str, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _check_mask_args(op: str, seed: int, weight_id: int, call: int, p: float, kind: int) -> None:
-    if not 0 <= seed < _INT64_LIMIT:
+    if not 0 <= seed < INT64_LIMIT:
         raise ValueError(f"{op}: seed must be in [0, 2^63), got {seed}")
     if not 0 <= weight_id < _WEIGHT_ID_LIMIT:
         raise ValueError(f"{op}: weight_id = {weight_id} is outside [0, 2^31) (bit 31 marks the mask streams)")
-    if not 0 <= call < _UINT32_LIMIT:
+    if not 0 <= call < UINT32_LIMIT:
         raise ValueError(f"{op}: call = {call} is outside [0, 2^32)")
     if not 0.0 <= p < 1.0:  # also rejects NaN
         raise ValueError(f"{op}: dropconnect probability p must be in [0, 1), got {p}")
@@ -414,9 +415,9 @@ def _launch_dropconnect_weight(
     numel = weight.numel()
     if numel == 0:
         return
-    block_quads = _block_quads()
-    grid = (triton.cdiv(_num_quads(numel, 0), block_quads),)
-    with _device_guard(weight):
+    block_quads = quads_per_program()
+    grid = (triton.cdiv(num_quads(numel, 0), block_quads),)
+    with device_guard(weight):
         wrap_triton(_dropconnect_weight_kernel)[grid](
             weight,
             out,
@@ -434,7 +435,7 @@ def _launch_dropconnect_weight(
 
 def _cell_grid(batch: int, hidden: int) -> tuple[tuple[int, int], int, int]:
     """(grid, BLOCK_B, BLOCK_H) of the cell kernels: rows on grid axis 0 (no 65535 limit there)."""
-    tile = _CELL_TILE_INTERPRETER if _is_interpreted() else _CELL_TILE_GPU
+    tile = _CELL_TILE_INTERPRETER if is_interpreted() else _CELL_TILE_GPU
     block_h = min(triton.next_power_of_2(hidden), tile)
     block_b = min(triton.next_power_of_2(batch), max(1, tile // block_h))
     return (triton.cdiv(batch, block_b), triton.cdiv(hidden, block_h)), block_b, block_h
@@ -457,7 +458,7 @@ def _launch_cell_forward(
     if batch == 0 or hidden == 0:
         return
     grid, block_b, block_h = _cell_grid(batch, hidden)
-    with _device_guard(gates):
+    with device_guard(gates):
         wrap_triton(_lstm_cell_forward_kernel)[grid](
             gates,
             bias,
@@ -497,7 +498,7 @@ def _launch_cell_backward(
     if batch == 0 or hidden == 0:
         return
     grid, block_b, block_h = _cell_grid(batch, hidden)
-    with _device_guard(grad_h):
+    with device_guard(grad_h):
         wrap_triton(_lstm_cell_backward_kernel)[grid](
             grad_h,
             grad_out,
@@ -533,7 +534,7 @@ def _dropconnect_weight_op(weight: torch.Tensor, seed: int, weight_id: int, call
     # The mask is indexed by the flat row-major element index, so the kernel reads a contiguous copy.
     weight = weight.contiguous()
     out = torch.empty_like(weight)
-    if not _launches_skipped([weight]):
+    if not launches_skipped([weight]):
         _launch_dropconnect_weight(weight, out, seed, weight_id, call, p, kind)
     return out
 
@@ -549,7 +550,7 @@ def _lstm_cell_forward_op(gates: torch.Tensor, bias: torch.Tensor, c_prev: torch
     _check_same(op, {"gates": gates, "bias": bias, "c_prev": c_prev})
     gates, bias, c_prev = gates.contiguous(), bias.contiguous(), c_prev.contiguous()
     h, c, activations = torch.empty_like(c_prev), torch.empty_like(c_prev), torch.empty_like(gates)
-    if not _launches_skipped([gates]):
+    if not launches_skipped([gates]):
         _launch_cell_forward(gates, bias, c_prev, h, c, activations)
     return h, c, activations
 
@@ -569,7 +570,7 @@ def _lstm_cell_backward_op(
     _check_same(op, tensors)
     grad_h, grad_c, activations, c_prev, c = (t.contiguous() for t in tensors.values())
     grad_gates, grad_c_prev = torch.empty_like(activations), torch.empty_like(c_prev)
-    if not _launches_skipped([grad_h]):
+    if not launches_skipped([grad_h]):
         _launch_cell_backward(grad_h, grad_c, activations, c_prev, c, grad_gates, grad_c_prev)
     return grad_gates, grad_c_prev
 
@@ -615,14 +616,14 @@ def _cell_forward_backward(ctx, grad_h, grad_c, grad_activations):
     return grad_gates, grad_gates.sum(0).to(ctx.bias_dtype), grad_c_prev
 
 
-if _TRITON_IMPORT_ERROR is None:
-    _register_op(
+if TRITON_IMPORT_ERROR is None:
+    register_op(
         "sgmcmc_fused::triton_dropconnect_weight", _dropconnect_weight_op, set(), _DROPCONNECT_WEIGHT_SCHEMA
     ).register_autograd(_dropconnect_weight_backward, setup_context=_dropconnect_weight_setup_context)
-    _register_op(
+    register_op(
         "sgmcmc_fused::triton_lstm_cell_forward", _lstm_cell_forward_op, set(), _CELL_FORWARD_SCHEMA
     ).register_autograd(_cell_forward_backward, setup_context=_cell_forward_setup_context)
-    _register_op("sgmcmc_fused::triton_lstm_cell_backward", _lstm_cell_backward_op, set(), _CELL_BACKWARD_SCHEMA)
+    register_op("sgmcmc_fused::triton_lstm_cell_backward", _lstm_cell_backward_op, set(), _CELL_BACKWARD_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -640,7 +641,7 @@ def dropconnect_weight(weight: torch.Tensor, seed: int, weight_id: int, call: in
     Returns:
         A new contiguous tensor, shape and dtype of weight. Differentiable in weight.
     """
-    _require_triton()
+    require_triton()
     return torch.ops.sgmcmc_fused.triton_dropconnect_weight(
         weight, operator.index(seed), operator.index(weight_id), operator.index(call), float(p), operator.index(kind)
     )
@@ -658,7 +659,7 @@ def lstm_cell_forward(
         h [B, H], c [B, H], activations [B, 4H] (sigmoid i, sigmoid f, tanh g, sigmoid o), in the input
         dtype, computed in fp32 (fp64 for fp64). Differentiable in gates, bias and c_prev.
     """
-    _require_triton()
+    require_triton()
     return torch.ops.sgmcmc_fused.triton_lstm_cell_forward(gates, bias, c_prev)
 
 
@@ -672,7 +673,7 @@ def lstm_cell_backward(
     Returns:
         grad_gates [B, 4H] (also the bias gradient per row) and grad_c_prev [B, H], in the input dtype.
     """
-    _require_triton()
+    require_triton()
     return torch.ops.sgmcmc_fused.triton_lstm_cell_backward(grad_h, grad_c, activations, c_prev, c)
 
 
@@ -820,7 +821,7 @@ def dropconnect_lstm_layer(
         w_ih, w_hh (dW = dW' * M) and bias.
     """
     op = "dropconnect_lstm_layer"
-    _require_triton()
+    require_triton()
     _check_float_tensor(op, "input", input)
     if input.dim() != 3:
         raise ValueError(f"{op}: input must be [T, B, I], got shape {tuple(input.shape)}")
