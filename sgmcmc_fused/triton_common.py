@@ -8,9 +8,10 @@ four numbers). Host side: whether Triton can run here and on which devices, the 
 (block size, current device, skipping launches while tracing under the interpreter) and the op
 registration.
 
-Interpreter mode is decided when ``@triton.jit`` runs, that is when this module is imported: set
-``TRITON_INTERPRET=1`` before importing :mod:`sgmcmc_fused` to run the kernels on CPU tensors (slow; a
-test tool).
+Interpreter mode is decided when ``@triton.jit`` runs, that is when each Triton module (this one,
+triton_kernels, triton_lstm) is imported; :func:`is_interpreted` reports this module's. Set
+``TRITON_INTERPRET=1`` before importing any of them to run the kernels on CPU tensors (slow; a test
+tool).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ _TWO_PI = constexpr(TWO_PI_F32)
 #: 2^-23: ((x >> 9) + 0.5) * 2^-23 maps a uint32 to the open interval (0, 1), exactly in fp32.
 _UNIFORM_SCALE = constexpr(2.0**-23)
 
-#: Quads per program on the GPU: 1024 elements, 8 per thread with 4 warps.
+#: Quads per program on the GPU: 1024 elements, 8 per thread with the 4 warps the launchers use.
 _BLOCK_QUADS_GPU = 256
 #: The interpreter runs every program as a sequence of numpy calls over the block, so fewer, larger
 #: programs are much faster there (the noise does not depend on the block size).

@@ -32,10 +32,10 @@ Limitations:
   the interpreter every operation rounds separately. Division, square roots and the bf16 rounding
   are IEEE round-to-nearest in both (div.rn / sqrt.rn; tl.sqrt and fp32 `/` are approximate).
 
-Interpreter mode is decided when :mod:`sgmcmc_fused.triton_common` is imported (it holds the
-device helpers, the Philox stream and the launch and registration code this module shares with
-:mod:`sgmcmc_fused.triton_lstm`): set ``TRITON_INTERPRET=1`` before importing :mod:`sgmcmc_fused` to
-run the kernels on CPU tensors (slow; a test tool).
+The device helpers, the Philox stream and the launch and registration code this module shares with
+:mod:`sgmcmc_fused.triton_lstm` are in :mod:`sgmcmc_fused.triton_common`. Interpreter mode is decided
+when the Triton modules are imported: set ``TRITON_INTERPRET=1`` before importing any of them to run
+the kernels on CPU tensors (slow; a test tool).
 """
 
 from __future__ import annotations
@@ -173,9 +173,9 @@ def _langevin_step_kernel(
         precond = div_rn(1.0, eps + sqrt_rn(square_avg))
         theta = theta - (lr * precond) * grad
         if ADD_NOISE:
-            noise_var_scale = _hyperparameter(noise_hi, noise_mid, noise_lo, IS_FP64)
+            noise_variance = _hyperparameter(noise_hi, noise_mid, noise_lo, IS_FP64)  # 2 lr T / N
             xi = philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS).to(theta.dtype)
-            theta = theta + sqrt_rn(noise_var_scale * precond) * xi
+            theta = theta + sqrt_rn(noise_variance * precond) * xi
         tl.store(square_avg_ptr + local, square_avg, mask=in_bounds)
     else:
         theta = theta - lr * grad

@@ -33,7 +33,7 @@ does), then ``weight * M`` in the math type (fp64 for fp64, else fp32) rounded t
 So p and the two scales travel to the kernel as fp32 on purpose; no fp64 splitting is needed here.
 
 Cell math runs in fp32 (fp64 for fp64), outputs in the input dtype (bf16 rounded to nearest even,
-as in triton_kernels). tanh is not a core Triton op (libdevice's is not available under the
+as in triton_common.to_storage_dtype). tanh is not a core Triton op (libdevice's is not available under the
 interpreter), see :func:`_tanh`.
 
 Limitations:
@@ -47,9 +47,9 @@ Limitations:
   fp32, so they can differ from the eager reference in the last bits (SPEC §5 allows 1e-6
   relative); under the interpreter every operation rounds separately.
 
-Interpreter mode is decided when :mod:`sgmcmc_fused.triton_common` is imported (this module uses
-its device helpers): set ``TRITON_INTERPRET=1`` before importing :mod:`sgmcmc_fused` to run on CPU
-tensors.
+Interpreter mode is decided when the Triton modules are imported (this one and
+:mod:`sgmcmc_fused.triton_common`, whose device helpers it uses): set ``TRITON_INTERPRET=1`` before
+importing any of them to run on CPU tensors.
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ class MethodTrainer:
     `thin` noisy steps), and evaluated on valid and test at once, so the running averages need no
     stored samples (the collector keeps the last --max-samples, none by default, for later use).
 
-    With a distributed `world` it is one of the data-parallel replicas (see the module docstring):
-    every rank calls every method, the collective ones (evaluation, checkpoint) at the same steps.
+    With a distributed `world` it is one of the data-parallel replicas (see the docstring of
+    `sgmcmc_fused.train.lm`): every rank calls every method, the collective ones (evaluation,
+    checkpoint) at the same steps.
     """
 
     def __init__(self, method: str, cfg: dict[str, Any], data: LMData, run_dir: Path, device: torch.device,
