@@ -121,6 +121,24 @@ def uint32_to_open_uniform(x):
 
 
 @jit()
+def philox_quad_words(seed, quad, stream_id, step):
+    """The four uint32 words of Philox4x32-10 for the quads ``quad`` of stream (seed, stream_id, step),
+    SPEC §2: counter (quad low 32 bits, quad high 32 bits, stream_id, step).
+
+    Args:
+        quad: int64 block, quad indices q (elements 4q .. 4q + 3).
+    Returns:
+        four uint32 blocks shaped like ``quad``: lane 0..3 of each quad.
+    """
+    quad_lo = quad.to(tl.uint32)  # truncation keeps the low 32 bits
+    quad_hi = (quad >> 32).to(tl.uint32)
+    zeros = tl.zeros_like(quad_lo)
+    # All four counter words must be uint32 blocks; stream_id / step may arrive as int32, int64 or
+    # (specialised to 1) constexpr, hence tl.cast.
+    return tl.philox(seed, quad_lo, quad_hi, zeros + tl.cast(stream_id, tl.uint32), zeros + tl.cast(step, tl.uint32))
+
+
+@jit()
 def philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr):
     """The N(0, 1) draws of the quads ``quad`` of stream (seed, stream_id, step), SPEC §2.
 
@@ -129,14 +147,7 @@ def philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr):
     Returns:
         fp32 [BLOCK_QUADS, 4]: row i holds the normals of elements 4 * quad[i] + (0, 1, 2, 3).
     """
-    quad_lo = quad.to(tl.uint32)  # truncation keeps the low 32 bits
-    quad_hi = (quad >> 32).to(tl.uint32)
-    zeros = tl.zeros_like(quad_lo)
-    # All four counter words must be uint32 blocks; stream_id / step may arrive as int32, int64 or
-    # (specialised to 1) constexpr, hence tl.cast.
-    x0, x1, x2, x3 = tl.philox(
-        seed, quad_lo, quad_hi, zeros + tl.cast(stream_id, tl.uint32), zeros + tl.cast(step, tl.uint32)
-    )
+    x0, x1, x2, x3 = philox_quad_words(seed, quad, stream_id, step)
     radius01 = tl.sqrt_rn(-2.0 * tl.log(uint32_to_open_uniform(x0)))
     radius23 = tl.sqrt_rn(-2.0 * tl.log(uint32_to_open_uniform(x2)))
     angle1 = uint32_to_open_uniform(x1) * _TWO_PI

@@ -75,6 +75,7 @@ from .triton_common import (
     launches_skipped,
     num_quads,
     philox_normal_tile,
+    philox_quad_words,
     quad_tile,
     quads_per_program,
     register_op,
@@ -118,12 +119,7 @@ def _philox_uniform_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr)
     Returns:
         fp32 [BLOCK_QUADS, 4]: row i holds the uniforms of elements 4 * quad[i] + (0, 1, 2, 3).
     """
-    quad_lo = quad.to(tl.uint32)  # truncation keeps the low 32 bits
-    quad_hi = (quad >> 32).to(tl.uint32)
-    zeros = tl.zeros_like(quad_lo)
-    x0, x1, x2, x3 = tl.philox(
-        seed, quad_lo, quad_hi, zeros + tl.cast(stream_id, tl.uint32), zeros + tl.cast(step, tl.uint32)
-    )
+    x0, x1, x2, x3 = philox_quad_words(seed, quad, stream_id, step)
     u0 = uint32_to_open_uniform(x0)
     u1 = uint32_to_open_uniform(x1)
     u2 = uint32_to_open_uniform(x2)
