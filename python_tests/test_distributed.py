@@ -9,13 +9,17 @@
     `set_element_offset`, and steps only its slice; the gathered shards equal, bit for bit, an
     unsharded single-process PSGLD run on the whole parameters.
 
-The workers run in processes started by torch.multiprocessing.spawn and rendezvous on a free TCP
-port of 127.0.0.1; a failed assertion in a worker fails the test (spawn re-raises it here).
+The workers run in processes started by torch.multiprocessing.spawn and rendezvous through a file
+in the test's temporary folder (a FileStore: no TCP port is picked, released and raced for). A
+failed assertion in a worker fails the test (spawn re-raises it here); a worker killed by a signal
+prints its Python stack first (faulthandler), so the failure says where it happened.
 """
 
 from __future__ import annotations
 
 import datetime
+import faulthandler
+import gc
 import os
 import socket
 
@@ -41,30 +45,25 @@ def _gloo_unavailable_reason() -> str | None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
     except OSError as e:
-        return f"cannot bind a TCP port on 127.0.0.1 for the rendezvous: {e}"
+        return f"cannot bind a TCP port on 127.0.0.1 for gloo's connections: {e}"
     return None
 
 
 pytestmark = pytest.mark.skipif(_gloo_unavailable_reason() is not None, reason=str(_gloo_unavailable_reason()))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _spawn(worker, tmp_path, *args) -> None:
+    """Run worker(rank, WORLD_SIZE, rendezvous_file, *args) in WORLD_SIZE fresh processes; wait for them."""
+    rendezvous_file = str(tmp_path / "rendezvous")  # must not exist yet: a fresh FileStore
+    torch.multiprocessing.spawn(worker, args=(WORLD_SIZE, rendezvous_file, *args), nprocs=WORLD_SIZE, join=True)
 
 
-def _spawn(worker, *args) -> None:
-    """Run worker(rank, WORLD_SIZE, port, *args) in WORLD_SIZE fresh processes and wait for them."""
-    port = _free_port()
-    torch.multiprocessing.spawn(worker, args=(WORLD_SIZE, port, *args), nprocs=WORLD_SIZE, join=True)
-
-
-def _init(rank: int, world_size: int, port: int) -> None:
+def _init(rank: int, world_size: int, rendezvous_file: str) -> None:
+    faulthandler.enable()
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=TIMEOUT
+        "gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size, timeout=TIMEOUT
     )
 
 
@@ -99,8 +98,8 @@ def _flat(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
-    _init(rank, world_size, port)
+def _ddp_worker(rank: int, world_size: int, rendezvous_file: str, out_path: str) -> None:
+    _init(rank, world_size, rendezvous_file)
     try:
         model = torch.nn.parallel.DistributedDataParallel(_make_mlp())
         opt = sopt.PSGLD(model.parameters(), **HYPER)
@@ -117,6 +116,10 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
             assert opt.state[p]["step"] == STEPS
         if rank == 0:
             torch.save(flat, out_path)
+        # DDP's reducer holds the process group: release it (and the hooks that refer to it) while
+        # the group is alive, so no gloo object outlives destroy_process_group into interpreter exit.
+        del model, opt
+        gc.collect()
         dist.barrier()  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
@@ -124,7 +127,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
 
 def test_ddp_psgld_ranks_bit_identical_and_equal_single_process(tmp_path):
     out = tmp_path / "ddp_rank0.pt"
-    _spawn(_ddp_worker, str(out))
+    _spawn(_ddp_worker, tmp_path, str(out))
     ddp_params = torch.load(out, weights_only=True)
 
     # The single-process run on the whole global batch.
@@ -179,8 +182,8 @@ def _shard_range(numel: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, min(start + per, numel)
 
 
-def _shard_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
-    _init(rank, world_size, port)
+def _shard_worker(rank: int, world_size: int, rendezvous_file: str, out_path: str) -> None:
+    _init(rank, world_size, rendezvous_file)
     try:
         ranges = [_shard_range(w.numel(), rank, world_size) for w in _whole_params()]
         shards = [
@@ -213,7 +216,7 @@ def _shard_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
 
 def test_sharded_psgld_equals_unsharded_exactly(tmp_path):
     out = tmp_path / "sharded.pt"
-    _spawn(_shard_worker, str(out))
+    _spawn(_shard_worker, tmp_path, str(out))
     gathered = torch.load(out, weights_only=True)
 
     whole = [torch.nn.Parameter(w) for w in _whole_params()]

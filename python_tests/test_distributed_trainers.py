@@ -16,9 +16,9 @@
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -172,10 +172,11 @@ def test_too_many_processes_for_the_batch_is_a_clear_error(tmp_path):
 # -- the collectives the trainers use ----------------------------------------------------------------
 
 
-def _collectives_worker(rank: int, world_size: int, port: int) -> None:
+def _collectives_worker(rank: int, world_size: int, rendezvous_file: str) -> None:
+    faulthandler.enable()  # a worker killed by a signal prints where it was
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        "gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size,
         timeout=datetime.timedelta(seconds=60),
     )  # fmt: skip
     try:
@@ -198,11 +199,10 @@ def _collectives_worker(rank: int, world_size: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def test_collectives_shard_gather_and_replica_check():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_collectives_worker, args=(2, port), nprocs=2, join=True)
+def test_collectives_shard_gather_and_replica_check(tmp_path):
+    # A FileStore rendezvous: no TCP port to pick, release and race for.
+    rendezvous_file = str(tmp_path / "rendezvous")
+    torch.multiprocessing.spawn(_collectives_worker, args=(2, rendezvous_file), nprocs=2, join=True)
 
 
 def test_shard_covers_the_range():
