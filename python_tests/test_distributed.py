@@ -9,31 +9,24 @@
     `set_element_offset`, and steps only its slice; the gathered shards equal, bit for bit, an
     unsharded single-process PSGLD run on the whole parameters.
 
-The workers run in processes started by torch.multiprocessing.spawn and rendezvous through a file
-in the test's temporary folder (a FileStore: no TCP port is picked, released and raced for). A
-failed assertion in a worker fails the test (spawn re-raises it here); a worker killed by a signal
-prints its Python stack first (faulthandler), so the failure says where it happened.
+The workers are started and joined by `gloo_workers` (a file rendezvous in the test's temporary
+folder; a failed assertion in a worker fails the test).
 """
 
 from __future__ import annotations
 
-import datetime
-import faulthandler
-import gc
-import os
 import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo_workers import gloo_world, spawn
 
 import sgmcmc_fused.optim as sopt
 
 dist = torch.distributed
 
-WORLD_SIZE = 2
 STEPS = 12
-TIMEOUT = datetime.timedelta(seconds=60)
 
 
 def _gloo_unavailable_reason() -> str | None:
@@ -50,21 +43,6 @@ def _gloo_unavailable_reason() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_gloo_unavailable_reason() is not None, reason=str(_gloo_unavailable_reason()))
-
-
-def _spawn(worker, tmp_path, *args) -> None:
-    """Run worker(rank, WORLD_SIZE, rendezvous_file, *args) in WORLD_SIZE fresh processes; wait for them."""
-    rendezvous_file = str(tmp_path / "rendezvous")  # must not exist yet: a fresh FileStore
-    torch.multiprocessing.spawn(worker, args=(WORLD_SIZE, rendezvous_file, *args), nprocs=WORLD_SIZE, join=True)
-
-
-def _init(rank: int, world_size: int, rendezvous_file: str) -> None:
-    faulthandler.enable()
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size, timeout=TIMEOUT
-    )
 
 
 def _all_equal_across_ranks(t: torch.Tensor) -> bool:
@@ -99,8 +77,7 @@ def _flat(params) -> torch.Tensor:
 
 
 def _ddp_worker(rank: int, world_size: int, rendezvous_file: str, out_path: str) -> None:
-    _init(rank, world_size, rendezvous_file)
-    try:
+    with gloo_world(rank, world_size, rendezvous_file):
         model = torch.nn.parallel.DistributedDataParallel(_make_mlp())
         opt = sopt.PSGLD(model.parameters(), **HYPER)
         assert opt.param_groups[0]["add_noise"]
@@ -116,18 +93,14 @@ def _ddp_worker(rank: int, world_size: int, rendezvous_file: str, out_path: str)
             assert opt.state[p]["step"] == STEPS
         if rank == 0:
             torch.save(flat, out_path)
-        # DDP's reducer holds the process group: release it (and the hooks that refer to it) while
-        # the group is alive, so no gloo object outlives destroy_process_group into interpreter exit.
+        # DDP's reducer holds the process group: drop this frame's reference, so that leaving the
+        # world frees it while the group is alive, not at interpreter exit.
         del model, opt
-        gc.collect()
-        dist.barrier()  # no rank tears its connections down while another still uses them
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ddp_psgld_ranks_bit_identical_and_equal_single_process(tmp_path):
     out = tmp_path / "ddp_rank0.pt"
-    _spawn(_ddp_worker, tmp_path, str(out))
+    spawn(_ddp_worker, tmp_path, str(out))
     ddp_params = torch.load(out, weights_only=True)
 
     # The single-process run on the whole global batch.
@@ -183,8 +156,7 @@ def _shard_range(numel: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def _shard_worker(rank: int, world_size: int, rendezvous_file: str, out_path: str) -> None:
-    _init(rank, world_size, rendezvous_file)
-    try:
+    with gloo_world(rank, world_size, rendezvous_file):
         ranges = [_shard_range(w.numel(), rank, world_size) for w in _whole_params()]
         shards = [
             torch.nn.Parameter(w.reshape(-1)[a:b].clone()) for w, (a, b) in zip(_whole_params(), ranges, strict=True)
@@ -209,14 +181,11 @@ def _shard_worker(rank: int, world_size: int, rendezvous_file: str, out_path: st
             gathered.append(torch.cat(pieces).reshape(w.shape))
         if rank == 0:
             torch.save(gathered, out_path)
-        dist.barrier()  # no rank tears its connections down while another still uses them
-    finally:
-        dist.destroy_process_group()
 
 
 def test_sharded_psgld_equals_unsharded_exactly(tmp_path):
     out = tmp_path / "sharded.pt"
-    _spawn(_shard_worker, tmp_path, str(out))
+    spawn(_shard_worker, tmp_path, str(out))
     gathered = torch.load(out, weights_only=True)
 
     whole = [torch.nn.Parameter(w) for w in _whole_params()]

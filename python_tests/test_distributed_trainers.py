@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import datetime
-import faulthandler
 import json
 import os
 import subprocess
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gloo_workers import gloo_world, spawn
 
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
@@ -173,14 +172,7 @@ def test_too_many_processes_for_the_batch_is_a_clear_error(tmp_path):
 
 
 def _collectives_worker(rank: int, world_size: int, rendezvous_file: str) -> None:
-    faulthandler.enable()  # a worker killed by a signal prints where it was
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
-    )  # fmt: skip
-    try:
-        world = World(rank, world_size)
+    with gloo_world(rank, world_size, rendezvous_file) as world:
         full = torch.arange(2 * 7 * 3, dtype=torch.float64).view(2, 7, 3)
         mine = full[:, shard(7, world)]
         assert mine.shape[1] == (4 if rank == 0 else 3)
@@ -194,15 +186,10 @@ def _collectives_worker(rank: int, world_size: int, rendezvous_file: str) -> Non
             assert "params differ between ranks (ranks [1] differ from rank 0)" in str(e)
         else:
             raise AssertionError("a difference of 1e-7 between ranks was not detected")
-        dist.barrier()  # no rank tears its connections down while another still uses them
-    finally:
-        dist.destroy_process_group()
 
 
 def test_collectives_shard_gather_and_replica_check(tmp_path):
-    # A FileStore rendezvous: no TCP port to pick, release and race for.
-    rendezvous_file = str(tmp_path / "rendezvous")
-    torch.multiprocessing.spawn(_collectives_worker, args=(2, rendezvous_file), nprocs=2, join=True)
+    spawn(_collectives_worker, tmp_path)
 
 
 def test_shard_covers_the_range():
