@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check: build the extension with its CUDA kernels, run the CUDA tests and
-# the CUDA benchmarks, and leave every log in OUTDIR.
+# GPU check: build the extension with its CUDA kernels for the visible GPU, run the
+# CUDA tests, compute-sanitizer (memcheck, racecheck) on a short subset, and the CUDA
+# benchmarks, leaving every log in OUTDIR.
 #
 #   bash bench/gpu_check.sh OUTDIR        (from the repository root)
 #
@@ -12,21 +13,33 @@
 # rc 124 means the step hit its time limit; for the pytest steps rc 5 means no
 # test was collected. The script exits 0 when no step failed, 1 otherwise.
 #
+# Python packages the tests need and the GPU machine may lack (its image has no
+# expecttest, which torch.library.opcheck imports) are installed from the wheels in
+# GPU_CHECK_WHEELS (default .whl/) when that folder exists; fetch them on a machine
+# with network access with `bash bench/fetch_gpu_wheels.sh` and carry the folder.
+# A package still missing fails the `packages` step instead of skipping tests.
+#
 # Files written to OUTDIR:
 #   env.txt             versions (python, torch, triton, nvcc, git revision)
 #   nvidia-smi.txt      nvidia-smi and a CSV line of the device's properties
+#   packages.log        wheel installation and the import check
 #   build.log           setup.py build_ext output
 #   build_info.py       sgmcmc_fused/_build_info.py of this build
 #   registration.txt    whether each op has a CUDA kernel
 #   pytest_cuda.log     python -m pytest python_tests -m cuda -q
 #   junit_cuda.xml      the same as JUnit XML
+#   memcheck.log        compute-sanitizer --tool memcheck over SANITIZER_TESTS
+#   racecheck.log       compute-sanitizer --tool racecheck over SANITIZER_TESTS
 #   bench_gpu.log       python -m pytest bench -m cuda
 #   bench_gpu.json      its pytest-benchmark results
-#   summary.txt         the per-step exit statuses
+#   summary.txt         the per-step exit statuses and times
 #
-# Time limits in seconds (environment; the defaults sum to under 10 minutes):
-#   GPU_CHECK_BUILD_TIMEOUT (200), GPU_CHECK_TEST_TIMEOUT (220),
-#   GPU_CHECK_BENCH_TIMEOUT (150).
+# Time limits in seconds (environment). On an H100 the steps take, estimated on
+# paper: build 60-90 (two .cu files for one arch, 16 jobs), tests 90-120 (mostly
+# Triton compiles), each sanitizer 20-40 (small tensors; the tools slow kernels, not
+# compiles), benchmarks 60-80; the defaults sum to 450 s, inside 8 minutes:
+#   GPU_CHECK_BUILD_TIMEOUT (120), GPU_CHECK_TEST_TIMEOUT (150),
+#   GPU_CHECK_SANITIZER_TIMEOUT (45 each), GPU_CHECK_BENCH_TIMEOUT (90).
 set -u
 
 if [ "$#" -ne 1 ]; then
@@ -43,9 +56,20 @@ mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 SUMMARY=$OUTDIR/summary.txt
 PYTHON=${PYTHON:-python}
-BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT:-200}
-TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-220}
-BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-150}
+BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT:-120}
+TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-150}
+SANITIZER_TIMEOUT=${GPU_CHECK_SANITIZER_TIMEOUT:-45}
+BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-90}
+WHEELS=${GPU_CHECK_WHEELS:-.whl}
+# Small, CUDA-only cases of every CUDA kernel (step, noise, mask, cell) for the sanitizers.
+SANITIZER_TESTS=(
+  "python_tests/test_step_backends.py::test_many_tensors_in_one_call"
+  "python_tests/test_step_backends.py::test_sharded_parameter_equals_whole"
+  "python_tests/test_noise.py::test_backend_noise_equals_reference"
+  "python_tests/test_lstm_ops.py::test_masked_weight_equals_reference"
+  "python_tests/test_lstm_ops.py::test_cell_forward_and_backward_equal_reference"
+)
+SCRIPT_START=$SECONDS
 FAILED=0
 
 : >"$SUMMARY"
@@ -62,7 +86,7 @@ run_step() {
   local note=""
   [ "$rc" -eq 124 ] && note="timed out after ${limit}s"
   [ "$rc" -eq 137 ] && note="killed after ${limit}s"
-  case "$name:$rc" in tests:5 | bench:5) note="pytest collected no tests" ;; esac
+  case "$name:$rc" in tests:5 | bench:5 | memcheck:5 | racecheck:5) note="pytest collected no tests" ;; esac
   echo "$name rc=$rc seconds=$((SECONDS - start)) $note" | tee -a "$SUMMARY"
   [ "$rc" -ne 0 ] && FAILED=1
   return "$rc"
@@ -108,10 +132,29 @@ else
   record_skip nvidia-smi "(not on PATH)"
 fi
 
+# -- packages -----------------------------------------------------------------
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  run_step wheels 60 "$OUTDIR/packages.log" "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/gpu_check_site "$WHEELS"/*.whl
+  export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
+else
+  record_skip wheels "(no $WHEELS/*.whl)"
+fi
+run_step packages 60 "$OUTDIR/packages.log" "$PYTHON" -c '
+import importlib, sys
+need = ["pytest", "pytest_benchmark", "expecttest", "scipy", "numpy", "tqdm", "safetensors", "matplotlib", "triton"]
+missing = [m for m in need if importlib.util.find_spec(m) is None]
+print("missing:", missing or "none")
+sys.exit(1 if missing else 0)
+'
+
 # -- build --------------------------------------------------------------------
-# SGMCMC_FUSED_CUDA=1: fail loudly rather than silently build CPU kernels only.
+# For the visible GPU only (its compute capability), which halves the device
+# compile time; SGMCMC_FUSED_CUDA=1: fail loudly rather than silently build CPU
+# kernels only.
+ARCH=$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null || echo 9.0)
 run_step build "$BUILD_TIMEOUT" "$OUTDIR/build.log" \
-  env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 SGMCMC_FUSED_CUDA=1 "$PYTHON" setup.py build_ext --inplace
+  env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="$ARCH" SGMCMC_FUSED_CUDA=1 "$PYTHON" setup.py build_ext --inplace
 cp sgmcmc_fused/_build_info.py "$OUTDIR/build_info.py" 2>/dev/null
 
 run_step registration 120 "$OUTDIR/registration.txt" "$PYTHON" -c '
@@ -129,6 +172,21 @@ sys.exit(1 if missing else 0)
 run_step tests "$TEST_TIMEOUT" "$OUTDIR/pytest_cuda.log" \
   "$PYTHON" -m pytest python_tests -m cuda -q --junitxml="$OUTDIR/junit_cuda.xml"
 
+# -- compute-sanitizer ----------------------------------------------------------
+# Without the caching allocator every tensor is its own allocation, so memcheck
+# sees the bounds of each one. racecheck checks shared-memory hazards: the kernels
+# use no shared memory today, so it guards the kernels to come.
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  for tool in memcheck racecheck; do
+    run_step "$tool" "$SANITIZER_TIMEOUT" "$OUTDIR/$tool.log" \
+      env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      "$PYTHON" -m pytest "${SANITIZER_TESTS[@]}" -m cuda -q -x -p no:cacheprovider
+  done
+else
+  record_skip memcheck "(compute-sanitizer is not on PATH)"
+  record_skip racecheck "(compute-sanitizer is not on PATH)"
+fi
+
 # -- benchmarks ---------------------------------------------------------------
 if [ -z "$(find bench -name '*.py' 2>/dev/null | head -n 1)" ]; then
   record_skip bench "(no Python files under bench/ yet)"
@@ -139,6 +197,7 @@ else
     "$PYTHON" -m pytest bench -m cuda --benchmark-json="$OUTDIR/bench_gpu.json"
 fi
 
+echo "total seconds=$((SECONDS - SCRIPT_START))" | tee -a "$SUMMARY"
 echo "---"
 cat "$SUMMARY"
 exit "$FAILED"

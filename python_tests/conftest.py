@@ -46,3 +46,19 @@ def max_numel_for(backend: str, device: str) -> int:
 def extension_loaded():
     if not _extension.LOADED:
         pytest.skip(_extension.LOAD_ERROR)
+
+
+@pytest.fixture(scope="session")
+def emulated_kernels():
+    """The CUDA kernels run on the host (python_tests/emulated/), built on first use.
+
+    Skips only where there is no C++ compiler; a failed build is an error.
+    """
+    from emulated import build, client
+
+    cxx = build.compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the emulated CUDA kernels")
+    kernels = client.EmulatedKernels(build.build(), build.sanitizer_runtime(cxx))
+    yield kernels
+    kernels.close()

@@ -39,10 +39,28 @@
 
 namespace sgmcmc_fused::cuda {
 
-constexpr int kBlockThreads = 256;
-constexpr int64_t kChunkQuads = 16384;  // 64K elements per block
-constexpr int kMaxRows = 36;
-constexpr int kMaxBlocks = 384;
+// The work split. Each can be overridden with -D (the emulated tests shrink
+// them so that table overflow and tensors continued across tables happen on
+// small inputs); the defaults are what the product is built with.
+#ifndef SGMCMC_FUSED_STEP_BLOCK_THREADS
+#define SGMCMC_FUSED_STEP_BLOCK_THREADS 256
+#endif
+#ifndef SGMCMC_FUSED_CHUNK_QUADS
+#define SGMCMC_FUSED_CHUNK_QUADS 16384
+#endif
+#ifndef SGMCMC_FUSED_MAX_ROWS
+#define SGMCMC_FUSED_MAX_ROWS 36
+#endif
+#ifndef SGMCMC_FUSED_MAX_BLOCKS
+#define SGMCMC_FUSED_MAX_BLOCKS 384
+#endif
+
+constexpr int kBlockThreads = SGMCMC_FUSED_STEP_BLOCK_THREADS;  // threads per block, and the kernels' launch bound
+constexpr int64_t kChunkQuads = SGMCMC_FUSED_CHUNK_QUADS;       // 64K elements per block
+constexpr int kMaxRows = SGMCMC_FUSED_MAX_ROWS;
+constexpr int kMaxBlocks = SGMCMC_FUSED_MAX_BLOCKS;
+static_assert(kBlockThreads > 0 && kBlockThreads <= 1024 && kChunkQuads > 0 && kMaxRows > 0 && kMaxBlocks > 0,
+              "multi_tensor_apply: bad work-split constants");
 
 // NOTE (not yet timed; to be tuned with bench/ on a GPU): 384 blocks of 256
 // threads are ~3 blocks per SM on a 132-SM H100/H200, all resident in a single
@@ -69,6 +87,7 @@ struct TensorRow {
 
 template <typename scalar_t>
 struct TensorTable {
+  using scalar_type = scalar_t;
   using opmath_t = at::opmath_type<scalar_t>;
   scalar_t* param[kMaxRows];
   const scalar_t* grad[kMaxRows];
@@ -92,7 +111,8 @@ struct TensorTable {
 };
 
 // The kernel receives the table plus at most a LangevinHyper<double> (56 B)
-// and the seed; all of it must fit in 4 KiB.
+// and the seed; all of it must fit in the 4 KiB that CUDA before 12.1 allows
+// (the emulated launcher checks the exact parameter layout).
 static_assert(sizeof(TensorTable<double>) + 128 <= 4096, "table too large for a kernel argument");
 static_assert(kMaxRows <= std::numeric_limits<uint8_t>::max() + 1, "block_row is a uint8_t");
 
