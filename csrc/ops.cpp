@@ -8,7 +8,7 @@
 #include "cpu/cpu_kernels.h"
 
 TORCH_LIBRARY(sgmcmc_fused, m) {
-  // pSGLD over a list of tensors (SPEC §1). steps[i] is the noise counter t of
+  // pSGLD over a list of tensors (docs/spec.md#langevin-step). steps[i] is the noise counter t of
   // params[i]; element_offsets[i] is where params[i] starts in the whole
   // (unsharded) parameter, so a shard draws the noise of its slice.
   m.def(
@@ -20,11 +20,11 @@ TORCH_LIBRARY(sgmcmc_fused, m) {
       "sgld_step_(Tensor(a!)[] params, Tensor[] grads, int[] stream_ids, int[] element_offsets, "
       "int[] steps, *, float lr, float weight_decay, float temperature, int num_data, bool add_noise, "
       "int seed) -> ()");
-  // The noise stream alone (SPEC §2): fills the float32 tensor `out` with the
+  // The noise stream alone (docs/spec.md#noise-stream): fills the float32 tensor `out` with the
   // N(0, 1) draws of elements element_offset .. element_offset + out.numel() - 1.
   m.def("philox_normal_(Tensor(a!) out, int seed, int stream_id, int step, int element_offset) -> ()");
 
-  // ---- DropConnect LSTM (SPEC §3; symbols T, B, I, H as in lstm_reference.py) ----
+  // ---- DropConnect LSTM (docs/spec.md#dropconnect-lstm; symbols T, B, I, H as in lstm_reference.py) ----
   // weight * M, M the mask of (seed, weight_id, call): kind 0 Bernoulli
   // 1[u >= p] / (1 - p), kind 1 Gaussian 1 + sqrt(p / (1 - p)) * n. Generated in
   // the same pass as the product; no mask tensor is made. The backward applies

@@ -1,4 +1,5 @@
-"""Posterior sample collection, model averaging and uncertainty metrics (SPEC §4).
+"""Posterior sample collection, model averaging and uncertainty metrics
+(docs/spec.md#posterior-averaging, docs/spec.md#uncertainty-metrics).
 
 References are independent: explicit loops and stacked means, hand-computed ECE, safetensors
 files read back with safetensors' own loader.

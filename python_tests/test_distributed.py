@@ -1,7 +1,7 @@
 """Multi-process training with torch.distributed (2 CPU processes, gloo).
 
 (a) Data parallel: DDP with PSGLD, the same seed on both ranks and each rank on half of the global
-    batch. The noise is counter-based (SPEC §2), so both ranks draw the same noise without
+    batch. The noise is counter-based (docs/spec.md#noise-stream), so both ranks draw the same noise without
     communicating: the parameters stay bit-identical across ranks, and equal a single-process run
     on the whole global batch to float rounding (the mean over the global batch is the average of
     the two equal-size half-batch means that DDP's all-reduce computes).

@@ -1,4 +1,4 @@
-"""DropConnectLSTM (SPEC §3) against torch.nn.LSTM (dropconnect = 0 or eval) and against an
+"""DropConnectLSTM (docs/spec.md#dropconnect-lstm) against torch.nn.LSTM (dropconnect = 0 or eval) and against an
 independent stack of lstm_reference layers with explicit masks (dropconnect > 0)."""
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def test_construction_matches_nn_lstm_init_and_seed_from_default_generator():
 
 def reference_stack(module, x, h0, c0, call, masked, dropout_seed=None):
     """Time-major forward of `module`'s parameters through lstm_reference.lstm_layer with the masks
-    of SPEC §2/§3 applied explicitly (weight id (layer * D + d) * 2 + {0 ih, 1 hh})."""
+    of docs/spec.md#dropconnect-masks applied explicitly (weight id (layer * D + d) * 2 + {0 ih, 1 hh})."""
     directions = 2 if module.bidirectional else 1
     kind = lstm_reference.MASK_KINDS[module.mask]
     if dropout_seed is not None:

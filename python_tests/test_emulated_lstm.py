@@ -1,5 +1,6 @@
 """The CUDA DropConnect LSTM kernels (csrc/cuda/lstm_cell_kernels.cuh) executed on the
-host under emulation with sanitizers, against lstm_reference (SPEC §2 masks, §3): the
+host under emulation with sanitizers, against lstm_reference
+(docs/spec.md#dropconnect-masks, docs/spec.md#cell-and-gradients): the
 mask-and-multiply, and the fused cell forward and backward, for every dtype, with H
 not a multiple of the block and, in the ``small`` variant, rows beyond the grid (the
 row loop). See test_emulated_step.py for what emulation does not cover."""
@@ -23,7 +24,7 @@ CELL_SHAPES = [(1, 1), (3, 13), (37, 5), (2, 300), (70, 64)]
 
 
 def check(actual, expected, expected_fp32, what):
-    """fp32/fp64: the oracle to 1e-6; fp16/bf16: SPEC §5's low-precision rule."""
+    """fp32/fp64: the oracle to 1e-6; fp16/bf16: the low-precision rule of docs/spec.md#agreement-between-backends."""
     if actual.dtype in LOW_PRECISION:
         assert_low_precision_close(actual, expected, expected_fp32, what=what)
     else:

@@ -1,5 +1,5 @@
 """The CUDA noise kernel (philox_normal_kernel, csrc/cuda/langevin_step_kernels.cuh)
-executed on the host under emulation with sanitizers: the SPEC §2 known answer and the
+executed on the host under emulation with sanitizers: the known answer of docs/spec.md#noise-stream and the
 eager stream, at any element offset and through the grid-stride loop. See
 test_emulated_step.py for what emulation does not cover."""
 
@@ -14,7 +14,7 @@ from sgmcmc_fused import reference
 
 pytestmark = pytest.mark.emulated
 
-# SPEC §2: seed 12345678901234, counter (0, 0, 3, 7).
+# docs/spec.md#noise-stream: seed 12345678901234, counter (0, 0, 3, 7).
 KNOWN_SEED, KNOWN_STREAM, KNOWN_STEP = 12345678901234, 3, 7
 KNOWN_NORMALS = [-0.201932, -0.480094, -1.387980, -0.947448]
 
@@ -29,7 +29,7 @@ def emulated_normals(
 
 def test_known_answer(emulated_kernels):
     n = emulated_normals(emulated_kernels, 4, KNOWN_SEED, KNOWN_STREAM, KNOWN_STEP, 0, max_blocks=1)
-    assert_close(n, torch.tensor(KNOWN_NORMALS), atol=1e-6, rtol=0, what="SPEC §2 known answer")
+    assert_close(n, torch.tensor(KNOWN_NORMALS), atol=1e-6, rtol=0, what="known answer of docs/spec.md#noise-stream")
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 3, 4, 4097, 2**34 + 3])

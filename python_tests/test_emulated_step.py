@@ -1,6 +1,7 @@
 """The CUDA Langevin step kernel (csrc/cuda/langevin_step_kernels.cuh), executed on
 the host under emulation with AddressSanitizer and UBSan, through the product's own
-multi-tensor-apply packing, against the eager oracle (SPEC §1, §5).
+multi-tensor-apply packing, against the eager oracle
+(docs/spec.md#langevin-step, docs/spec.md#agreement-between-backends).
 
 The ``small`` variant shrinks the work split (2 threads a block, 3 quads a chunk,
 4 rows and 5 blocks a table), so that a thread loops within its chunk, tables fill

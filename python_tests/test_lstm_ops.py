@@ -1,4 +1,5 @@
-"""The DropConnect LSTM kernels (SPEC §2 mask stream, §3) on every backend against
+"""The DropConnect LSTM kernels (docs/spec.md#dropconnect-masks, docs/spec.md#cell-and-gradients)
+on every backend against
 the eager reference: mask, fused cell forward/backward, whole layer with its
 gradients; mask statistics; gradcheck; opcheck; input errors."""
 
@@ -105,7 +106,7 @@ def test_cell_forward_and_backward_equal_reference(impl, device, dtype):
     forward, backward = cell_ops(impl)
     got = forward(*args)
     want = ref.lstm_cell_forward(*args)
-    # fp32/fp64: SPEC §5; half types: one rounding of the fp32 result.
+    # fp32/fp64: docs/spec.md#agreement-between-backends; half types: one rounding of the fp32 result.
     tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}.get(dtype, 1e-6)
     for name, a, b in zip(("h", "c", "activations"), got, want, strict=False):
         assert_close(a, b, rtol=tol, atol=tol, what=f"{impl} {name}")

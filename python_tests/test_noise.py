@@ -1,4 +1,4 @@
-"""The counter-based noise stream (SPEC §2) on every backend."""
+"""The counter-based noise stream (docs/spec.md#noise-stream) on every backend."""
 
 import math
 
@@ -11,7 +11,7 @@ from tolerances import assert_close
 from sgmcmc_fused import reference
 
 SEED = 12345678901234
-# SPEC §2 known answer for counter (0, 0, 3, 7).
+# known answer of docs/spec.md#noise-stream for counter (0, 0, 3, 7).
 KNOWN_WORDS = (3750204141, 2949066374, 1046415480, 2556911004)
 KNOWN_UNIFORMS = (0.87316245, 0.68663305, 0.24363762, 0.59532720)
 KNOWN_NORMALS = (-0.201932, -0.480094, -1.387980, -0.947448)

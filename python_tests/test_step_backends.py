@@ -1,4 +1,4 @@
-"""Every fused backend against the eager reference (SPEC §5): parameters and every
+"""Every fused backend against the eager reference (docs/spec.md#agreement-between-backends): parameters and every
 state entry after 7 steps, all dtypes, awkward sizes, many tensors."""
 
 import pytest

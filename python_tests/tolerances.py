@@ -1,4 +1,4 @@
-"""Agreement rules of SPEC §5 as assertions that print the first mismatches."""
+"""Agreement rules of docs/spec.md#agreement-between-backends as assertions that print the first mismatches."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def _mantissa_bits(dtype: torch.dtype) -> int:
 def assert_low_precision_close(
     fused: torch.Tensor, eager_low: torch.Tensor, reference_fp32: torch.Tensor, *, what: str = ""
 ) -> None:
-    """SPEC §5 low-precision rule: |fused - ref32| <= 2 * max|eager_low - ref32| + 1 ulp (elementwise ulp)."""
+    """Low-precision rule of docs/spec.md#agreement-between-backends:
+    |fused - ref32| <= 2 * max|eager_low - ref32| + 1 ulp (elementwise ulp)."""
     f = fused.detach().double().cpu().flatten()
     e = eager_low.detach().double().cpu().flatten()
     r = reference_fp32.detach().double().cpu().flatten()

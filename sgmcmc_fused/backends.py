@@ -8,13 +8,13 @@ kernel for CUDA tensors, the C++ kernel for CPU tensors, then Triton (CUDA
 tensors), then the eager reference. Asking for a backend by name that cannot
 serve the input raises with every reason.
 
-| name      | devices              | dtypes                  | noise stream  |
-|-----------|----------------------|-------------------------|---------------|
-| "cuda"    | CUDA                 | fp32, fp64, fp16, bf16  | SPEC §2       |
-| "cpu"     | CPU                  | fp32, fp64, fp16, bf16  | SPEC §2       |
-| "triton"  | CUDA; CPU under TRITON_INTERPRET=1 | fp32, fp64, fp16, bf16 | SPEC §2 |
-| "eager"   | any                  | fp32, fp64, fp16, bf16  | SPEC §2       |
-| "foreach" | any                  | fp32, fp64              | torch.randn   |
+| name      | devices                            | dtypes                 | noise                     |
+|-----------|------------------------------------|------------------------|---------------------------|
+| "cuda"    | CUDA                               | fp32, fp64, fp16, bf16 | docs/spec.md#noise-stream |
+| "cpu"     | CPU                                | fp32, fp64, fp16, bf16 | docs/spec.md#noise-stream |
+| "triton"  | CUDA; CPU under TRITON_INTERPRET=1 | fp32, fp64, fp16, bf16 | docs/spec.md#noise-stream |
+| "eager"   | any                                | fp32, fp64, fp16, bf16 | docs/spec.md#noise-stream |
+| "foreach" | any                                | fp32, fp64             | torch.randn               |
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Posterior samples, model averaging and predictive uncertainty (SPEC §4).
+"""Posterior samples, model averaging and predictive uncertainty
+(docs/spec.md#posterior-averaging, docs/spec.md#uncertainty-metrics).
 
 Symbols: S samples θ_1..θ_S, N evaluation items (tokens or sentences), C classes.
 

@@ -1,7 +1,7 @@
 """The fastest plain-PyTorch pSGLD/SGLD step a user would write today:
 `torch._foreach_*` over the whole list plus `torch.randn` noise.
 
-It is the benchmark baseline. It does NOT draw the SPEC §2 counter-based
+It is the benchmark baseline. It does NOT draw the counter-based (docs/spec.md#noise-stream)
 stream (its noise comes from torch's global generator), so it agrees with the
 other backends in distribution, not number for number; with the noise off it
 agrees with them to rounding.

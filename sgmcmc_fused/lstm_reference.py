@@ -1,5 +1,6 @@
-"""Eager reference of the DropConnect LSTM kernels (SPEC §2 mask stream, §3): the
-oracle the C++, CUDA and Triton kernels are tested against.
+"""Eager reference of the DropConnect LSTM kernels
+(docs/spec.md#dropconnect-masks, docs/spec.md#cell-and-gradients): the oracle the C++, CUDA and
+Triton kernels are tested against.
 
 Symbols: T time steps, B batch, I input size, H hidden size. Gate order and
 weight layout are those of torch.nn.LSTM: rows [0, H) input gate i, [H, 2H)
@@ -9,7 +10,7 @@ Masks. Each masked weight matrix has an id (`weight_id`), and each training
 forward call a counter (`call`). Element e of the flattened weight takes lane
 e % 4 of the Philox draw with counter (e // 4 lo, e // 4 hi,
 0x80000000 | weight_id, call) under the module's seed:
-  Bernoulli: M = 1[u >= p] / (1 - p)   (u the open uniform of SPEC §2)
+  Bernoulli: M = 1[u >= p] / (1 - p)   (u the open uniform of docs/spec.md#noise-stream)
   Gaussian:  M = 1 + sqrt(p / (1 - p)) * n   (n the Box-Muller normal)
 Both have mean 1. The forward uses W * M, the backward regenerates M and
 returns dW = (dL/d(W * M)) * M.
@@ -33,7 +34,7 @@ from .reference import (
     uint32_to_open_uniform,
 )
 
-#: Bit 31 of the stream word marks DropConnect masks (SPEC §2).
+#: Bit 31 of the stream word marks DropConnect masks (docs/spec.md#stream-words).
 MASK_STREAM_BIT = 0x80000000
 #: Mask kinds, as the ops' `kind` argument.
 BERNOULLI = 0

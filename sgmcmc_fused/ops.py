@@ -64,7 +64,7 @@ def sgld_step_(
 def philox_normal(
     numel: int, seed: int, stream_id: int, step: int, element_offset: int = 0, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """The SPEC §2 normal draws of elements element_offset .. +numel-1, shape [numel], fp32."""
+    """The normal draws (docs/spec.md#noise-stream) of elements element_offset .. +numel-1, shape [numel], fp32."""
     out = torch.empty(numel, dtype=torch.float32, device=device)
     torch.ops.sgmcmc_fused.philox_normal_(out, seed, stream_id, step, element_offset)
     return out

@@ -1,5 +1,5 @@
 """Eager PyTorch reference of every kernel: the oracle the fused backends are
-tested against (SPEC §1, §2).
+tested against (docs/spec.md#langevin-step, docs/spec.md#noise-stream).
 
 Plain tensor code, one parameter at a time. The Philox4x32-10 stream is drawn
 with int64 tensor ops (32x32-bit products split into 16-bit halves so nothing
@@ -72,7 +72,7 @@ def philox_normal(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """N(0, 1) draws (fp32, shape [numel]) of elements element_offset .. +numel-1 of
-    the stream (seed, stream_id, step), SPEC §2."""
+    the stream (seed, stream_id, step), docs/spec.md#noise-stream."""
     if numel == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
     first_quad = element_offset // 4

@@ -2,7 +2,7 @@
 :mod:`sgmcmc_fused.triton_lstm` (the DropConnect LSTM) share.
 
 Device side: IEEE-rounded square root and division, the math and storage dtype conversions (bf16
-rounded to nearest even, as the C++ kernels round it), and the counter-based Philox stream of SPEC §2
+rounded to nearest even, as the C++ kernels round it), and the counter-based Philox stream of docs/spec.md#noise-stream
 laid out in *quads* (quad ``q`` holds elements ``4q .. 4q + 3``; one Philox4x32-10 call gives its
 four numbers). Host side: whether Triton can run here and on which devices, the launch helpers
 (block size, current device, skipping launches while tracing under the interpreter) and the op
@@ -123,7 +123,7 @@ def uint32_to_open_uniform(x):
 @jit()
 def philox_quad_words(seed, quad, stream_id, step):
     """The four uint32 words of Philox4x32-10 for the quads ``quad`` of stream (seed, stream_id, step),
-    SPEC §2: counter (quad low 32 bits, quad high 32 bits, stream_id, step).
+    docs/spec.md#noise-stream: counter (quad low 32 bits, quad high 32 bits, stream_id, step).
 
     Args:
         quad: int64 block, quad indices q (elements 4q .. 4q + 3).
@@ -140,7 +140,7 @@ def philox_quad_words(seed, quad, stream_id, step):
 
 @jit()
 def philox_normal_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr):
-    """The N(0, 1) draws of the quads ``quad`` of stream (seed, stream_id, step), SPEC §2.
+    """The N(0, 1) draws of the quads ``quad`` of stream (seed, stream_id, step), docs/spec.md#noise-stream.
 
     Args:
         quad: int64 block [BLOCK_QUADS], quad indices q (elements 4q .. 4q + 3).

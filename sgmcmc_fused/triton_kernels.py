@@ -1,4 +1,5 @@
-"""Triton backend: the pSGLD / SGLD step and the noise draw as Triton kernels (SPEC §1, §2).
+"""Triton backend: the pSGLD / SGLD step and the noise draw as Triton kernels
+(docs/spec.md#langevin-step, docs/spec.md#noise-stream).
 
 Three custom operators, registered with ``torch.library.triton_op`` so that ``torch.compile`` traces
 into them and sees the kernels (each launch goes through ``torch.library.wrap_triton``); under the
@@ -14,7 +15,7 @@ counterparts in :mod:`sgmcmc_fused.reference`, the oracle they are tested agains
 
 Layout. A program handles ``BLOCK_QUADS`` consecutive *quads* of the whole (unsharded) parameter:
 quad ``q`` holds the elements ``4q .. 4q + 3`` and one Philox4x32-10 call gives its four normals
-(SPEC §2), so every random word is drawn once. The four normals are interleaved into a
+(docs/spec.md#noise-stream), so every random word is drawn once. The four normals are interleaved into a
 ``[BLOCK_QUADS, 4]`` tile that lines up with the memory of those elements; a mask drops the elements
 of the first and last quad that lie outside this tensor (any ``element_offset``, not only multiples
 of 4). Element indices are int64, so tensors beyond 2^31 elements are fine.
@@ -28,7 +29,8 @@ Limitations:
   :func:`_split_fp64`); fp32 kernels use the first, which is the double rounded to fp32 exactly as
   the C++ kernels round it. Hyperparameters must lie within the fp32 range (|x| < 3.4e38).
 - Compiled kernels contract ``a * b + c`` into fused multiply-adds (the sm_90 PTX has fma.rn), so
-  they can differ from the eager reference in the last bit (SPEC §5 allows 1e-6 relative); under
+  they can differ from the eager reference in the last bit
+  (docs/spec.md#agreement-between-backends allows 1e-6 relative); under
   the interpreter every operation rounds separately. Division, square roots and the bf16 rounding
   are IEEE round-to-nearest in both (div.rn / sqrt.rn; tl.sqrt and fp32 `/` are approximate).
 
@@ -76,7 +78,8 @@ from .triton_common import (
 
 __all__ = ["not_supported_reasons", "philox_normal", "psgld_step_", "sgld_step_", "unavailable_reason"]
 
-#: stream ids of optimizer noise stay below the DropConnect bit (SPEC §2); the noise op alone takes any uint32.
+#: stream ids of optimizer noise stay below the DropConnect bit (docs/spec.md#stream-words); the noise
+#: op alone takes any uint32.
 _STEP_STREAM_ID_LIMIT = 1 << 31
 
 
@@ -150,7 +153,7 @@ def _langevin_step_kernel(
         square_avg_ptr: [numel] fp32 (fp64 for fp64 params), updated in place; None for SGLD.
         numel, element_offset: this tensor's size and its first element's index in the whole
             parameter (the noise of element i is that of element element_offset + i).
-        seed, stream_id, step: the noise stream (SPEC §2).
+        seed, stream_id, step: the noise stream (docs/spec.md#noise-stream).
         *_hi, *_mid, *_lo: the hyperparameters, split by _split_fp64.
     Math runs in fp32, fp64 for fp64 params.
     """
@@ -580,7 +583,7 @@ def psgld_step_(
     add_noise: bool,
     seed: int,
 ) -> None:
-    """pSGLD step (SPEC §1) in place on ``params`` and ``square_avgs``, with the Triton kernels.
+    """pSGLD step (docs/spec.md#langevin-step) in place on ``params`` and ``square_avgs``, with the Triton kernels.
 
     Args:
         params: contiguous tensors of any shape, fp32 / fp64 / fp16 / bf16, one device.
@@ -589,7 +592,8 @@ def psgld_step_(
         stream_ids: noise stream of each param, in [0, 2^31).
         element_offsets: index of each tensor's first element in the whole (unsharded) parameter.
         steps: noise counter t of each param, in [0, 2^32).
-        lr, alpha, eps, weight_decay, temperature, num_data, add_noise, seed: as in SPEC §1, §2.
+        lr, alpha, eps, weight_decay, temperature, num_data, add_noise, seed: as in docs/spec.md#langevin-step and
+            docs/spec.md#noise-stream.
     """
     op = "psgld_step_"
     require_triton()
@@ -626,7 +630,7 @@ def sgld_step_(
     add_noise: bool,
     seed: int,
 ) -> None:
-    """SGLD step (SPEC §1, G = 1) in place on ``params``, with the Triton kernels. Arguments as
+    """SGLD step (docs/spec.md#langevin-step, G = 1) in place on ``params``, with the Triton kernels. Arguments as
     :func:`psgld_step_`."""
     op = "sgld_step_"
     require_triton()
@@ -655,7 +659,7 @@ def philox_normal(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """N(0, 1) draws (fp32, shape [numel]) of elements element_offset .. element_offset + numel - 1
-    of the stream (seed, stream_id, step), SPEC §2, drawn by the Triton kernel on ``device``."""
+    of the stream (seed, stream_id, step), docs/spec.md#noise-stream, drawn by the Triton kernel on ``device``."""
     require_triton()
     numel = operator.index(numel)
     if numel < 0:

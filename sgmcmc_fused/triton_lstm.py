@@ -1,4 +1,4 @@
-"""Triton backend of the DropConnect LSTM (SPEC §2 mask stream, §3).
+"""Triton backend of the DropConnect LSTM (docs/spec.md#dropconnect-masks, docs/spec.md#cell-and-gradients).
 
 Symbols as in :mod:`sgmcmc_fused.lstm_reference` (the oracle): T time steps, B batch, I input size,
 H hidden size; gate order i, f, g, o and the weight layout of ``torch.nn.LSTM``.
@@ -44,7 +44,8 @@ Limitations:
   and direct launches); the three ops are.
 - Block sizes were chosen without GPU measurements (no GPU was available when this was written).
 - Compiled kernels may contract ``a * b + c`` into FMAs and use the hardware exp (ex2.approx) for
-  fp32, so they can differ from the eager reference in the last bits (SPEC §5 allows 1e-6
+  fp32, so they can differ from the eager reference in the last bits
+  (docs/spec.md#agreement-between-backends allows 1e-6
   relative); under the interpreter every operation rounds separately.
 
 Interpreter mode is decided when the Triton modules are imported (this one and
@@ -96,7 +97,7 @@ __all__ = [
     "not_supported_reasons",
 ]
 
-#: weight ids live below the DropConnect bit of the stream word (SPEC §2).
+#: weight ids live below the DropConnect bit of the stream word (docs/spec.md#stream-words).
 _WEIGHT_ID_LIMIT = 1 << 31
 #: Elements of a cell-kernel tile. GPU: 512 = 4 per thread with 4 warps (the backward keeps ~20 fp32
 #: values per element live; not tuned on hardware). Interpreter: every program is a sequence of numpy
@@ -112,7 +113,7 @@ _NUM_WARPS = 4
 
 @jit()
 def _philox_uniform_tile(seed, quad, stream_id, step, BLOCK_QUADS: tl.constexpr):
-    """The open uniforms of the quads ``quad`` of stream (seed, stream_id, step), SPEC §2.
+    """The open uniforms of the quads ``quad`` of stream (seed, stream_id, step), docs/spec.md#noise-stream.
 
     Args:
         quad: int64 block [BLOCK_QUADS], quad indices q (elements 4q .. 4q + 3).
@@ -691,7 +692,7 @@ def _masked_weights(w_ih: torch.Tensor, w_hh: torch.Tensor, masks) -> tuple[torc
 
 
 def _unmask_grad(grad: torch.Tensor, masks, weight_id_attr: str, masked: bool) -> torch.Tensor:
-    """dW = dW' * M (SPEC §3), M regenerated from the seed; dW' itself when the matrix is unmasked."""
+    """dW = dW' * M (docs/spec.md#cell-and-gradients), M regenerated from the seed; dW' itself if unmasked."""
     if masks is None or not masks.active() or not masked:
         return grad
     weight_id = getattr(masks, weight_id_attr)

@@ -28,7 +28,7 @@ struct StepSpan {
   uint32_t step;
 };
 
-// A DropConnect mask stream (SPEC §2, §3): stream = 0x80000000 | weight_id,
+// A DropConnect mask stream (docs/spec.md#stream-words): stream = 0x80000000 | weight_id,
 // step = the forward-call counter; scale = 1 / (1 - p) and sigma =
 // sqrt(p / (1 - p)) rounded from double.
 struct MaskParams {

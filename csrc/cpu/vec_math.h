@@ -6,7 +6,7 @@
 // calls would keep the Box-Muller draw several times slower than the memory
 // traffic of the update. Accuracy is about 1 ulp on the domains used here,
 // which keeps the CPU noise within 1e-6 (absolute) of the other backends
-// (SPEC §5).
+// (docs/spec.md#agreement-between-backends).
 //
 // The polynomial coefficients are the classical minimax fits for logf and
 // sinf/cosf on the reduced ranges (as in the Cephes library).

@@ -1,4 +1,4 @@
-// CUDA entry of psgld_step_, sgld_step_ and philox_normal_ (SPEC §1, §2): the
+// CUDA entry of psgld_step_, sgld_step_ and philox_normal_ (docs/spec.md#langevin-step, docs/spec.md#noise-stream): the
 // host side only. It checks the inputs, packs the tables (langevin_step_launch.h)
 // and launches the kernels of langevin_step_kernels.cuh on the current stream.
 #include <ATen/core/Tensor.h>

@@ -1,7 +1,6 @@
-// Device code of psgld_step_, sgld_step_ and philox_normal_ (SPEC §1, §2): the
-// kernel bodies alone. The launches, checks and op registration are in
-// langevin_step_cuda.cu; the host-side packing they share with the emulated
-// tests is in langevin_step_launch.h.
+// Device code of psgld_step_, sgld_step_ and philox_normal_ (docs/spec.md#langevin-step, docs/spec.md#noise-stream):
+// the kernel bodies alone. The launches, checks and op registration are in langevin_step_cuda.cu; the host-side packing
+// they share with the emulated tests is in langevin_step_launch.h.
 //
 // This header is compiled twice: by nvcc for the GPU, and as host C++ under
 // host_emulation.h for the emulated tests (python_tests/emulated/), which run

@@ -1,4 +1,4 @@
-// CUDA entry of the DropConnect LSTM kernels (SPEC §2 mask stream, §3): the
+// CUDA entry of the DropConnect LSTM kernels (docs/spec.md#dropconnect-masks, docs/spec.md#cell-and-gradients): the
 // host side only. The kernels are in lstm_cell_kernels.cuh. They are the CUDA
 // entry of the DeviceKernels registry (sgmcmc_fused/lstm_kernels.h): the
 // device-independent op bodies in csrc/lstm/ check the arguments, allocate, run

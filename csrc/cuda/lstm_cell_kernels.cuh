@@ -1,4 +1,4 @@
-// Device code of the DropConnect LSTM (SPEC §2 mask stream, §3): the
+// Device code of the DropConnect LSTM (docs/spec.md#dropconnect-masks, docs/spec.md#cell-and-gradients): the
 // mask-and-multiply of dropconnect_weight and the fused pointwise LSTM cell,
 // forward and backward, plus the launch shapes their host code computes. The
 // checks, launches and op registration are in lstm_cell_cuda.cu. The eager
@@ -22,7 +22,7 @@
 //            e % 4: one Philox call (counter (q lo, q hi, 0x80000000 |
 //            weight_id, call), key from seed) gives the four words of a quad.
 //   M        the DropConnect mask, fp32: Bernoulli 1[u >= p] / (1 - p),
-//            Gaussian 1 + sqrt(p / (1 - p)) * n (u, n as in SPEC §2).
+//            Gaussian 1 + sqrt(p / (1 - p)) * n (u, n as in docs/spec.md#noise-stream).
 //   opmath_t at::opmath_type<scalar_t>: fp32 for fp32/fp16/bf16, fp64 for fp64.
 //            Inputs are widened to it, outputs rounded from it.
 //

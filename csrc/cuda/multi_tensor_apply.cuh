@@ -4,7 +4,7 @@
 // Symbols used here and in langevin_step_cuda.cu:
 //   element  flat index e of a parameter element in the whole (unsharded)
 //            parameter; the local index into the tensor is e - element_offset.
-//   quad     the 4 elements 4q .. 4q+3 that share one Philox call (SPEC §2).
+//   quad     the 4 elements 4q .. 4q+3 that share one Philox call (docs/spec.md#noise-stream).
 //            Quads are counted globally, so a tensor starts with a partial
 //            quad when element_offset % 4 != 0 and ends with one when
 //            (element_offset + numel) % 4 != 0.

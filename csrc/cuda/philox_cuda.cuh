@@ -1,4 +1,4 @@
-// Device helpers shared by the CUDA kernels: the SPEC §2 draws of one quad
+// Device helpers shared by the CUDA kernels: the draws (docs/spec.md#noise-stream) of one quad
 // (4 consecutive elements, one Philox call) and quad-sized vector access.
 #pragma once
 
@@ -47,7 +47,7 @@ __device__ __forceinline__ void box_muller_quad(const uint32_t (&x)[4], float (&
   n[3] = r23 * sin3;
 }
 
-// The N(0, 1) draws of quad q of stream (seed, stream, step), SPEC §2.
+// The N(0, 1) draws of quad q of stream (seed, stream, step), docs/spec.md#noise-stream.
 __device__ __forceinline__ void philox_normal_quad(uint64_t seed, uint32_t stream, uint32_t step, uint64_t q,
                                                    float (&n)[4]) {
   uint32_t x[4];

@@ -1,7 +1,7 @@
 """Data for the trainers: corpora, minibatch streams, sentence sets, a synthetic source, downloads.
 
     from sgmcmc_fused.data import load_word_corpus_dir, batchify, successive_batches
-    corpus = load_word_corpus_dir("../shared/data/ptb")
+    corpus = load_word_corpus_dir("data/ptb")
     for x, y in successive_batches(batchify(corpus.train, 20), bptt=20): ...
 
 `make_synthetic_corpus` samples a corpus from a random hidden Markov model and returns its

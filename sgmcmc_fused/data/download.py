@@ -3,7 +3,7 @@
     from sgmcmc_fused.data.download import download
     download("ptb", "data")   # -> data/ptb/ptb.{train,valid,test}.txt
 
-Destinations follow the layout of ``../shared/data`` (``ptb/``, ``tinyshakespeare/``, ``sentcls/``),
+Each set goes into its own folder of the destination (``ptb/``, ``tinyshakespeare/``, ``sentcls/``),
 so a downloaded directory is used exactly as that one; War and Peace goes to
 ``warandpeace/input.txt``. Nothing here runs at import; tests point `base_url` at a local HTTP
 server, never the internet.

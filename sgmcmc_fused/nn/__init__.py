@@ -1,4 +1,4 @@
-"""Recurrent layers with DropConnect (SPEC §3).
+"""Recurrent layers with DropConnect (docs/spec.md#dropconnect-lstm).
 
     from sgmcmc_fused.nn import DropConnectLSTM
     lstm = DropConnectLSTM(256, 512, num_layers=2, dropconnect=0.3)   # drop-in for nn.LSTM

@@ -1,4 +1,4 @@
-"""DropConnectLSTM: a drop-in torch.nn.LSTM with DropConnect masks on its weights (SPEC §3).
+"""DropConnectLSTM: a drop-in torch.nn.LSTM with DropConnect masks on its weights (docs/spec.md#dropconnect-lstm).
 
 Symbols: T time steps, B batch, I input size, H hidden size, L num_layers, D num_directions
 (2 if bidirectional else 1).
@@ -6,7 +6,7 @@ Symbols: T time steps, B batch, I input size, H hidden size, L num_layers, D num
 The module has exactly nn.LSTM's parameters (names, shapes, initialisation), so state dicts load
 both ways with strict=True, and with dropconnect=0 (or in eval mode) it computes nn.LSTM to float
 rounding, forward and backward. In training each forward call draws one mask per masked weight
-matrix from the counter-based Philox stream of SPEC §2: weight id
+matrix from the counter-based Philox stream of docs/spec.md#noise-stream: weight id
 ``(layer * D + direction) * 2 + (0 for weight_ih, 1 for weight_hh)``, call = the module's
 training-call counter, key = the module's seed. The layers run through
 `sgmcmc_fused.nn.functional.dropconnect_lstm_layer`, one call per layer and direction.

@@ -1,4 +1,4 @@
-"""Functional DropConnect LSTM layer with backend selection (SPEC §3).
+"""Functional DropConnect LSTM layer with backend selection (docs/spec.md#dropconnect-lstm).
 
 `dropconnect_lstm_layer` runs one direction of one layer. The backends:
 

@@ -12,7 +12,7 @@ class PSGLD(LangevinOptimizer):
     r"""Preconditioned stochastic-gradient Langevin dynamics, one fused pass per step.
 
     For every parameter element, with ``g`` the gradient of the **minibatch mean**
-    loss (SPEC §1)::
+    loss (docs/spec.md#langevin-step)::
 
         g' = g + weight_decay * theta
         V  = alpha * V + (1 - alpha) * g'^2

@@ -12,7 +12,7 @@ class SGLD(LangevinOptimizer):
     r"""Stochastic-gradient Langevin dynamics, one fused pass per step.
 
     For every parameter element, with ``g`` the gradient of the **minibatch mean**
-    loss (SPEC §1)::
+    loss (docs/spec.md#langevin-step)::
 
         g' = g + weight_decay * theta
         theta <- theta - lr * g' + sqrt(2 * lr * temperature / num_data) * xi

@@ -4,13 +4,14 @@ Trains embedding → dropout → bidirectional DropConnectLSTM → dropout → l
 (`sgmcmc_fused.train.sentence_model`) with one or more methods (sgd, rmsprop, sgld, psgld;
 `sgmcmc_fused.train.methods`), one after another from the same initialisation and data order, and
 reports per method the test error, its calibration (ECE) and the predictive uncertainty of every test
-sentence. The samplers' predictions are the Bayesian model average (SPEC §4): after burn-in, a sample
+sentence. The samplers' predictions are the Bayesian model average
+(docs/spec.md#posterior-averaging): after burn-in, a sample
 every `thin` steps; the class probabilities of the samples are averaged.
 
     python -m sgmcmc_fused.train classify          # embedded default: a synthetic task of known
                                                    # Bayes error, tiny model, rmsprop vs psgld, ~1 min
-    python -m sgmcmc_fused.train classify --train ../shared/data/sentcls/TREC.train.all \\
-        --test ../shared/data/sentcls/TREC.test.all --method sgd rmsprop sgld psgld
+    python -m sgmcmc_fused.train classify --train data/sentcls/TREC.train.all \\
+        --test data/sentcls/TREC.test.all --method sgd rmsprop sgld psgld
     python -m sgmcmc_fused.train classify --train rt-polarity.all --word-vectors vectors.txt  # 10-fold CV
     python -m sgmcmc_fused.train classify --resume runs/classify-...   # continue a stopped run
 
@@ -18,7 +19,7 @@ Data: files of "LABEL sentence" lines. With --test, the fixed split (TREC, SST-2
 --valid or held out of the training file; without, k-fold cross-validation of --train (MR, CR, SUBJ,
 MPQA), a validation part held out of each training fold. The vocabulary of each fold is built from its
 training sentences (other words map to <unk>). Units: `lr` is the step size of the mean loss per
-sentence (SPEC §1); num_data = training sentences.
+sentence (docs/spec.md#langevin-step); num_data = training sentences.
 
 Outputs in --out DIR: config.json; per method METHOD/predictions.csv (every test sentence: fold, its
 index in its file, label, prediction, the predictive mean and std across samples of each class

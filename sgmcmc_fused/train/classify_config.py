@@ -1,7 +1,7 @@
 """Configuration of the sentence-classifier trainer: presets, command-line options, and their resolution.
 
 A run's configuration is a plain JSON-serialisable dict (stored in config.json and every checkpoint):
-a preset's fields, overridden by the options given. Learning rates are in the units of SPEC §1: the
+a preset's fields, overridden by the options given. Learning rates are in the units of docs/spec.md#langevin-step: the
 gradient of the mean loss per sentence, and num_data = the number of training sentences.
 """
 
@@ -57,7 +57,8 @@ SYNTHETIC_DEFAULTS = dict(
 )  # fmt: skip
 
 #: Default temperature of the samplers, 1/N (N training sentences): Gan et al.'s reference code adds
-#: noise of variance 2·lr·G/N² per step, i.e. T = 1/N in SPEC §1's units. At T = 1 (the exact Bayes
+#: noise of variance 2·lr·G/N² per step, i.e. T = 1/N in the units of
+#: docs/spec.md#langevin-step. At T = 1 (the exact Bayes
 #: posterior under the flat prior) the noise on a word vector seen in a handful of sentences, whose
 #: RMS preconditioner G = 1/(eps + sqrt(V)) approaches 1/eps, is a random walk of ~sqrt(2·lr/(eps·N))
 #: per step, and a few thousand sentences do not hold it back. Measured on TREC (the paper preset,

@@ -5,7 +5,7 @@ MASTER_PORT) `init_world` joins the process group: gloo for CPU training, NCCL f
 local rank. Run directly, it returns the single-process world and touches nothing.
 
 Data parallelism needs no noise communication: the samplers' noise is a function of (seed, step,
-element) (SPEC §2), so every rank draws the same noise and, after DDP's gradient all-reduce, applies
+element) (docs/spec.md#noise-stream), so every rank draws the same noise and, after DDP's gradient all-reduce, applies
 the same update.
 """
 

@@ -1,7 +1,7 @@
 """``python -m sgmcmc_fused.train download NAME [NAME ...] [--dest DIR] [--base-url URL]``.
 
 Fetches the public corpora of the paper's experiments (`sgmcmc_fused.data.download.SOURCES`) into DIR
-with the layout of ``../shared/data`` (``ptb/``, ``tinyshakespeare/``, ``sentcls/``; War and Peace in
+in one folder per set (``ptb/``, ``tinyshakespeare/``, ``sentcls/``; War and Peace in
 ``warandpeace/``), then prints every file: ``wrote PATH (BYTES bytes)``, or ``kept PATH`` for a file
 that was already there (never re-downloaded). Each file is written to a temporary name and renamed,
 so an interrupted download leaves no partial file. ``--base-url`` replaces the scheme and host of

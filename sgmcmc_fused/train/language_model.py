@@ -34,7 +34,7 @@ class LanguageModel(nn.Module):
         mask: "bernoulli" or "gaussian".
         masked: which LSTM matrices are masked: "hh" (recurrent), "ih" (input) or "both".
         init_scale: every parameter is drawn U(-init_scale, init_scale).
-        lstm_seed: key of the DropConnect mask stream (SPEC §2).
+        lstm_seed: key of the DropConnect mask stream (docs/spec.md#stream-words).
         lstm_impl: DropConnectLSTM backend ("auto", "cpu", "cuda", "triton", "eager").
     """
 

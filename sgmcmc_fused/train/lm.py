@@ -3,20 +3,20 @@
 Trains embedding → DropConnectLSTM → dropout → softmax language models with one or more methods
 (sgd, rmsprop, sgld, psgld; `sgmcmc_fused.train.methods`), one after another from the same
 initialisation and data order, and prints their test perplexities: of the last weights and of the model
-average (SPEC §4: after burn-in a sample every `thin` steps; the per-token probabilities of the
+average (docs/spec.md#posterior-averaging: after burn-in a sample every `thin` steps; the per-token probabilities of the
 samples are averaged online over the valid and test sets, uniformly or, with --sample-weights lr,
 weighted by the learning rate each sample was drawn at).
 
     python -m sgmcmc_fused.train lm                      # embedded default: synthetic HMM corpus, tiny
                                                          # model, rmsprop vs psgld, a few CPU minutes
-    python -m sgmcmc_fused.train lm --word-corpus ../shared/data/ptb --preset small \\
+    python -m sgmcmc_fused.train lm --word-corpus data/ptb --preset small \\
         --method sgd rmsprop sgld psgld --device cuda
-    python -m sgmcmc_fused.train lm --char-corpus ../shared/data/tinyshakespeare/input.txt
+    python -m sgmcmc_fused.train lm --char-corpus data/tinyshakespeare/input.txt
     python -m sgmcmc_fused.train lm --resume runs/lm-...  # continue exactly where a run stopped
     torchrun --nproc_per_node=2 -m sgmcmc_fused.train lm  # data parallel (DDP; gloo on CPU, NCCL on GPU)
     python -m sgmcmc_fused.train lm --chains 4           # 4 chains per method, samples pooled
 
-Units: `lr` is the step size of the mean loss per token (SPEC §1); num_data = training tokens.
+Units: `lr` is the step size of the mean loss per token (docs/spec.md#langevin-step); num_data = training tokens.
 
 Outputs in --out DIR: config.json; per method METHOD/log.csv (one row per epoch: epoch, step, lr,
 train/valid perplexity, averaged valid perplexity, samples, seconds), METHOD/samples.csv (one row per

@@ -1,7 +1,8 @@
 """Configuration of the language-model trainer: presets, command-line options, and their resolution.
 
 A run's configuration is a plain dict (JSON-serialisable, stored in every checkpoint): a preset's
-fields, overridden by every option given on the command line. Learning rates are in the units of SPEC §1
+fields, overridden by every option given on the command line. Learning rates are in the units of
+docs/spec.md#langevin-step
 (gradient of the mean loss per token); see `sgmcmc_fused.train.methods` for why the SGD defaults are
 bptt × Zaremba's lr 1 and the clips Zaremba's clip / bptt.
 """
@@ -66,7 +67,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # fmt: on
 #: Default temperature of the samplers, 1/N (N training tokens): the noise scale of Gan et al.'s
-#: reference code (variance 2·lr·G/N² per step, T = 1/N in SPEC §1's units). At T = 1 the noise on the
+#: reference code (variance 2·lr·G/N² per step, T = 1/N in the units of
+#: docs/spec.md#langevin-step). At T = 1 the noise on the
 #: embedding of a rare word, whose RMS preconditioner G = 1/(eps + sqrt(V)) approaches 1/eps, is a random
 #: walk that the few gradients of that word do not hold back. Measured on PTB with the small preset: at
 #: T = 1 the first noisy epoch (5) took the validation perplexity from 135.8 to 176.7 (train 107 -> 119),
@@ -151,7 +153,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--word-corpus",
         metavar="DIR_OR_PREFIX",
         help="word level, PTB format: a folder with *.train.txt/*.valid.txt/*.test.txt, or a "
-        "prefix (../shared/data/ptb/ptb for ptb.train.txt, ...)",
+        "prefix (data/ptb/ptb for ptb.train.txt, ...)",
     )
     src.add_argument("--char-corpus", metavar="FILE", help="character level: any UTF-8 text, split by --char-split")
     data.add_argument(

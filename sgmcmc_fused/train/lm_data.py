@@ -49,7 +49,7 @@ class LMData:
 
     @property
     def num_train_tokens(self) -> int:
-        """N of the Langevin step (SPEC §1): training tokens (every one is a target once per epoch)."""
+        """N of the Langevin step (docs/spec.md#langevin-step): training tokens (each a target once an epoch)."""
         return self.corpus.num_tokens
 
 

@@ -84,7 +84,7 @@ class MethodTrainer:
         self.thin = parse_steps(cfg["thin"], self.steps_per_epoch, "--thin", minimum=1)
 
         # Same initialisation, dropout stream and data order for every method: all from cfg["seed"].
-        # The optimizer noise and the DropConnect masks share the seed as key; SPEC §2 gives them
+        # The optimizer noise and the DropConnect masks share the seed as key; docs/spec.md#stream-words gives them
         # disjoint Philox stream ids, so they never collide.
         torch.manual_seed(cfg["seed"])
         self.model = LanguageModel(

@@ -12,7 +12,7 @@ outside the root) and the samplers differ from them only by the Langevin noise: 
 them measures the noise, not an implementation difference. Before burn-in the samplers are the
 optimisers (the usual SG-MCMC burn-in).
 
-Why the SGD learning rate is large: SPEC §1 takes `g` as the gradient of the **mean** loss per token.
+Why the SGD learning rate is large: docs/spec.md#langevin-step takes `g` as the gradient of the **mean** loss per token.
 Zaremba et al. (and Gan et al.'s SGLD code built on it) step with lr 1 on the loss **summed over the
 bptt time steps** and averaged over the batch, i.e. on bptt × our gradient; lr 1 there is lr = bptt here
 (20 for `small`, 35 for `medium`/`large`), and their gradient-norm clip c is c / bptt here. RMSprop and
@@ -88,7 +88,7 @@ def make_optimizer(
 
     Args:
         params: parameters (or named parameters, so NaN errors name them).
-        lr: learning rate of the mean loss per datum (SPEC §1).
+        lr: learning rate of the mean loss per datum (docs/spec.md#langevin-step).
         num_data: N, the number of training data (tokens for a language model).
         seed: 63-bit seed of the noise stream (unused by sgd/rmsprop, kept for uniformity).
         temperature, weight_decay, alpha, eps, impl: as `sgmcmc_fused.optim.PSGLD`.

@@ -39,7 +39,7 @@ class SentenceClassifier(nn.Module):
         dropconnect, mask, masked: DropConnect of the LSTM weights (see `DropConnectLSTM`).
         embeddings: optional float [V, E] initial word vectors (e.g. word2vec); otherwise U(±0.25).
         freeze_embeddings: keep the word vectors fixed (Kim's "static"; they are then not sampled either).
-        lstm_seed: key of the DropConnect mask stream (SPEC §2).
+        lstm_seed: key of the DropConnect mask stream (docs/spec.md#stream-words).
         lstm_impl: DropConnectLSTM backend.
     """
 

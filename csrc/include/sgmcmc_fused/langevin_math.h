@@ -1,4 +1,4 @@
-// Per-element pSGLD / SGLD update (SPEC §1), shared by the CPU and CUDA kernels
+// Per-element pSGLD / SGLD update (docs/spec.md#langevin-step), shared by the CPU and CUDA kernels
 // so both evaluate the same expression in the same order. The eager reference
 // (sgmcmc_fused/reference.py) mirrors it line by line.
 //

@@ -1,4 +1,4 @@
-// The DropConnect LSTM ops (SPEC §3), written once over ATen for every device.
+// The DropConnect LSTM ops (docs/spec.md#dropconnect-lstm), written once over ATen for every device.
 //
 // Symbols: T time steps, B batch, I input size, H hidden size; gate blocks
 // i, f, g, o of H columns each (torch.nn.LSTM's layout).

@@ -1,4 +1,4 @@
-// Counter-based noise stream shared by every backend (SPEC §2).
+// Counter-based noise stream shared by every backend (docs/spec.md#noise-stream).
 //
 // Philox4x32-10 (Salmon et al., SC'11) with
 //   key     = (seed & 0xFFFFFFFF, seed >> 32)
@@ -31,7 +31,7 @@ constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;  // golden ratio
 constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;  // sqrt(3) - 1
 constexpr int kPhiloxRounds = 10;
 
-// Bit 31 of the stream word is reserved for DropConnect masks (SPEC §2), so
+// Bit 31 of the stream word is reserved for DropConnect masks (docs/spec.md#stream-words), so
 // optimizer stream ids must stay below it.
 constexpr uint32_t kMaskStreamBit = 0x80000000u;
 
