@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from conftest import device_name, synchronize
 from torch import nn
 
-from sgmcmc_fused import lstm_reference
+from sgmcmc_fused.kernels.lstm import reference as lstm_reference
 from sgmcmc_fused.nn import DropConnectLSTM
 from sgmcmc_fused.nn.functional import not_supported_reasons
 

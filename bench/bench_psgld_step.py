@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import CASES, synchronize
 
-from sgmcmc_fused import backends
+from sgmcmc_fused.kernels import registry
 
 HYPER = dict(lr=1e-3, alpha=0.99, eps=1e-5, weight_decay=0.0, temperature=1.0, num_data=929_589, add_noise=True)
 
@@ -30,7 +30,7 @@ def make_inputs(sizes: list[int], device: torch.device):
 
 
 def run_case(benchmark, record, provider: str, case: str, device: torch.device):
-    backend = backends.select_backend(provider, device, [torch.float32])
+    backend = registry.select_backend(provider, device, [torch.float32])
     sizes = CASES[case]()
     params, grads, square_avgs = make_inputs(sizes, device)
     ids, offsets = list(range(len(sizes))), [0] * len(sizes)

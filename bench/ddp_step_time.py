@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=20, help="batch per process B (default 20, PTB small)")
-    p.add_argument("--word-corpus", default=str(REPO / "data" / "ptb"),
-                   help="PTB folder (default data/ptb, where `train download ptb` puts it); 'synthetic' for the embedded corpus")  # fmt: skip
+    p.add_argument(
+        "--word-corpus",
+        default=str(REPO / "data" / "ptb"),
+        help="PTB folder (default data/ptb, from `train download ptb`); 'synthetic': the embedded corpus",
+    )
     p.add_argument("--json", type=Path, help="also write the rows here")
     a = p.parse_args(argv)
     data_args = ptb_small_args(a.word_corpus)

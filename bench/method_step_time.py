@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--word-corpus", default=str(REPO / "data" / "ptb"),
-                   help="PTB folder (default data/ptb, where `train download ptb` puts it); 'synthetic' for the embedded corpus")  # fmt: skip
+    p.add_argument(
+        "--word-corpus",
+        default=str(REPO / "data" / "ptb"),
+        help="PTB folder (default data/ptb, from `train download ptb`); 'synthetic': the embedded corpus",
+    )
     p.add_argument("--json", type=Path, help="also write the measurements here")
     a = p.parse_args(argv)
     data_args = ptb_small_args(a.word_corpus)

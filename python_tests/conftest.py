@@ -11,18 +11,18 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from sgmcmc_fused import _extension, backends  # noqa: E402
+from sgmcmc_fused.kernels import _library, registry  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 #: The largest tensor a Triton-interpreter test should touch (the interpreter is slow).
 TRITON_INTERPRET_MAX_ELEMENTS = 1 << 16
 
 
-def require_backend(name: str, device: str, dtypes=(torch.float32,)) -> backends.Backend:
-    why = backends.BACKENDS[name].not_supported_reasons(torch.device(device), list(dtypes))
+def require_backend(name: str, device: str, dtypes=(torch.float32,)) -> registry.Backend:
+    why = registry.BACKENDS[name].not_supported_reasons(torch.device(device), list(dtypes))
     if why:
         pytest.skip(f"backend {name} on {device}: {'; '.join(why)}")
-    return backends.BACKENDS[name]
+    return registry.BACKENDS[name]
 
 
 _needs_gpu = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
@@ -44,8 +44,8 @@ def max_numel_for(backend: str, device: str) -> int:
 
 @pytest.fixture
 def extension_loaded():
-    if not _extension.LOADED:
-        pytest.skip(_extension.LOAD_ERROR)
+    if not _library.LOADED:
+        pytest.skip(_library.LOAD_ERROR)
 
 
 @pytest.fixture(scope="session")

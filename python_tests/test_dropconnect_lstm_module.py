@@ -11,7 +11,7 @@ from tolerances import assert_close
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from sgmcmc_fused import lstm_reference
+from sgmcmc_fused.kernels.lstm import reference as lstm_reference
 from sgmcmc_fused.nn import DropConnectLSTM, functional
 
 #: (impl, device) pairs; compiled impls skip (with the reason) where their kernels are not built.

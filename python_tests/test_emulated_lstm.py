@@ -12,7 +12,7 @@ import torch
 from emulated.client import FORWARD, REVERSE
 from tolerances import assert_close, assert_low_precision_close
 
-from sgmcmc_fused import lstm_reference as ref
+from sgmcmc_fused.kernels.lstm import reference as ref
 
 pytestmark = pytest.mark.emulated
 

@@ -10,7 +10,7 @@ import torch
 from emulated.client import FORWARD, REVERSE
 from tolerances import assert_close
 
-from sgmcmc_fused import reference
+from sgmcmc_fused.kernels.langevin import reference
 
 pytestmark = pytest.mark.emulated
 

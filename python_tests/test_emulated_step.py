@@ -23,7 +23,7 @@ from emulated.client import FORWARD, REVERSE
 from step_cases import grad_sequence
 from tolerances import assert_close, assert_low_precision_close
 
-from sgmcmc_fused import reference
+from sgmcmc_fused.kernels.langevin import reference
 
 pytestmark = pytest.mark.emulated
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from sgmcmc_fused import _extension
+from sgmcmc_fused.kernels import _library
 
 pytestmark = pytest.mark.usefixtures("extension_loaded")
 
@@ -32,7 +32,7 @@ def cpu_supports(isa: str) -> bool:
 
 VARIANT_CHECK = """
     import torch
-    from sgmcmc_fused import reference
+    from sgmcmc_fused.kernels.langevin import reference
     from sgmcmc_fused.optim import PSGLD
     assert torch.ops.sgmcmc_fused.cpu_isa() == "{isa}", torch.ops.sgmcmc_fused.cpu_isa()
     # The noise alone, at awkward offsets and across the 2^32 quad boundary.
@@ -111,4 +111,4 @@ def test_package_imports_without_the_extension_and_says_why():
 def test_build_info_matches_the_running_torch():
     info = __import__("sgmcmc_fused._build_info", fromlist=["TORCH_VERSION"])
     assert info.TORCH_VERSION == torch.__version__
-    assert _extension.STALE_REASON is None, _extension.STALE_REASON
+    assert _library.STALE_REASON is None, _library.STALE_REASON

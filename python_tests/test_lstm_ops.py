@@ -10,7 +10,7 @@ import torch
 from conftest import TRITON_INTERPRET_MAX_ELEMENTS, _needs_gpu
 from tolerances import assert_close
 
-from sgmcmc_fused import lstm_reference as ref
+from sgmcmc_fused.kernels.lstm import reference as ref
 from sgmcmc_fused.nn import functional as F_lstm
 from sgmcmc_fused.nn.functional import DropConnect
 

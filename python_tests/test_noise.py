@@ -8,7 +8,7 @@ from conftest import BACKEND_DEVICE_PAIRS, max_numel_for, require_backend
 from scipy import stats
 from tolerances import assert_close
 
-from sgmcmc_fused import reference
+from sgmcmc_fused.kernels.langevin import reference
 
 SEED = 12345678901234
 # known answer of docs/spec.md#noise-stream for counter (0, 0, 3, 7).

@@ -8,7 +8,8 @@ import torch
 from conftest import DEVICES, require_backend
 from tolerances import assert_close
 
-from sgmcmc_fused import _extension, reference
+from sgmcmc_fused.kernels import _library
+from sgmcmc_fused.kernels.langevin import reference
 from sgmcmc_fused.optim import PSGLD
 
 pytestmark = pytest.mark.usefixtures("extension_loaded")
@@ -50,8 +51,8 @@ def test_opcheck_triton_ops(device):
 def test_cuda_kernels_registered_when_built_with_cuda():
     info = importlib.import_module("sgmcmc_fused._build_info")
     for op in ("psgld_step_", "sgld_step_", "philox_normal_"):
-        assert _extension.has_kernel(op, "CPU"), op
-        assert _extension.has_kernel(op, "CUDA") == info.WITH_CUDA, (op, info.CUDA_REASON)
+        assert _library.has_kernel(op, "CPU"), op
+        assert _library.has_kernel(op, "CUDA") == info.WITH_CUDA, (op, info.CUDA_REASON)
 
 
 @pytest.mark.parametrize(

@@ -3,25 +3,25 @@
     from sgmcmc_fused.optim import PSGLD
     opt = PSGLD(model.parameters(), lr=1e-3, num_data=len(train_set))
 
-`sgmcmc_fused.backends.availability()` says which step backends work here and why not.
+`sgmcmc_fused.kernels.registry.availability()` says which step backends work here and why not.
 """
 
-from . import _extension
-from .backends import availability
+from .kernels import _library
+from .kernels.registry import availability
 
 __version__ = "0.1.0"
 
-if not _extension.LOADED:
+if not _library.LOADED:
     import warnings
 
     warnings.warn(
-        f"sgmcmc_fused: {_extension.LOAD_ERROR}. Only the 'eager', 'foreach' and 'triton' step backends are available.",
+        f"sgmcmc_fused: {_library.LOAD_ERROR}. Only the 'eager', 'foreach' and 'triton' step backends are available.",
         RuntimeWarning,
         stacklevel=2,
     )
-elif _extension.STALE_REASON:
+elif _library.STALE_REASON:
     import warnings
 
-    warnings.warn(f"sgmcmc_fused: {_extension.STALE_REASON}", RuntimeWarning, stacklevel=2)
+    warnings.warn(f"sgmcmc_fused: {_library.STALE_REASON}", RuntimeWarning, stacklevel=2)
 
 __all__ = ["availability", "__version__"]

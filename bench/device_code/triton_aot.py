@@ -59,8 +59,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def step_cases() -> list[TritonCase]:
-    from sgmcmc_fused import triton_common as common
-    from sgmcmc_fused import triton_kernels as step
+    from sgmcmc_fused.kernels import triton_common as common
+    from sgmcmc_fused.kernels.langevin import triton as step
 
     def case(dtype, preconditioned, weight_decay, noise):
         args = {name: 0.5 for name in step._langevin_step_kernel.arg_names if name.endswith(("_hi", "_mid", "_lo"))}
@@ -106,8 +106,8 @@ def step_cases() -> list[TritonCase]:
 
 
 def lstm_cases() -> list[TritonCase]:
-    from sgmcmc_fused import triton_common as common
-    from sgmcmc_fused import triton_lstm as lstm
+    from sgmcmc_fused.kernels import triton_common as common
+    from sgmcmc_fused.kernels.lstm import triton as lstm
 
     batch, hidden = CELL_SHAPE
     _, block_b, block_h = lstm._cell_grid(batch, hidden)

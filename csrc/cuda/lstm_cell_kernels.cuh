@@ -2,7 +2,7 @@
 // mask-and-multiply of dropconnect_weight and the fused pointwise LSTM cell,
 // forward and backward, plus the launch shapes their host code computes. The
 // checks, launches and op registration are in lstm_cell_cuda.cu. The eager
-// oracle is sgmcmc_fused/lstm_reference.py; the math below follows it
+// oracle is sgmcmc_fused/kernels/lstm/reference.py; the math below follows it
 // operation by operation.
 //
 // This header is compiled twice: by nvcc for the GPU, and as host C++ under

@@ -29,7 +29,7 @@ from torch.utils import cpp_extension
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
-SOURCES = (HERE / "emulated_kernels.cpp", CSRC / "step_inputs.cpp")
+SOURCES = (HERE / "emulated_kernels.cpp", CSRC / "langevin" / "step_inputs.cpp")
 BUILD_DIR = ROOT / "build" / "emulated"
 
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

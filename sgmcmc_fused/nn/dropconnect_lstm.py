@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .. import lstm_reference
-from ..optim._langevin import draw_seed
+from ..kernels.lstm import reference as lstm_reference
+from ..kernels.stream import draw_seed
 from .functional import DropConnect, dropconnect_lstm_layer
 
 #: Which weight matrices each `masked` value masks, as (mask_ih, mask_hh).

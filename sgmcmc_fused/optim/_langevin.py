@@ -12,16 +12,9 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ..backends import select_backend
-from ..reference import opmath_dtype
-
-#: Stream ids index the optimizer's parameters; bit 31 belongs to DropConnect masks.
-MAX_STREAM_ID = 2**31 - 1
-
-
-def draw_seed() -> int:
-    """A 63-bit seed from torch's default generator, so torch.manual_seed fixes it."""
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+from ..kernels.langevin.reference import opmath_dtype
+from ..kernels.registry import select_backend
+from ..kernels.stream import MAX_STREAM_ID, draw_seed
 
 
 def _check_hyper(name: str, value: Any, *, positive: bool = False, below_one: bool = False) -> None:

@@ -37,7 +37,7 @@ class PSGLD(LangevinOptimizer):
         seed: 63-bit seed of the noise; default a draw from torch's default
             generator (so torch.manual_seed makes runs reproducible).
         impl: "auto" (CUDA kernel for CUDA tensors, C++ kernel for CPU tensors),
-            or "cuda", "cpu", "triton", "eager", "foreach"; see sgmcmc_fused.backends.
+            or "cuda", "cpu", "triton", "eager", "foreach"; see sgmcmc_fused.kernels.registry.
         nan_policy: what a NaN or inf gradient does: "raise" (default; names the
             parameter, updates nothing), "skip" (the whole step is skipped and
             counted in ``skipped_steps``), or "propagate" (no check, one pass less).

@@ -65,7 +65,9 @@ def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
         type=int,
         help="CPU threads for torch (default: torch's); results are bitwise reproducible for a given count",
     )
-    group.add_argument("--step-impl", default="auto", help="backend of the optimizer step (see sgmcmc_fused.backends)")
+    group.add_argument(
+        "--step-impl", default="auto", help="backend of the optimizer step (see sgmcmc_fused.availability())"
+    )
     group.add_argument("--lstm-impl", default="auto", help="backend of the DropConnect LSTM")
 
 

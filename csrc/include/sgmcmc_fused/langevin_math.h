@@ -1,6 +1,6 @@
 // Per-element pSGLD / SGLD update (docs/spec.md#langevin-step), shared by the CPU and CUDA kernels
 // so both evaluate the same expression in the same order. The eager reference
-// (sgmcmc_fused/reference.py) mirrors it line by line.
+// (sgmcmc_fused/kernels/langevin/reference.py) mirrors it line by line.
 //
 //   g' = g + wd * theta
 //   V  = alpha * V + (1 - alpha) * (g' * g')

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_CSRC_DIR = _PACKAGE_DIR.parent / "csrc"
+#: csrc/ of a source checkout (absent in an installed package).
+_CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
 
 
 def _load() -> tuple[bool, str | None]:

@@ -11,7 +11,7 @@ Triton interpreter they are registered as opaque custom ops instead (see ``trito
 
 Their arguments are those of the C++ schemas in csrc/ops.cpp, and the Python helpers below
 (:func:`psgld_step_`, :func:`sgld_step_`, :func:`philox_normal`) take exactly the arguments of their
-counterparts in :mod:`sgmcmc_fused.reference`, the oracle they are tested against.
+counterparts in :mod:`sgmcmc_fused.kernels.langevin.reference`, the oracle they are tested against.
 
 Layout. A program handles ``BLOCK_QUADS`` consecutive *quads* of the whole (unsharded) parameter:
 quad ``q`` holds the elements ``4q .. 4q + 3`` and one Philox4x32-10 call gives its four normals
@@ -35,7 +35,7 @@ Limitations:
   are IEEE round-to-nearest in both (div.rn / sqrt.rn; tl.sqrt and fp32 `/` are approximate).
 
 The device helpers, the Philox stream and the launch and registration code this module shares with
-:mod:`sgmcmc_fused.triton_lstm` are in :mod:`sgmcmc_fused.triton_common`. Interpreter mode is decided
+:mod:`sgmcmc_fused.kernels.lstm.triton` are in :mod:`sgmcmc_fused.kernels.triton_common`. Interpreter mode is decided
 when the Triton modules are imported: set ``TRITON_INTERPRET=1`` before importing any of them to run
 the kernels on CPU tensors (slow; a test tool).
 """
@@ -50,8 +50,7 @@ from collections.abc import Sequence
 import torch
 from torch.library import wrap_triton
 
-from .reference import noise_var_scale
-from .triton_common import (
+from ..triton_common import (
     INT64_LIMIT,
     SUPPORTED_DTYPES,
     TRITON_IMPORT_ERROR,
@@ -75,6 +74,7 @@ from .triton_common import (
     triton,
     unavailable_reason,
 )
+from .reference import noise_var_scale
 
 __all__ = ["not_supported_reasons", "philox_normal", "psgld_step_", "sgld_step_", "unavailable_reason"]
 
@@ -277,7 +277,7 @@ def _check_step_inputs(
     num_data: int,
     seed: int,
 ) -> None:
-    """The checks of csrc/step_inputs.cpp, raising ValueError (values) or TypeError (dtypes)."""
+    """The checks of csrc/langevin/step_inputs.cpp, raising ValueError (values) or TypeError (dtypes)."""
     n = len(params)
     lists = [("grads", grads), ("stream_ids", stream_ids), ("element_offsets", element_offsets), ("steps", steps)]
     if square_avgs is not None:
@@ -562,7 +562,7 @@ if TRITON_IMPORT_ERROR is None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Public helpers (the signatures of sgmcmc_fused.reference)
+# Public helpers (the signatures of sgmcmc_fused.kernels.langevin.reference)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -1,11 +1,11 @@
 """Triton backend of the DropConnect LSTM (docs/spec.md#dropconnect-masks, docs/spec.md#cell-and-gradients).
 
-Symbols as in :mod:`sgmcmc_fused.lstm_reference` (the oracle): T time steps, B batch, I input size,
+Symbols as in :mod:`sgmcmc_fused.kernels.lstm.reference` (the oracle): T time steps, B batch, I input size,
 H hidden size; gate order i, f, g, o and the weight layout of ``torch.nn.LSTM``.
 
 Three custom operators, with the schemas of their C++ counterparts in csrc/ops.cpp under
 ``triton_`` names (they share the CUDA dispatch key with the CUDA kernels), registered like those
-of :mod:`sgmcmc_fused.triton_kernels` (``triton_op``; an opaque ``custom_op`` under the
+of :mod:`sgmcmc_fused.kernels.langevin.triton` (``triton_op``; an opaque ``custom_op`` under the
 interpreter, see ``triton_common.register_op``):
 
 - ``torch.ops.sgmcmc_fused.triton_dropconnect_weight(weight, seed, weight_id, call, p, kind)``:
@@ -49,7 +49,7 @@ Limitations:
   relative); under the interpreter every operation rounds separately.
 
 Interpreter mode is decided when the Triton modules are imported (this one and
-:mod:`sgmcmc_fused.triton_common`, whose device helpers it uses): set ``TRITON_INTERPRET=1`` before
+:mod:`sgmcmc_fused.kernels.triton_common`, whose device helpers it uses): set ``TRITON_INTERPRET=1`` before
 importing any of them to run on CPU tensors.
 """
 
@@ -62,8 +62,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.library import wrap_triton
 
-from .lstm_reference import BERNOULLI, GAUSSIAN, MASK_STREAM_BIT
-from .triton_common import (
+from ..triton_common import (
     INT64_LIMIT,
     SUPPORTED_DTYPES,
     TRITON_IMPORT_ERROR,
@@ -87,7 +86,8 @@ from .triton_common import (
     triton,
     uint32_to_open_uniform,
 )
-from .triton_common import not_supported_reasons as _triton_not_supported_reasons
+from ..triton_common import not_supported_reasons as _triton_not_supported_reasons
+from .reference import BERNOULLI, GAUSSIAN, MASK_STREAM_BIT
 
 __all__ = [
     "dropconnect_lstm_layer",
@@ -355,7 +355,7 @@ def not_supported_reasons(device: torch.device | str) -> list[str]:
     """Why the Triton LSTM kernels cannot run on tensors of ``device`` (empty list: they can).
 
     CUDA tensors need triton; CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 set before
-    sgmcmc_fused.triton_common was imported). Same rules as triton_common.not_supported_reasons.
+    sgmcmc_fused.kernels.triton_common was imported). Same rules as triton_common.not_supported_reasons.
     """
     return _triton_not_supported_reasons(device)
 
@@ -624,7 +624,7 @@ if TRITON_IMPORT_ERROR is None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Public helpers (the signatures of sgmcmc_fused.lstm_reference)
+# Public helpers (the signatures of sgmcmc_fused.kernels.lstm.reference)
 # --------------------------------------------------------------------------------------------------
 
 

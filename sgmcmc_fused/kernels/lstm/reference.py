@@ -25,10 +25,11 @@ that need zeros there mask them; packing drops them).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from .reference import (
+from ..langevin.reference import (
     philox4x32_10,
     philox_normal,
     uint32_to_open_uniform,
@@ -40,6 +41,32 @@ MASK_STREAM_BIT = 0x80000000
 BERNOULLI = 0
 GAUSSIAN = 1
 MASK_KINDS = {"bernoulli": BERNOULLI, "gaussian": GAUSSIAN}
+
+
+@dataclass(frozen=True)
+class DropConnect:
+    """How one layer direction's weights are masked in one forward call.
+
+    Attributes:
+        p: drop probability (Bernoulli) or noise level p / (1 - p) (Gaussian), in [0, 1).
+        kind: BERNOULLI or GAUSSIAN.
+        seed: 63-bit seed of the mask stream (the module's).
+        call: forward-call counter, the Philox step word.
+        ih_weight_id, hh_weight_id: stream ids of this direction's input and recurrent weights.
+        mask_ih, mask_hh: which of the two matrices are masked.
+    """
+
+    p: float
+    kind: int
+    seed: int
+    call: int
+    ih_weight_id: int
+    hh_weight_id: int
+    mask_ih: bool = False
+    mask_hh: bool = True
+
+    def active(self) -> bool:
+        return self.p > 0.0 and (self.mask_ih or self.mask_hh)
 
 
 def philox_uniform(

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _extension, foreach_step, ops, reference
+from . import _library
+from .langevin import compiled, foreach, reference
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -57,11 +58,11 @@ def _compiled_reasons(
         out = []
         if device.type != device_type:
             out.append(f"the {dispatch_key} kernel needs {device_type} tensors, got {device.type}")
-        if not _extension.LOADED:
-            out.append(_extension.LOAD_ERROR)
-        elif dispatch_key == "CUDA" and (why := _extension.cuda_unavailable_reason()):
+        if not _library.LOADED:
+            out.append(_library.LOAD_ERROR)
+        elif dispatch_key == "CUDA" and (why := _library.cuda_unavailable_reason()):
             out.append(why)
-        elif not _extension.has_kernel("psgld_step_", dispatch_key):
+        elif not _library.has_kernel("psgld_step_", dispatch_key):
             out.append(f"sgmcmc_fused._C has no {dispatch_key} kernel")
         out += _dtype_reasons(dtypes, SUPPORTED_DTYPES)
         return out
@@ -75,24 +76,28 @@ def _dtype_reasons(dtypes: Sequence[torch.dtype], allowed: Sequence[torch.dtype]
 
 
 def _triton_reasons(device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
-    from . import triton_kernels
+    from .langevin import triton as langevin_triton
 
-    return triton_kernels.not_supported_reasons(device) + _dtype_reasons(dtypes, SUPPORTED_DTYPES)
+    return langevin_triton.not_supported_reasons(device) + _dtype_reasons(dtypes, SUPPORTED_DTYPES)
 
 
 def _triton_op(name: str) -> Callable[..., object]:
     def call(*args, **kwargs):
-        from . import triton_kernels
+        from .langevin import triton as langevin_triton
 
-        return getattr(triton_kernels, name)(*args, **kwargs)
+        return getattr(langevin_triton, name)(*args, **kwargs)
 
     call.__name__ = name
     return call
 
 
 BACKENDS: dict[str, Backend] = {
-    "cuda": Backend("cuda", ops.psgld_step_, ops.sgld_step_, ops.philox_normal, _compiled_reasons("CUDA", "cuda")),
-    "cpu": Backend("cpu", ops.psgld_step_, ops.sgld_step_, ops.philox_normal, _compiled_reasons("CPU", "cpu")),
+    **{
+        name: Backend(
+            name, compiled.psgld_step_, compiled.sgld_step_, compiled.philox_normal, _compiled_reasons(key, name)
+        )
+        for name, key in (("cuda", "CUDA"), ("cpu", "CPU"))
+    },
     "triton": Backend(
         "triton", _triton_op("psgld_step_"), _triton_op("sgld_step_"), _triton_op("philox_normal"), _triton_reasons
     ),
@@ -105,8 +110,8 @@ BACKENDS: dict[str, Backend] = {
     ),
     "foreach": Backend(
         "foreach",
-        foreach_step.psgld_step_,
-        foreach_step.sgld_step_,
+        foreach.psgld_step_,
+        foreach.sgld_step_,
         None,
         lambda device, dtypes: _dtype_reasons(dtypes, (torch.float32, torch.float64)),
         draws_spec_stream=False,
@@ -157,6 +162,6 @@ def availability() -> dict[str, str]:
     for name, backend in BACKENDS.items():
         why = backend.not_supported_reasons(_probe_device(name), [torch.float32])
         status[name] = "available" if not why else "; ".join(why)
-    if _extension.STALE_REASON:
-        status["cpu"] += f" (warning: {_extension.STALE_REASON})"
+    if _library.STALE_REASON:
+        status["cpu"] += f" (warning: {_library.STALE_REASON})"
     return status

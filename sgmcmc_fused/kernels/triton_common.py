@@ -1,5 +1,5 @@
-"""What the Triton kernels of :mod:`sgmcmc_fused.triton_kernels` (the Langevin step) and
-:mod:`sgmcmc_fused.triton_lstm` (the DropConnect LSTM) share.
+"""What the Triton kernels of :mod:`sgmcmc_fused.kernels.langevin.triton` (the Langevin step) and
+:mod:`sgmcmc_fused.kernels.lstm.triton` (the DropConnect LSTM) share.
 
 Device side: IEEE-rounded square root and division, the math and storage dtype conversions (bf16
 rounded to nearest even, as the C++ kernels round it), and the counter-based Philox stream of docs/spec.md#noise-stream
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch.library import triton_op
 
-from .reference import TWO_PI_F32
+from .langevin.reference import TWO_PI_F32
 
 try:
     import triton

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _extension
+from .. import _library
 
 
 def psgld_step_(
@@ -70,7 +70,7 @@ def philox_normal(
     return out
 
 
-if _extension.LOADED:
+if _library.LOADED:
     # The ops only mutate their inputs, so the fake kernels have nothing to
     # compute; they exist so that tracing (torch.compile, opcheck) never runs
     # the real kernel on fake tensors.

@@ -1,0 +1,2 @@
+"""The DropConnect LSTM kernels (docs/spec.md#dropconnect-lstm): `reference` (the eager
+oracle), `compiled` (autograd and fake kernels of the C++/CUDA ops) and `triton`."""
