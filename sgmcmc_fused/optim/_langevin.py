@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from ..kernels.langevin.contract import StepHyper
 from ..kernels.langevin.reference import opmath_dtype
-from ..kernels.registry import select_backend
+from ..kernels.registry import BACKENDS, select_backend
 from ..kernels.stream import MAX_STREAM_ID, draw_seed
 
 
@@ -59,10 +60,8 @@ class LangevinOptimizer(Optimizer):
         seed = defaults["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
-        if defaults["impl"] not in ("auto", "cuda", "cpu", "triton", "eager", "foreach"):
-            raise ValueError(
-                f"unknown impl {defaults['impl']!r}; choose one of 'auto', 'cuda', 'cpu', 'triton', 'eager', 'foreach'"
-            )
+        if defaults["impl"] != "auto" and defaults["impl"] not in BACKENDS:
+            raise ValueError(f"unknown impl {defaults['impl']!r}; choose 'auto' or one of {sorted(BACKENDS)}")
         if nan_policy not in ("raise", "skip", "propagate"):
             raise ValueError(f"nan_policy must be 'raise', 'skip' or 'propagate', got {nan_policy!r}")
         #: What a NaN/inf gradient does: "raise", "skip" the whole step, or "propagate" (no check).
@@ -189,24 +188,24 @@ class LangevinOptimizer(Optimizer):
         work = [p if p.is_contiguous() else p.contiguous() for p in params]
         grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in params]
         add_noise = bool(group["add_noise"])
-        scalars = dict(
+        hyper = StepHyper(
             lr=float(group["lr"]),
             weight_decay=float(group["weight_decay"]),
             temperature=float(group["temperature"]),
             num_data=int(group["num_data"]),
             add_noise=add_noise,
             seed=int(group["seed"]),
+            alpha=float(group["alpha"]) if self.PRECONDITIONED else None,
+            eps=float(group["eps"]) if self.PRECONDITIONED else None,
         )
         stream_ids = [s["stream_id"] for s in states]
         offsets = [s["element_offset"] for s in states]
         steps = [s["step"] for s in states]
         if self.PRECONDITIONED:
-            backend.psgld_step_(
-                work, grads, [s["square_avg"] for s in states], stream_ids, offsets, steps,
-                alpha=float(group["alpha"]), eps=float(group["eps"]), **scalars,
-            )  # fmt: skip
+            square_avgs = [s["square_avg"] for s in states]
+            backend.psgld_step_(work, grads, square_avgs, stream_ids, offsets, steps, **hyper.op_kwargs())
         else:
-            backend.sgld_step_(work, grads, stream_ids, offsets, steps, **scalars)
+            backend.sgld_step_(work, grads, stream_ids, offsets, steps, **hyper.op_kwargs())
         for p, w in zip(params, work, strict=False):
             if w is not p:
                 p.copy_(w)

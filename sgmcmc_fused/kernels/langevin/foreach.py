@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .reference import noise_var_scale
+from .contract import StepHyper, check_step_inputs
 
 
 def psgld_step_(
@@ -33,9 +33,12 @@ def psgld_step_(
     add_noise: bool,
     seed: int,
 ) -> None:
-    """pSGLD over fp32/fp64 tensor lists with foreach ops (arguments as reference.psgld_step_;
-    stream_ids, element_offsets, steps and seed are ignored)."""
-    del stream_ids, element_offsets, steps, seed
+    """pSGLD over fp32/fp64 tensor lists with foreach ops (arguments as reference.psgld_step_, checked the
+    same way; stream_ids, element_offsets, steps and seed are not used)."""
+    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
+    params, grads, square_avgs, *_ = check_step_inputs(
+        "psgld_step_", params, grads, square_avgs, stream_ids, element_offsets, steps, hyper
+    )
     if not params:
         return
     params = [p.detach() for p in params]
@@ -48,7 +51,7 @@ def psgld_step_(
     torch._foreach_reciprocal_(precond)
     update = torch._foreach_mul(precond, grads)
     torch._foreach_mul_(update, -lr)
-    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
+    nvs = hyper.noise_var_scale
     if nvs != 0:
         torch._foreach_mul_(precond, nvs)
         torch._foreach_sqrt_(precond)
@@ -72,14 +75,15 @@ def sgld_step_(
     seed: int,
 ) -> None:
     """SGLD with foreach ops (arguments as reference.sgld_step_; the stream arguments are ignored)."""
-    del stream_ids, element_offsets, steps, seed
+    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
+    params, grads, *_ = check_step_inputs("sgld_step_", params, grads, None, stream_ids, element_offsets, steps, hyper)
     if not params:
         return
     params = [p.detach() for p in params]
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_add_(params, grads, alpha=-lr)
-    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
+    nvs = hyper.noise_var_scale
     if nvs != 0:
         noise = [torch.randn_like(p) for p in params]
         torch._foreach_add_(params, noise, alpha=nvs**0.5)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .contract import StepHyper, check_step_inputs
+
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9
@@ -97,11 +99,6 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def noise_var_scale(lr: float, temperature: float, num_data: int, add_noise: bool) -> float:
-    """2 * lr * T / N, the noise variance per unit preconditioner (0 with the noise off)."""
-    return 2.0 * lr * temperature / num_data if add_noise else 0.0
-
-
 def psgld_step_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -121,8 +118,10 @@ def psgld_step_(
 ) -> None:
     """Eager pSGLD step, in place on params and square_avgs (same arguments as
     torch.ops.sgmcmc_fused.psgld_step_). Mirrors csrc/include/sgmcmc_fused/langevin_math.h."""
-    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
-    for p, g, v, sid, off, t in zip(params, grads, square_avgs, stream_ids, element_offsets, steps, strict=True):
+    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
+    lists = check_step_inputs("psgld_step_", params, grads, square_avgs, stream_ids, element_offsets, steps, hyper)
+    nvs = hyper.noise_var_scale
+    for p, g, v, sid, off, t in zip(*lists, strict=True):
         if p.numel() == 0:
             continue
         opmath = opmath_dtype(p.dtype)
@@ -154,7 +153,11 @@ def sgld_step_(
     seed: int,
 ) -> None:
     """Eager SGLD step, in place on params (same arguments as torch.ops.sgmcmc_fused.sgld_step_)."""
-    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
+    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
+    params, grads, _, stream_ids, element_offsets, steps = check_step_inputs(
+        "sgld_step_", params, grads, None, stream_ids, element_offsets, steps, hyper
+    )
+    nvs = hyper.noise_var_scale
     noise_std = math.sqrt(nvs)
     for p, g, sid, off, t in zip(params, grads, stream_ids, element_offsets, steps, strict=True):
         if p.numel() == 0:

@@ -52,7 +52,6 @@ from torch.library import wrap_triton
 
 from ..triton_common import (
     INT64_LIMIT,
-    SUPPORTED_DTYPES,
     TRITON_IMPORT_ERROR,
     UINT32_LIMIT,
     check_device,
@@ -74,14 +73,9 @@ from ..triton_common import (
     triton,
     unavailable_reason,
 )
-from .reference import noise_var_scale
+from .contract import StepHyper, check_step_inputs, int_list, tensor_list
 
 __all__ = ["not_supported_reasons", "philox_normal", "psgld_step_", "sgld_step_", "unavailable_reason"]
-
-#: stream ids of optimizer noise stay below the DropConnect bit (docs/spec.md#stream-words); the noise
-#: op alone takes any uint32.
-_STEP_STREAM_ID_LIMIT = 1 << 31
-
 
 # --------------------------------------------------------------------------------------------------
 # Device code
@@ -231,124 +225,11 @@ def _round_to_fp32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
-def _check_tensor_list(op: str, name: str, tensors: object) -> list[torch.Tensor]:
-    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
-        raise TypeError(f"{op}: {name} must be a list of tensors, got {type(tensors).__name__}")
-    for i, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name}[{i}] has type {type(t).__name__}, expected a torch.Tensor")
-    return list(tensors)
-
-
-def _check_int_list(op: str, name: str, values: object) -> list[int]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{op}: {name} must be a list of ints, got {type(values).__name__}")
-    checked = []
-    for i, v in enumerate(values):
-        if isinstance(v, bool):
-            raise TypeError(f"{op}: {name}[{i}] has type bool, expected an int")
-        try:
-            checked.append(operator.index(v))
-        except TypeError:
-            raise TypeError(f"{op}: {name}[{i}] has type {type(v).__name__}, expected an int") from None
-    return checked
-
-
-def _check_finite_at_least(op: str, name: str, value: float, low: float, strict: bool = False) -> None:
-    ok = math.isfinite(value) and (value > low if strict else value >= low)
-    if not ok:
-        raise ValueError(f"{op}: {name} must be a finite number {'>' if strict else '>='} {low}, got {value}")
-
-
-def _check_step_inputs(
-    op: str,
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    square_avgs: list[torch.Tensor] | None,
-    stream_ids: list[int],
-    element_offsets: list[int],
-    steps: list[int],
-    *,
-    lr: float,
-    alpha: float | None,
-    eps: float | None,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    seed: int,
-) -> None:
-    """The checks of csrc/langevin/step_inputs.cpp, raising ValueError (values) or TypeError (dtypes)."""
-    n = len(params)
-    lists = [("grads", grads), ("stream_ids", stream_ids), ("element_offsets", element_offsets), ("steps", steps)]
-    if square_avgs is not None:
-        lists.insert(1, ("square_avgs", square_avgs))
-    for name, values in lists:
-        if len(values) != n:
-            raise ValueError(f"{op}: got {n} params but {len(values)} {name}")
-
-    _check_finite_at_least(op, "lr", lr, 0.0)
-    _check_finite_at_least(op, "weight_decay", weight_decay, 0.0)
-    _check_finite_at_least(op, "temperature", temperature, 0.0)
-    if num_data < 1:
-        raise ValueError(f"{op}: num_data must be >= 1, got {num_data}")
-    if not 0 <= seed < INT64_LIMIT:
-        raise ValueError(f"{op}: seed must be in [0, 2^63), got {seed}")
-    if square_avgs is not None:
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"{op}: alpha must be in [0, 1), got {alpha}")
-        _check_finite_at_least(op, "eps", eps, 0.0, strict=True)
-
-    device = params[0].device if params else None
-    for i in range(n):
-        p, g = params[i], grads[i]
-        if p.device != device:
-            raise ValueError(
-                f"{op}: params[{i}] is on {p.device} but params[0] is on {device}; "
-                "one call updates tensors of one device"
-            )
-        if i == 0:
-            check_device(op, "params[0]", device)
-        if p.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(
-                f"{op}: params[{i}] has dtype {p.dtype}; supported are float32, float64, float16 and bfloat16"
-            )
-        if p.layout != torch.strided or g.layout != torch.strided:
-            raise ValueError(f"{op}: params[{i}] or its grad is sparse; sparse gradients are not supported")
-        if g.device != p.device:
-            raise ValueError(f"{op}: grads[{i}] is on {g.device} but params[{i}] is on {p.device}")
-        if g.dtype != p.dtype:
-            raise TypeError(f"{op}: grads[{i}] has dtype {g.dtype} but params[{i}] has dtype {p.dtype}")
-        if g.shape != p.shape:
-            raise ValueError(f"{op}: grads[{i}] has shape {tuple(g.shape)} but params[{i}] has shape {tuple(p.shape)}")
-        if not p.is_contiguous():
-            raise ValueError(
-                f"{op}: params[{i}] is not contiguous; pass a contiguous tensor "
-                "(the optimizer copies non-contiguous parameters for you)"
-            )
-        if not g.is_contiguous():
-            raise ValueError(f"{op}: grads[{i}] is not contiguous")
-        if square_avgs is not None:
-            v = square_avgs[i]
-            want = torch.float64 if p.dtype == torch.float64 else torch.float32
-            if v.device != p.device:
-                raise ValueError(f"{op}: square_avgs[{i}] is on {v.device} but params[{i}] is on {p.device}")
-            if v.dtype != want:
-                raise TypeError(f"{op}: square_avgs[{i}] has dtype {v.dtype}, expected {want} for {p.dtype} params")
-            if v.shape != p.shape:
-                raise ValueError(
-                    f"{op}: square_avgs[{i}] has shape {tuple(v.shape)} but params[{i}] has shape {tuple(p.shape)}"
-                )
-            if not v.is_contiguous():
-                raise ValueError(f"{op}: square_avgs[{i}] is not contiguous")
-        if not 0 <= stream_ids[i] < _STEP_STREAM_ID_LIMIT:
-            raise ValueError(
-                f"{op}: stream_ids[{i}] = {stream_ids[i]} is outside [0, 2^31) (the upper half of the "
-                "stream space belongs to DropConnect masks)"
-            )
-        if element_offsets[i] < 0:
-            raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is negative")
-        if not 0 <= steps[i] < UINT32_LIMIT:
-            raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
+def _check_inputs(op, params, grads, square_avgs, stream_ids, element_offsets, steps, hyper: StepHyper) -> None:
+    """The shared step checks (contract.check_step_inputs), then that Triton can run on the tensors' device."""
+    check_step_inputs(op, params, grads, square_avgs, stream_ids, element_offsets, steps, hyper)
+    if params:
+        check_device(op, "params[0]", params[0].device)
 
 
 def _launch_langevin_steps(
@@ -430,23 +311,9 @@ def _psgld_step_op(
     seed: int,
 ) -> None:
     op = "triton_psgld_step_"
-    _check_step_inputs(
-        op,
-        params,
-        grads,
-        square_avgs,
-        stream_ids,
-        element_offsets,
-        steps,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        temperature=temperature,
-        num_data=num_data,
-        seed=seed,
-    )
-    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
+    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
+    _check_inputs(op, params, grads, square_avgs, stream_ids, element_offsets, steps, hyper)
+    nvs = hyper.noise_var_scale
     _launch_langevin_steps(
         op,
         params,
@@ -480,23 +347,9 @@ def _sgld_step_op(
     seed: int,
 ) -> None:
     op = "triton_sgld_step_"
-    _check_step_inputs(
-        op,
-        params,
-        grads,
-        None,
-        stream_ids,
-        element_offsets,
-        steps,
-        lr=lr,
-        alpha=None,
-        eps=None,
-        weight_decay=weight_decay,
-        temperature=temperature,
-        num_data=num_data,
-        seed=seed,
-    )
-    nvs = noise_var_scale(lr, temperature, num_data, add_noise)
+    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
+    _check_inputs(op, params, grads, None, stream_ids, element_offsets, steps, hyper)
+    nvs = hyper.noise_var_scale
     # alpha / eps are unused without the preconditioner; 0.0 keeps their (ignored) arguments valid.
     _launch_langevin_steps(
         op,
@@ -599,12 +452,12 @@ def psgld_step_(
     require_triton()
     with torch.no_grad():
         torch.ops.sgmcmc_fused.triton_psgld_step_(
-            _check_tensor_list(op, "params", params),
-            _check_tensor_list(op, "grads", grads),
-            _check_tensor_list(op, "square_avgs", square_avgs),
-            _check_int_list(op, "stream_ids", stream_ids),
-            _check_int_list(op, "element_offsets", element_offsets),
-            _check_int_list(op, "steps", steps),
+            tensor_list(op, "params", params),
+            tensor_list(op, "grads", grads),
+            tensor_list(op, "square_avgs", square_avgs),
+            int_list(op, "stream_ids", stream_ids),
+            int_list(op, "element_offsets", element_offsets),
+            int_list(op, "steps", steps),
             lr=float(lr),
             alpha=float(alpha),
             eps=float(eps),
@@ -636,11 +489,11 @@ def sgld_step_(
     require_triton()
     with torch.no_grad():
         torch.ops.sgmcmc_fused.triton_sgld_step_(
-            _check_tensor_list(op, "params", params),
-            _check_tensor_list(op, "grads", grads),
-            _check_int_list(op, "stream_ids", stream_ids),
-            _check_int_list(op, "element_offsets", element_offsets),
-            _check_int_list(op, "steps", steps),
+            tensor_list(op, "params", params),
+            tensor_list(op, "grads", grads),
+            int_list(op, "stream_ids", stream_ids),
+            int_list(op, "element_offsets", element_offsets),
+            int_list(op, "steps", steps),
             lr=float(lr),
             weight_decay=float(weight_decay),
             temperature=float(temperature),

@@ -1,0 +1,198 @@
+"""The contract of every step backend (docs/spec.md#langevin-step).
+
+Each backend provides ``psgld_step_`` and ``sgld_step_`` with the arguments of the ops
+``torch.ops.sgmcmc_fused.psgld_step_`` / ``sgld_step_`` (schemas in csrc/ops.cpp): the
+per-tensor lists, then the scalars as keywords. `StepHyper` is those scalars as one
+typed object (the optimizer builds one per parameter group and passes
+``**hyper.op_kwargs()``), and `check_step_inputs` is the one input check of the Python
+backends (eager, foreach, Triton), with the messages and order of
+csrc/langevin/step_inputs.cpp, which the C++/CUDA ops run.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+#: Optimizer stream ids stay below bit 31, which marks DropConnect masks (docs/spec.md#stream-words).
+STEP_STREAM_ID_LIMIT = 1 << 31
+UINT32_LIMIT = 1 << 32
+INT64_LIMIT = 1 << 63
+
+
+def _finite_at_least(op: str, name: str, value: float, low: float, strict: bool = False) -> None:
+    ok = math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        raise ValueError(f"{op}: {name} must be a finite number {'>' if strict else '>='} {low}, got {value}")
+
+
+@dataclass(frozen=True)
+class StepHyper:
+    """The scalar arguments of one step call.
+
+    Attributes:
+        lr: step size of the mean loss per datum (>= 0).
+        weight_decay: Gaussian prior in mean-loss units (>= 0).
+        temperature: T (>= 0); 1 samples the posterior.
+        num_data: N, training-set size (>= 1).
+        add_noise: False makes pSGLD RMSprop and SGLD SGD.
+        seed: Philox key, in [0, 2^63).
+        alpha, eps: RMS decay in [0, 1) and eps > 0 (pSGLD); None for SGLD.
+    """
+
+    lr: float
+    weight_decay: float
+    temperature: float
+    num_data: int
+    add_noise: bool
+    seed: int
+    alpha: float | None = None
+    eps: float | None = None
+
+    @property
+    def preconditioned(self) -> bool:
+        return self.alpha is not None
+
+    @property
+    def noise_var_scale(self) -> float:
+        """2 · lr · T / N, the noise variance per unit preconditioner (0 with the noise off)."""
+        return 2.0 * self.lr * self.temperature / self.num_data if self.add_noise else 0.0
+
+    def op_kwargs(self) -> dict[str, float | int | bool]:
+        """The keyword arguments of psgld_step_ (with alpha, eps) or sgld_step_."""
+        kwargs = dict(
+            lr=float(self.lr),
+            weight_decay=float(self.weight_decay),
+            temperature=float(self.temperature),
+            num_data=operator.index(self.num_data),
+            add_noise=bool(self.add_noise),
+            seed=operator.index(self.seed),
+        )
+        if self.preconditioned:
+            kwargs.update(alpha=float(self.alpha), eps=float(self.eps))
+        return kwargs
+
+    def check(self, op: str) -> None:
+        """Raises ValueError naming `op` and the first value out of range."""
+        _finite_at_least(op, "lr", self.lr, 0.0)
+        _finite_at_least(op, "weight_decay", self.weight_decay, 0.0)
+        _finite_at_least(op, "temperature", self.temperature, 0.0)
+        if self.num_data < 1:
+            raise ValueError(f"{op}: num_data must be >= 1, got {self.num_data}")
+        if not 0 <= self.seed < INT64_LIMIT:
+            raise ValueError(f"{op}: seed must be in [0, 2^63), got {self.seed}")
+        if self.preconditioned:
+            if not 0.0 <= self.alpha < 1.0:
+                raise ValueError(f"{op}: alpha must be in [0, 1), got {self.alpha}")
+            _finite_at_least(op, "eps", self.eps, 0.0, strict=True)
+
+
+def tensor_list(op: str, name: str, tensors: object) -> list[torch.Tensor]:
+    """`tensors` as a list, or TypeError naming the first entry that is not a tensor."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError(f"{op}: {name} must be a list of tensors, got {type(tensors).__name__}")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name}[{i}] has type {type(t).__name__}, expected a torch.Tensor")
+    return list(tensors)
+
+
+def int_list(op: str, name: str, values: object) -> list[int]:
+    """`values` as a list of ints, or TypeError naming the first entry that is not one."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{op}: {name} must be a list of ints, got {type(values).__name__}")
+    checked = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool):
+            raise TypeError(f"{op}: {name}[{i}] has type bool, expected an int")
+        try:
+            checked.append(operator.index(v))
+        except TypeError:
+            raise TypeError(f"{op}: {name}[{i}] has type {type(v).__name__}, expected an int") from None
+    return checked
+
+
+def _check_tensor(op: str, i: int, p: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None) -> None:
+    if p.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: params[{i}] has dtype {p.dtype}; supported are float32, float64, float16 and bfloat16")
+    if p.layout != torch.strided or g.layout != torch.strided:
+        raise ValueError(f"{op}: params[{i}] or its grad is sparse; sparse gradients are not supported")
+    if g.device != p.device:
+        raise ValueError(f"{op}: grads[{i}] is on {g.device} but params[{i}] is on {p.device}")
+    if g.dtype != p.dtype:
+        raise TypeError(f"{op}: grads[{i}] has dtype {g.dtype} but params[{i}] has dtype {p.dtype}")
+    if g.shape != p.shape:
+        raise ValueError(f"{op}: grads[{i}] has shape {tuple(g.shape)} but params[{i}] has shape {tuple(p.shape)}")
+    if not p.is_contiguous():
+        raise ValueError(
+            f"{op}: params[{i}] is not contiguous; pass a contiguous tensor "
+            "(the optimizer copies non-contiguous parameters for you)"
+        )
+    if not g.is_contiguous():
+        raise ValueError(f"{op}: grads[{i}] is not contiguous")
+    if v is None:
+        return
+    want = torch.float64 if p.dtype == torch.float64 else torch.float32
+    if v.device != p.device:
+        raise ValueError(f"{op}: square_avgs[{i}] is on {v.device} but params[{i}] is on {p.device}")
+    if v.dtype != want:
+        raise TypeError(f"{op}: square_avgs[{i}] has dtype {v.dtype}, expected {want} for {p.dtype} params")
+    if v.shape != p.shape:
+        raise ValueError(
+            f"{op}: square_avgs[{i}] has shape {tuple(v.shape)} but params[{i}] has shape {tuple(p.shape)}"
+        )
+    if not v.is_contiguous():
+        raise ValueError(f"{op}: square_avgs[{i}] is not contiguous")
+
+
+def check_step_inputs(
+    op: str,
+    params: object,
+    grads: object,
+    square_avgs: object | None,
+    stream_ids: object,
+    element_offsets: object,
+    steps: object,
+    hyper: StepHyper,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None, list[int], list[int], list[int]]:
+    """Checks one step call (square_avgs None for SGLD) and returns its lists as lists.
+
+    Raises TypeError (types, dtypes) or ValueError (everything else) naming `op`, the list
+    index and the problem; nothing is updated by a call that raises.
+    """
+    params = tensor_list(op, "params", params)
+    grads = tensor_list(op, "grads", grads)
+    square_avgs = None if square_avgs is None else tensor_list(op, "square_avgs", square_avgs)
+    stream_ids = int_list(op, "stream_ids", stream_ids)
+    element_offsets = int_list(op, "element_offsets", element_offsets)
+    steps = int_list(op, "steps", steps)
+    n = len(params)
+    lists = [("grads", grads), ("stream_ids", stream_ids), ("element_offsets", element_offsets), ("steps", steps)]
+    if square_avgs is not None:
+        lists.insert(1, ("square_avgs", square_avgs))
+    for name, values in lists:
+        if len(values) != n:
+            raise ValueError(f"{op}: got {n} params but {len(values)} {name}")
+    hyper.check(op)
+    for i, p in enumerate(params):
+        if p.device != params[0].device:
+            raise ValueError(
+                f"{op}: params[{i}] is on {p.device} but params[0] is on {params[0].device}; "
+                "one call updates tensors of one device"
+            )
+        _check_tensor(op, i, p, grads[i], None if square_avgs is None else square_avgs[i])
+        if not 0 <= stream_ids[i] < STEP_STREAM_ID_LIMIT:
+            raise ValueError(
+                f"{op}: stream_ids[{i}] = {stream_ids[i]} is outside [0, 2^31) (the upper half of the "
+                "stream space belongs to DropConnect masks)"
+            )
+        if element_offsets[i] < 0:
+            raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is negative")
+        if not 0 <= steps[i] < UINT32_LIMIT:
+            raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
+    return params, grads, square_avgs, stream_ids, element_offsets, steps
