@@ -36,10 +36,11 @@
 #
 # Time limits in seconds (environment). On an H100 the steps take, estimated on
 # paper: build 60-90 (two .cu files for one arch, 16 jobs), tests 90-120 (mostly
-# Triton compiles), each sanitizer 20-40 (small tensors; the tools slow kernels, not
-# compiles), benchmarks 60-80; the defaults sum to 450 s, inside 8 minutes:
+# Triton compiles), each sanitizer 30-50 (small tensors; with lazy module loading
+# the tools instrument only the kernels that run), benchmarks 50-70. The defaults
+# sum to 470 s, inside 8 minutes:
 #   GPU_CHECK_BUILD_TIMEOUT (120), GPU_CHECK_TEST_TIMEOUT (150),
-#   GPU_CHECK_SANITIZER_TIMEOUT (45 each), GPU_CHECK_BENCH_TIMEOUT (90).
+#   GPU_CHECK_SANITIZER_TIMEOUT (60 each), GPU_CHECK_BENCH_TIMEOUT (80).
 set -u
 
 if [ "$#" -ne 1 ]; then
@@ -58,8 +59,8 @@ SUMMARY=$OUTDIR/summary.txt
 PYTHON=${PYTHON:-python}
 BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT:-120}
 TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-150}
-SANITIZER_TIMEOUT=${GPU_CHECK_SANITIZER_TIMEOUT:-45}
-BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-90}
+SANITIZER_TIMEOUT=${GPU_CHECK_SANITIZER_TIMEOUT:-60}
+BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-80}
 WHEELS=${GPU_CHECK_WHEELS:-.whl}
 # Small, CUDA-only cases of every CUDA kernel (step, noise, mask, cell) for the sanitizers.
 SANITIZER_TESTS=(
@@ -179,7 +180,7 @@ run_step tests "$TEST_TIMEOUT" "$OUTDIR/pytest_cuda.log" \
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for tool in memcheck racecheck; do
     run_step "$tool" "$SANITIZER_TIMEOUT" "$OUTDIR/$tool.log" \
-      env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      env PYTORCH_NO_CUDA_MEMORY_CACHING=1 CUDA_MODULE_LOADING=LAZY compute-sanitizer --tool "$tool" --error-exitcode 1 \
       "$PYTHON" -m pytest "${SANITIZER_TESTS[@]}" -m cuda -q -x -p no:cacheprovider
   done
 else

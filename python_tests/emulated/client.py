@@ -91,6 +91,9 @@ class EmulatedKernels:
                 self._process.kill()
                 self._process.wait()
         self._process = self._conn = None
+        if self._log is not None:  # a worker that ended normally leaves nothing to read
+            self._log.unlink(missing_ok=True)
+            self._log = None
 
     def _fail(self, what: str, hung: bool = False) -> None:
         assert self._process is not None and self._log is not None
