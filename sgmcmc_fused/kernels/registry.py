@@ -1,12 +1,14 @@
-"""The step backends and how one is chosen.
+"""The backends of both op families and how one is chosen.
 
-Every backend implements the same three functions with the arguments of
-`reference.psgld_step_`, `reference.sgld_step_` and `reference.philox_normal`,
-and says which inputs it cannot serve (`not_supported_reasons`, after
-xformers). `select_backend("auto", ...)` takes the first that fits: the CUDA
-kernel for CUDA tensors, the C++ kernel for CPU tensors, then Triton (CUDA
-tensors), then the eager reference. Asking for a backend by name that cannot
-serve the input raises with every reason.
+Every backend says which inputs it cannot serve (`not_supported_reasons`, after
+xformers); asking for one by name that cannot serve the input raises with every
+reason.
+
+Step backends (`BACKENDS`, `select_backend`) implement the same three functions with
+the arguments of `reference.psgld_step_`, `reference.sgld_step_` and
+`reference.philox_normal` (langevin/contract.py). "auto" takes the first that fits:
+the CUDA kernel for CUDA tensors, the C++ kernel for CPU tensors, then Triton (CUDA
+tensors), then the eager reference.
 
 | name      | devices                            | dtypes                 | noise                     |
 |-----------|------------------------------------|------------------------|---------------------------|
@@ -15,6 +17,11 @@ serve the input raises with every reason.
 | "triton"  | CUDA; CPU under TRITON_INTERPRET=1 | fp32, fp64, fp16, bf16 | docs/spec.md#noise-stream |
 | "eager"   | any                                | fp32, fp64, fp16, bf16 | docs/spec.md#noise-stream |
 | "foreach" | any                                | fp32, fp64             | torch.randn               |
+
+DropConnect LSTM layer backends (`LSTM_BACKENDS`, `select_lstm_backend`) implement
+`dropconnect_lstm_layer(input, h0, c0, w_ih, w_hh, bias, lengths, reverse, masks)` of
+lstm/reference.py: "cpu" and "cuda" (the compiled layer op), "triton" and "eager".
+"auto" takes the compiled op of the tensors' device, else the eager reference.
 """
 
 from __future__ import annotations
@@ -27,12 +34,28 @@ import torch
 
 from . import _library
 from .langevin import compiled, foreach, reference
+from .lstm import compiled as lstm_compiled
+from .lstm import reference as lstm_reference
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+class _Serves:
+    """What both kinds of backend share: `reasons`, and the no-GPU check on top of it."""
+
+    reasons: Callable[[torch.device, Sequence[torch.dtype]], list[str]]
+
+    def not_supported_reasons(self, device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
+        """Why this backend cannot update tensors of `device` with these dtypes (empty if it can)."""
+        device = torch.device(device)
+        reasons = self.reasons(device, dtypes)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            reasons.append("no CUDA device is available")
+        return reasons
+
+
 @dataclass(frozen=True)
-class Backend:
+class Backend(_Serves):
     """One implementation of the step ops."""
 
     name: str
@@ -42,13 +65,14 @@ class Backend:
     reasons: Callable[[torch.device, Sequence[torch.dtype]], list[str]]
     draws_spec_stream: bool = True
 
-    def not_supported_reasons(self, device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
-        """Why this backend cannot update tensors of `device` with these dtypes (empty if it can)."""
-        device = torch.device(device)
-        reasons = self.reasons(device, dtypes)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            reasons.append("no CUDA device is available")
-        return reasons
+
+@dataclass(frozen=True)
+class LstmBackend(_Serves):
+    """One implementation of the DropConnect LSTM layer (one direction)."""
+
+    name: str
+    layer: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    reasons: Callable[[torch.device, Sequence[torch.dtype]], list[str]]
 
 
 def _compiled_reasons(
@@ -119,6 +143,67 @@ BACKENDS: dict[str, Backend] = {
 }
 
 _AUTO_ORDER = ("cuda", "cpu", "triton", "eager")
+
+
+def _device_reasons(name: str, device_type: str) -> Callable[[torch.device], list[str]]:
+    def reasons(device: torch.device) -> list[str]:
+        return (
+            [] if device.type == device_type else [f"the {name} kernel needs {device_type} tensors, got {device.type}"]
+        )
+
+    return reasons
+
+
+def _lstm_compiled_reasons(device_type: str) -> Callable[[torch.device, Sequence[torch.dtype]], list[str]]:
+    on_device = _device_reasons(device_type.upper(), device_type)
+
+    def reasons(device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
+        return (
+            _dtype_reasons(dtypes, SUPPORTED_DTYPES) + on_device(device) + lstm_compiled.not_supported_reasons(device)
+        )
+
+    return reasons
+
+
+def _lstm_triton_layer(*args, **kwargs):
+    from .lstm import triton as lstm_triton
+
+    return lstm_triton.dropconnect_lstm_layer(*args, **kwargs)
+
+
+def _lstm_triton_reasons(device: torch.device, dtypes: Sequence[torch.dtype]) -> list[str]:
+    from .lstm import triton as lstm_triton
+
+    return _dtype_reasons(dtypes, SUPPORTED_DTYPES) + lstm_triton.not_supported_reasons(device)
+
+
+LSTM_BACKENDS: dict[str, LstmBackend] = {
+    "cpu": LstmBackend("cpu", lstm_compiled.dropconnect_lstm_layer, _lstm_compiled_reasons("cpu")),
+    "cuda": LstmBackend("cuda", lstm_compiled.dropconnect_lstm_layer, _lstm_compiled_reasons("cuda")),
+    "triton": LstmBackend("triton", _lstm_triton_layer, _lstm_triton_reasons),
+    "eager": LstmBackend(
+        "eager", lstm_reference.dropconnect_lstm_layer, lambda device, dtypes: _dtype_reasons(dtypes, SUPPORTED_DTYPES)
+    ),
+}
+
+
+def select_lstm_backend(impl: str, device: torch.device, dtypes: Sequence[torch.dtype]) -> LstmBackend:
+    """The LSTM layer backend `impl` ("auto" or a name of LSTM_BACKENDS) for tensors of `device`.
+
+    Raises:
+        ValueError: `impl` is unknown, or names a backend that cannot run the layer (the
+            message lists every reason).
+    """
+    device = torch.device(device)
+    if impl == "auto":
+        candidate = LSTM_BACKENDS["cuda" if device.type == "cuda" else "cpu"]
+        return candidate if not candidate.not_supported_reasons(device, dtypes) else LSTM_BACKENDS["eager"]
+    if impl not in LSTM_BACKENDS:
+        raise ValueError(f"unknown impl {impl!r}; choose 'auto' or one of {sorted(LSTM_BACKENDS)}")
+    why = LSTM_BACKENDS[impl].not_supported_reasons(device, dtypes)
+    if why:
+        raise ValueError(f"impl={impl!r} cannot run this LSTM layer: " + "; ".join(why))
+    return LSTM_BACKENDS[impl]
 
 
 def select_backend(impl: str, device: torch.device, dtypes: Sequence[torch.dtype]) -> Backend:

@@ -23,12 +23,13 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..kernels.lstm import reference as lstm_reference
+from ..kernels.registry import LSTM_BACKENDS
 from ..kernels.stream import draw_seed
 from .functional import DropConnect, dropconnect_lstm_layer
 
 #: Which weight matrices each `masked` value masks, as (mask_ih, mask_hh).
 MASKED_MATRICES = {"hh": (False, True), "ih": (True, False), "both": (True, True)}
-IMPLS = ("auto", "cpu", "cuda", "triton", "eager")
+IMPLS = ("auto", *LSTM_BACKENDS)
 #: The Philox step word is 32 bits; the call counter wraps around after 2^32 training calls.
 _CALL_MODULUS = 2**32
 

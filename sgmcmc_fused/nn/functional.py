@@ -7,54 +7,31 @@
 | "cpu"    | the C++ layer op: time loop in C++, oneDNN/MKL GEMMs, fused SIMD cell |
 | "cuda"   | the same loop with cuBLAS GEMMs and fused CUDA cell kernels         |
 | "triton" | Triton mask and cell kernels, time loop in Python                   |
-| "eager"  | lstm_reference.lstm_layer with explicit masks (the oracle)          |
+| "eager"  | the reference layer with explicit masks (the oracle)                |
 
-"auto" takes "cuda" for CUDA tensors and "cpu" for CPU tensors when the
-extension has the kernels, else "eager".
+The backends and the choice among them are those of `sgmcmc_fused.kernels.registry`
+(`LSTM_BACKENDS`): "auto" takes "cuda" for CUDA tensors and "cpu" for CPU tensors when
+the extension has the kernels, else "eager".
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..kernels.lstm import compiled as lstm_compiled
-from ..kernels.lstm import reference as lstm_reference
 from ..kernels.lstm.reference import DropConnect
-
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from ..kernels.registry import LSTM_BACKENDS, select_lstm_backend
 
 
 def not_supported_reasons(impl: str, device: torch.device, dtype: torch.dtype) -> list[str]:
     """Why `impl` cannot run a layer on `device` with `dtype` (empty if it can)."""
-    device = torch.device(device)
-    reasons = [] if dtype in SUPPORTED_DTYPES else [f"unsupported dtype {dtype}"]
-    if impl == "cpu":
-        reasons += [] if device.type == "cpu" else [f"the CPU kernel needs cpu tensors, got {device.type}"]
-        reasons += lstm_compiled.not_supported_reasons(device)
-    elif impl == "cuda":
-        reasons += [] if device.type == "cuda" else [f"the CUDA kernel needs cuda tensors, got {device.type}"]
-        reasons += lstm_compiled.not_supported_reasons(device)
-    elif impl == "triton":
-        from ..kernels.lstm import triton as lstm_triton
-
-        reasons += lstm_triton.not_supported_reasons(device)
-    elif impl != "eager":
-        raise ValueError(f"unknown impl {impl!r}; choose 'auto', 'cpu', 'cuda', 'triton' or 'eager'")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        reasons.append("no CUDA device is available")
-    return reasons
+    if impl not in LSTM_BACKENDS:
+        raise ValueError(f"unknown impl {impl!r}; choose 'auto' or one of {sorted(LSTM_BACKENDS)}")
+    return LSTM_BACKENDS[impl].not_supported_reasons(torch.device(device), [dtype])
 
 
 def select_impl(impl: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend name for `impl` ("auto" or a name); raises ValueError listing every reason."""
-    device = torch.device(device)
-    if impl == "auto":
-        candidate = "cuda" if device.type == "cuda" else "cpu"
-        return candidate if not not_supported_reasons(candidate, device, dtype) else "eager"
-    why = not_supported_reasons(impl, device, dtype)
-    if why:
-        raise ValueError(f"impl={impl!r} cannot run this LSTM layer: " + "; ".join(why))
-    return impl
+    return select_lstm_backend(impl, torch.device(device), [dtype]).name
 
 
 def dropconnect_lstm_layer(
@@ -82,20 +59,5 @@ def dropconnect_lstm_layer(
     """
     bias = None if b_ih is None else b_ih + b_hh
     masks = dropconnect if dropconnect is not None and dropconnect.active() else None
-    backend = select_impl(impl, input.device, input.dtype)
-    if backend == "eager":
-        if masks is not None:
-            if masks.mask_ih:
-                w_ih = lstm_reference.apply_mask(
-                    w_ih, lstm_reference.dropconnect_mask(w_ih.shape, masks.seed, masks.ih_weight_id, masks.call,
-                                                          masks.p, masks.kind, w_ih.device))  # fmt: skip
-            if masks.mask_hh:
-                w_hh = lstm_reference.apply_mask(
-                    w_hh, lstm_reference.dropconnect_mask(w_hh.shape, masks.seed, masks.hh_weight_id, masks.call,
-                                                          masks.p, masks.kind, w_hh.device))  # fmt: skip
-        return lstm_reference.lstm_layer(input, h0, c0, w_ih, w_hh, bias, lengths, reverse)
-    if backend == "triton":
-        from ..kernels.lstm import triton as lstm_triton
-
-        return lstm_triton.dropconnect_lstm_layer(input, h0, c0, w_ih, w_hh, bias, lengths, reverse, masks)
-    return lstm_compiled.dropconnect_lstm_layer(input, h0, c0, w_ih, w_hh, bias, lengths, reverse, masks)
+    backend = select_lstm_backend(impl, input.device, [input.dtype])
+    return backend.layer(input, h0, c0, w_ih, w_hh, bias, lengths, reverse, masks)

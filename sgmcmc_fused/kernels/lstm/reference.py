@@ -203,3 +203,28 @@ def lstm_layer(
         outputs[t] = h
     output = torch.stack(outputs) if steps else input.new_zeros(0, h0.shape[0], hidden)
     return output, h, c
+
+
+def dropconnect_lstm_layer(
+    input: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    bias: torch.Tensor | None,
+    lengths: torch.Tensor | None = None,
+    reverse: bool = False,
+    masks: DropConnect | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """lstm_layer on the masked weights, the masks drawn explicitly: the oracle of the
+    DropConnect layer, with the arguments of every layer backend (bias = b_ih + b_hh)."""
+    if masks is not None and masks.active():
+        if masks.mask_ih:
+            mask = dropconnect_mask(w_ih.shape, masks.seed, masks.ih_weight_id, masks.call, masks.p, masks.kind,
+                                    w_ih.device)  # fmt: skip
+            w_ih = apply_mask(w_ih, mask)
+        if masks.mask_hh:
+            mask = dropconnect_mask(w_hh.shape, masks.seed, masks.hh_weight_id, masks.call, masks.p, masks.kind,
+                                    w_hh.device)  # fmt: skip
+            w_hh = apply_mask(w_hh, mask)
+    return lstm_layer(input, h0, c0, w_ih, w_hh, bias, lengths, reverse)
