@@ -21,7 +21,7 @@ import torch
 
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
-from sgmcmc_fused.train.classify_data import encode_split, load_classify_data, make_synthetic_task
+from sgmcmc_fused.train.classify.data import encode_split, load_classify_data, make_synthetic_task
 
 #: 1350 training sentences / batch 50 = 27 steps per epoch; burn-in 2 epochs (54 steps), a sample every
 #: round(0.25 * 27) = 7 steps: samples after steps 61, 68, ..., 159 (15 of them) in 6 epochs (162 steps).
@@ -298,8 +298,10 @@ def test_resume_after_a_stop_is_bit_identical(tmp_path):
     ref = tmp_path / "ref"
     assert main([*TINY, "--method", "psgld", "--epochs", "4", "--out", str(ref)]) == 0
     out = tmp_path / "stopped"
-    # Stop mid-epoch (step 70: after the first samples), then resume from the checkpoint.
-    assert main([*TINY, "--method", "psgld", "--epochs", "4", "--stop-after-steps", "70", "--out", str(out)]) == 0
+    # Checkpoint within epochs (every 25 of the 27 steps an epoch) without stopping, stop mid-epoch
+    # (step 70: after the first samples), then resume from the checkpoint.
+    stop = ["--checkpoint-every", "25", "--stop-after-steps", "70"]
+    assert main([*TINY, "--method", "psgld", "--epochs", "4", *stop, "--out", str(out)]) == 0
     assert not (out / "results.json").exists()
     assert main(["classify", "--resume", str(out), "--no-progress", "--quiet"]) == 0
     assert (out / "psgld" / "predictions.csv").read_bytes() == (ref / "psgld" / "predictions.csv").read_bytes()

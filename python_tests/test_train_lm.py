@@ -24,11 +24,11 @@ from sgmcmc_fused.bayes import perplexity_by_num_samples, split_rhat
 from sgmcmc_fused.data import batchify
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint, write_checkpoint
-from sgmcmc_fused.train.language_model import LanguageModel, target_probabilities
-from sgmcmc_fused.train.lm import RESULT_COLUMNS
-from sgmcmc_fused.train.lm_config import DEFAULT_SAMPLES_ON_DISK
-from sgmcmc_fused.train.lm_data import load_lm_data
-from sgmcmc_fused.train.lm_trainer import EPOCH_COLUMNS, SAMPLE_COLUMNS
+from sgmcmc_fused.train.lm.command import RESULT_COLUMNS
+from sgmcmc_fused.train.lm.config import DEFAULT_SAMPLES_ON_DISK
+from sgmcmc_fused.train.lm.data import load_lm_data
+from sgmcmc_fused.train.lm.model import LanguageModel, target_probabilities
+from sgmcmc_fused.train.lm.trainer import EPOCH_COLUMNS, SAMPLE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A tiny configuration: 20000 tokens / (batch 10 x bptt 10) = 200 steps per epoch.

@@ -61,9 +61,10 @@ class Backend(_Serves):
     name: str
     psgld_step_: Callable[..., None]
     sgld_step_: Callable[..., None]
+    #: The noise stream alone (docs/spec.md#noise-stream); None for a backend that draws its noise
+    #: from torch's generator instead (foreach, the baseline).
     philox_normal: Callable[..., torch.Tensor] | None
     reasons: Callable[[torch.device, Sequence[torch.dtype]], list[str]]
-    draws_spec_stream: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,6 @@ BACKENDS: dict[str, Backend] = {
         foreach.sgld_step_,
         None,
         lambda device, dtypes: _dtype_reasons(dtypes, (torch.float32, torch.float64)),
-        draws_spec_stream=False,
     ),
 }
 

@@ -29,11 +29,6 @@ def not_supported_reasons(impl: str, device: torch.device, dtype: torch.dtype) -
     return LSTM_BACKENDS[impl].not_supported_reasons(torch.device(device), [dtype])
 
 
-def select_impl(impl: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend name for `impl` ("auto" or a name); raises ValueError listing every reason."""
-    return select_lstm_backend(impl, torch.device(device), [dtype]).name
-
-
 def dropconnect_lstm_layer(
     input: torch.Tensor,
     h0: torch.Tensor,

@@ -12,13 +12,14 @@ Commands (each a module of this package with a ``register(subparsers)`` function
 - ``download``: fetches the public corpora (PTB, Tiny Shakespeare, TREC, SST-2, ...) for users with a
   network (`sgmcmc_fused.data.download`).
 
-Each trainer is a command module (options, the run, the final table) over its parts: ``lm`` over
-`lm_config`, `lm_data`, `language_model`, `lm_trainer` (one method) and `lm_chains`; ``classify`` over
-`classify_config`, `classify_data`, `sentence_model` and `classify_trainer`.
-
-Shared pieces: `methods` (the optimizer factory), `options` (shared options and checks), `run_control`
-(device, messages, Ctrl-C), `checkpoint` (atomic saves, weights_only loads), `distributed` (DDP),
-`runlog` (CSV/JSON logs), `plots`.
+Layout: a folder per task, each with ``command`` (a `command.Task`: its options, its run, its table),
+``config`` (a `config.RunConfig` dataclass, saved as config.json), ``data``, ``model`` and ``trainer``
+(a `sampler_trainer.SamplerTrainer`). What the tasks share is written once beside them: `command`
+(output folder, resumed configuration, torchrun, messages, Ctrl-C), `sampler_trainer` (burn-in,
+thinning, sample collection, checkpoint save and restore), `config` and `options` (the shared fields
+and option groups), `methods` (the optimizer factory), `checkpoint` (atomic saves, weights_only
+loads), `distributed` (DDP), `run_control` (device, messages, Ctrl-C), `runlog` (CSV/JSON logs). A new
+task is its folder of those five modules and a line in `cli.SUBCOMMANDS`.
 """
 
 from .cli import main

@@ -1,19 +1,25 @@
-"""Command-line options and checks shared by the trainers' configurations (`lm_config`, `classify_config`)."""
+"""Command-line options every training task shares, one function per option group, and the pieces that
+turn them into a configuration (`sgmcmc_fused.train.config.RunConfig`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .methods import METHODS, parse_lrs
+from .methods import METHODS, default_lr, parse_lrs
 
 DEFAULT_METHODS = ("rmsprop", "psgld")
+
+#: Options that only steer how a run executes, not what it computes: --resume accepts them.
+RUN_CONTROL = frozenset({
+    "out", "resume", "device", "threads", "checkpoint_every", "stop_after_steps", "progress", "quiet",
+    "func", "parser", "command",
+})  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -27,7 +33,48 @@ def need(ok: bool, msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# options
+# presets
+
+
+@dataclass(frozen=True)
+class PresetField:
+    """A configuration field whose default comes from the preset, with its option ``--dest-name``."""
+
+    dest: str
+    type: type
+    help: str
+
+
+#: The preset fields of the sampling schedule, the same in every task.
+SCHEDULE_FIELDS = (
+    PresetField("burn_in", str, "steps (N) or epochs (Nep) before the samplers' noise and the sample collection start"),
+    PresetField("thin", str, "steps (N) or epochs (Nep, may be fractional) between collected samples"),
+)
+
+
+def add_preset_arguments(
+    group: argparse._ArgumentGroup, fields: Sequence[PresetField], presets: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """One option per preset field (default None: the preset's value), the presets' values in its help."""
+    for f in fields:
+        values = ", ".join(
+            f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+            for name, preset in presets.items()
+            if (value := preset.get(f.dest)) is not None
+        )
+        group.add_argument(
+            "--" + f.dest.replace("_", "-"), dest=f.dest, type=f.type, default=None,
+            help=f"{f.help}. Presets: {values}",
+        )  # fmt: skip
+
+
+def preset_values(args: argparse.Namespace, preset: Mapping[str, Any], fields: Sequence[PresetField]) -> dict[str, Any]:
+    """The preset fields: each option given, else the preset's value."""
+    return {f.dest: preset[f.dest] if getattr(args, f.dest) is None else getattr(args, f.dest) for f in fields}
+
+
+# ---------------------------------------------------------------------------------------------------
+# option groups
 
 
 def add_dropconnect_arguments(group: argparse._ArgumentGroup, masked_help: str) -> None:
@@ -42,23 +89,74 @@ def add_dropconnect_arguments(group: argparse._ArgumentGroup, masked_help: str) 
     group.add_argument("--masked", choices=["hh", "ih", "both"], default="hh", help=masked_help)
 
 
-def add_rms_arguments(group: argparse._ArgumentGroup) -> None:
-    """--alpha and --eps of rmsprop/psgld."""
+def add_method_arguments(group: argparse._ArgumentGroup, *, datum: str, lr_defaults: str, temperature: str) -> None:
+    """The methods and their optimizer and sampler options.
+
+    Args:
+        datum: what one training datum is ("token", "sentence"): the unit of N.
+        lr_defaults: the default learning rates, for the help text.
+        temperature: the default --temperature.
+    """
+    group.add_argument(
+        "--method",
+        dest="methods",
+        nargs="+",
+        action="extend",
+        metavar="METHOD",
+        help=f"one or more of {', '.join(METHODS)} (also comma-separated), run one after another "
+        f"from the same initialisation and data order (default: {' '.join(DEFAULT_METHODS)})",
+    )
+    group.add_argument(
+        "--lr",
+        action="append",
+        metavar="[METHOD=]LR",
+        help=f"learning rate, for every method or for one (repeatable). Defaults: {lr_defaults}",
+    )
+    group.add_argument(
+        "--temperature",
+        default=temperature,
+        metavar="T",
+        help=f"posterior temperature of the samplers: a number (1 = the Bayes posterior) or K/N, K over the "
+        f"number of training {datum}s (default %(default)s, the noise scale of Gan et al.'s reference code; "
+        "docs/results.md says why not 1)",
+    )
+    group.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="Gaussian prior precision / num_data (mean-loss units), all methods",
+    )
     group.add_argument("--alpha", type=float, default=0.99, help="RMS decay of rmsprop/psgld")
     group.add_argument("--eps", type=float, default=1e-5, help="rmsprop/psgld eps, outside the square root")
-
-
-def add_nan_policy_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--average-optimizers",
+        action="store_true",
+        help="also collect and average snapshots of sgd/rmsprop after burn-in (off: the optimisers "
+        "predict with their final weights)",
+    )
     group.add_argument(
         "--nan-policy",
         choices=["raise", "skip"],
         default="raise",
         help="a NaN/inf gradient: stop with the parameter's name, or skip the step",
     )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialisation, dropout, data order, DropConnect masks and noise",
+    )
 
 
-def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
-    """--device, --threads, --step-impl and --lstm-impl."""
+def add_run_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> argparse._ArgumentGroup:
+    """The options in `RUN_CONTROL` (where and how the run executes); returns their group for more."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", metavar="DIR", help=f"output folder (default {default_out})")
+    group.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR exactly from its checkpoints (only --epochs may change)",
+    )
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
     group.add_argument(
         "--threads",
@@ -69,6 +167,76 @@ def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
         "--step-impl", default="auto", help="backend of the optimizer step (see sgmcmc_fused.availability())"
     )
     group.add_argument("--lstm-impl", default="auto", help="backend of the DropConnect LSTM")
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also checkpoint every STEPS steps within an epoch (default: at epoch ends only)",
+    )
+    group.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="STEPS",
+        help="checkpoint and stop once the current method has taken STEPS steps (resume later)",
+    )
+    prog = group.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bars")
+    prog.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (default: bars when stderr is a terminal)",
+    )
+    group.add_argument("--quiet", action="store_true", help="print the final table only")
+    return group
+
+
+# ---------------------------------------------------------------------------------------------------
+# resolution
+
+
+def parse_methods(specs: list[str] | None) -> tuple[str, ...]:
+    """The --method list (default DEFAULT_METHODS).
+
+    Raises:
+        ConfigError: an unknown or repeated method, or none.
+    """
+    methods = [m for spec in (specs or DEFAULT_METHODS) for m in spec.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--method lists a method twice: {' '.join(methods)}")
+    if not methods:
+        raise ConfigError("--method: no method given")
+    return tuple(methods)
+
+
+def learning_rates(
+    specs: list[str] | None, methods: Sequence[str], *, sgd_lr: float, rms_lr: float
+) -> dict[str, float]:
+    """The learning rate of every method: --lr where given, else its default (`default_lr`).
+
+    Raises:
+        ConfigError: a malformed --lr.
+    """
+    try:
+        given = parse_lrs(specs, methods)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {m: given.get(m, default_lr(m, sgd_lr=sgd_lr, rms_lr=rms_lr)) for m in methods}
+
+
+def shared_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `RunConfig` fields that every task takes from the same options."""
+    return {
+        name: getattr(args, name)
+        for name in (
+            "dropconnect", "mask", "masked", "temperature", "weight_decay", "alpha", "eps", "average_optimizers",
+            "nan_policy", "seed", "step_impl", "lstm_impl",
+        )
+    }  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -89,117 +257,3 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def add_output_arguments(group: argparse._ArgumentGroup) -> None:
-    """--progress / --no-progress and --quiet."""
-    prog = group.add_mutually_exclusive_group()
-    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bars")
-    prog.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bars (default: bars when stderr is a terminal)",
-    )
-    group.add_argument("--quiet", action="store_true", help="print the final table only")
-
-
-# ---------------------------------------------------------------------------------------------------
-# resolution and checks
-
-
-def parse_methods(specs: list[str] | None) -> list[str]:
-    methods = [m for spec in (specs or DEFAULT_METHODS) for m in spec.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ConfigError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"--method lists a method twice: {' '.join(methods)}")
-    if not methods:
-        raise ConfigError("--method: no method given")
-    return methods
-
-
-def preset_config(
-    args: argparse.Namespace,
-    data: dict[str, Any],
-    presets: dict[str, dict[str, Any]],
-    default_preset: dict[str, str],
-    preset_fields: list[tuple[str, type, str]],
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """The start of a new run's configuration: the preset (--preset, else the default for the data kind)
-    with the preset fields given as options overriding it, and the methods.
-
-    Returns the configuration (preset, data, the preset fields, methods) and the learning rates given
-    with --lr, by method.
-
-    Raises:
-        ConfigError: a malformed --method or --lr.
-    """
-    preset = args.preset or default_preset[data["kind"]]
-    cfg: dict[str, Any] = {"preset": preset, "data": data}
-    for dest, _, _ in preset_fields:
-        value = getattr(args, dest)
-        cfg[dest] = presets[preset][dest] if value is None else value
-    methods = parse_methods(args.methods)
-    try:
-        given = parse_lrs(args.lr, methods)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg["methods"] = methods
-    return cfg, given
-
-
-def check_optimizer_config(cfg: dict[str, Any]) -> None:
-    """Range checks of --weight-decay, --alpha, --eps, --burn-in and --thin."""
-    need(
-        math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0,
-        f"--weight-decay must be >= 0, got {cfg['weight_decay']}",
-    )
-    need(0 <= cfg["alpha"] < 1, f"--alpha must be in [0, 1), got {cfg['alpha']}")
-    need(cfg["eps"] > 0, f"--eps must be > 0, got {cfg['eps']}")
-    # The step specs are checked against an epoch length here; the real one is known once data is loaded.
-    parse_steps(cfg["burn_in"], 1, "--burn-in", minimum=0)
-    parse_steps(cfg["thin"], 1, "--thin", minimum=1)
-
-
-def parse_steps(spec: str | int, steps_per_epoch: int, option: str, minimum: int = 0) -> int:
-    """A step count: ``"500"`` (steps) or ``"2ep"`` / ``"0.25ep"`` (epochs, rounded to whole steps).
-
-    Raises:
-        ConfigError: malformed, or below `minimum` after rounding (fractions of an epoch round up to 1
-            step when minimum is 1).
-    """
-    text = str(spec).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ep|epochs?)", text)
-    if match:
-        value = float(match.group(1))
-        steps = round(value * steps_per_epoch)
-        if value > 0:
-            steps = max(steps, 1)
-    elif text.isdigit():
-        steps = int(text)
-    else:
-        raise ConfigError(f"{option} {spec!r}: expected a number of steps (500) or of epochs (2ep, 0.25ep)")
-    if steps < minimum:
-        raise ConfigError(f"{option} {spec!r}: must be at least {minimum} step{'s' if minimum != 1 else ''}")
-    return steps
-
-
-def temperature(spec: str | float, num_data: int) -> float:
-    """The temperature of a --temperature spec: a number, or "K/N" = K / num_data.
-
-    Raises:
-        ConfigError: malformed, negative or not finite.
-    """
-    text = str(spec).strip()
-    try:
-        if text.upper().endswith("/N"):
-            value = float(text[:-2]) / num_data
-        else:
-            value = float(text)
-    except ValueError:
-        raise ConfigError(f"--temperature {spec!r}: expected a number (1, 0.01) or K/N (1/N, 10/N)") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"--temperature {spec!r}: must be a finite number >= 0")
-    return value

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import successive_batches
-from ..nn import DropConnectLSTM
+from ...data import successive_batches
+from ...nn import DropConnectLSTM
 
 #: Hidden state of the LSTM: (h, c), each [L, B, H].
 Hidden = tuple[torch.Tensor, torch.Tensor]
@@ -70,12 +70,6 @@ class LanguageModel(nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 p.uniform_(-init_scale, init_scale)
-
-    def init_hidden(self, batch_size: int) -> Hidden:
-        """Zero (h, c), each [L, B, H], on the parameters' device and dtype."""
-        w = self.decoder.weight
-        zeros = w.new_zeros(self.num_layers, batch_size, self.hidden_size)
-        return zeros, zeros.clone()
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: [T, B] token ids (int64). Returns logits [T, B, V] and the final (h, c), each [L, B, H]."""

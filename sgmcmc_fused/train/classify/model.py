@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..nn import DropConnectLSTM
+from ...nn import DropConnectLSTM
 
 #: Range of the uniform initialisation of word vectors not taken from a pretrained file (Kim 2014).
 EMBEDDING_INIT = 0.25

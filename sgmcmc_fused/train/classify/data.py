@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Vocabulary, kfold_splits, load_labelled_sentences, load_word2vec_text
-from .options import ConfigError
+from ...data import Vocabulary, kfold_splits, load_labelled_sentences, load_word2vec_text
+from ..options import ConfigError
 
 #: The token of words outside a split's training vocabulary.
 UNK = "<unk>"

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..data import (
+from ...data import (
     Corpus,
     batchify,
     load_char_corpus,
@@ -22,7 +22,7 @@ from ..data import (
     random_batches,
     successive_batches,
 )
-from .lm_config import ConfigError
+from ..options import ConfigError
 
 
 @dataclass
@@ -54,7 +54,7 @@ class LMData:
 
 
 def load_lm_data(spec: dict[str, Any]) -> LMData:
-    """Load the corpus described by the configuration's ``data`` entry (see `lm_config.data_spec`).
+    """Load the corpus described by the configuration's ``data`` entry (see `sgmcmc_fused.train.lm.config.data_spec`).
 
     Raises:
         ConfigError: a path that does not exist or does not hold a corpus, or an unreadable corpus

@@ -1,6 +1,6 @@
 """Independent chains of one method (``--chains K``): their seeds, folders, and pooled result.
 
-Chain k is the run's configuration with seed SEED + k: its own initialisation, data order, dropout,
+Chain k is the run's configuration with seed SEED + k (`LMConfig.chain`): its own initialisation, data order, dropout,
 DropConnect masks and noise. It trains in ``OUT/METHOD/chain-k`` like a single run. Pooling reads what
 the chains left on disk (their final checkpoints and logs), so it works the same whether the chains ran
 one after another in this process or on different ranks, and after a resume.
@@ -14,21 +14,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..bayes import PredictiveAverager, split_rhat
-from .checkpoint import load_checkpoint
-
-
-def chain_config(cfg: dict[str, Any], k: int) -> dict[str, Any]:
-    """The configuration chain `k` trains with: `cfg` with seed cfg["seed"] + k."""
-    return {**cfg, "seed": cfg["seed"] + k}
+from ...bayes import PredictiveAverager, split_rhat
+from ..checkpoint import load_checkpoint
+from .config import LMConfig
 
 
 def chain_dir(out: Path, method: str, k: int) -> Path:
     return Path(out) / method / f"chain-{k}"
 
 
-def pool_chains(method: str, cfg: dict[str, Any], out: Path, checkpoint_format: str) -> dict[str, Any]:
-    """The result row of `method`'s cfg["chains"] finished chains under `out`.
+def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -> dict[str, Any]:
+    """The result row of `method`'s `cfg.chains` finished chains under `out`.
 
     test_avg_ppl / valid_avg_ppl: perplexity of the average over all the chains' samples (each chain's
     running mean weighted by its total sample weight: its sample count, for uniform averaging);
@@ -42,7 +38,7 @@ def pool_chains(method: str, cfg: dict[str, Any], out: Path, checkpoint_format: 
         ValueError: a chain has not finished (its log holds no result).
     """
     results, valid_avgs, test_avgs, traces = [], [], [], []
-    for k in range(cfg["chains"]):
+    for k in range(cfg.chains):
         run_dir = chain_dir(out, method, k)
         log = json.loads((run_dir / "log.json").read_text())
         if log.get("result") is None:
@@ -57,14 +53,14 @@ def pool_chains(method: str, cfg: dict[str, Any], out: Path, checkpoint_format: 
     valid, test = PredictiveAverager.pooled(valid_avgs), PredictiveAverager.pooled(test_avgs)
     has_avg = test.num_samples > 0
     return {
-        "method": method, "lr": cfg["lr"][method], "epochs": results[0]["epochs"], "steps": results[0]["steps"],
+        "method": method, "lr": cfg.lr[method], "epochs": results[0]["epochs"], "steps": results[0]["steps"],
         "test_ppl": statistics.fmean(r["test_ppl"] for r in results),
         "test_avg_ppl": test.perplexity() if has_avg else None,
         "valid_ppl": statistics.fmean(r["valid_ppl"] for r in results),
         "valid_avg_ppl": valid.perplexity() if has_avg else None,
         "num_samples": test.num_samples,
         "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in results),
-        "chains": cfg["chains"],
+        "chains": cfg.chains,
         "split_rhat": split_rhat(traces) if min(len(t) for t in traces) >= 4 else None,
         "chain_test_avg_ppl": [r["test_avg_ppl"] for r in results],
         "test_avg_ppl_by_samples": [],

@@ -1,0 +1,187 @@
+"""The skeleton every training command runs: options, the output folder or the resumed run, the
+processes of torchrun, messages and Ctrl-C, around a task's own data loading and training.
+
+A task (``lm``, ``classify``) is a `Task` subclass that says what is particular to it: its options,
+how they become its configuration, how its data load and are checked, and how its methods train and
+report. `Task.register` adds it to ``python -m sgmcmc_fused.train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .checkpoint import CheckpointError
+from .config import RunConfig
+from .distributed import World, barrier, gather_objects, run_in_world
+from .options import RUN_CONTROL, ConfigError, cpu_threads
+from .run_control import InterruptFlag, Printer, Stop, resolve_device
+from .runlog import write_json
+
+
+@dataclass
+class Session:
+    """One execution of a command: what a task's `Task.train` works with.
+
+    Attributes:
+        cfg: the run's configuration (new, or the resumed run's).
+        out: the run's folder (what --resume takes).
+        say: prints a message (rank 0 only; none with --quiet unless forced).
+        progress: whether to show progress bars (rank 0 only).
+        interrupted: true once Ctrl-C was pressed; trainers checkpoint and stop.
+    """
+
+    args: argparse.Namespace
+    cfg: Any
+    out: Path
+    world: World
+    device: torch.device
+    say: Printer
+    progress: bool
+    interrupted: InterruptFlag
+
+    def trainer_options(self) -> dict[str, Any]:
+        """The keyword arguments every `SamplerTrainer` takes from the session."""
+        return dict(world=self.world, say=self.say, progress=self.progress, run_root=self.out)
+
+    def train_options(self) -> dict[str, Any]:
+        """The keyword arguments of `SamplerTrainer.train`."""
+        return dict(
+            stop_after=self.args.stop_after_steps,
+            checkpoint_every=self.args.checkpoint_every,
+            interrupted=self.interrupted,
+        )
+
+
+class Task(ABC):
+    """A training command: ``python -m sgmcmc_fused.train NAME``."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    #: The --help text (the command module's docstring).
+    description: ClassVar[str]
+    config_type: ClassVar[type[RunConfig]]
+    #: Options that --resume accepts (they do not change what the run computes).
+    run_control: ClassVar[frozenset[str]] = RUN_CONTROL
+
+    @abstractmethod
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the task's options (`sgmcmc_fused.train.options` has the shared groups)."""
+
+    @abstractmethod
+    def new_config(self, args: argparse.Namespace) -> RunConfig:
+        """The configuration of a new run from the options. Raises ConfigError."""
+
+    @abstractmethod
+    def run_name(self, cfg: RunConfig) -> str:
+        """The default folder name under runs/ (a time stamp is appended)."""
+
+    @abstractmethod
+    def load_data(self, cfg: RunConfig, args: argparse.Namespace, world: World) -> tuple[RunConfig, Any]:
+        """Load and check the data; returns the configuration (completed from the data where it
+        depends on them) and the data. Raises ConfigError."""
+
+    @abstractmethod
+    def train(self, session: Session, data: Any) -> int:
+        """Train every method, write the results and print the table (rank 0); returns the exit status."""
+
+    # -- the skeleton --------------------------------------------------------------------------------
+
+    def register(self, subparsers: argparse._SubParsersAction) -> None:
+        """Add the subcommand."""
+        parser = subparsers.add_parser(
+            self.name,
+            help=self.help,
+            description=self.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self.add_arguments(parser)
+        parser.set_defaults(func=self.run, parser=parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        """Run the command; bad options, data and checkpoints become a usage error (exit status 2)."""
+        try:
+            if args.checkpoint_every < 0:
+                raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+            if args.stop_after_steps is not None and args.stop_after_steps < 1:
+                raise ConfigError(f"--stop-after-steps must be >= 1, got {args.stop_after_steps}")
+            with cpu_threads(args.threads):
+                return run_in_world(resolve_device(args.device), lambda world, device: self._run(args, world, device))
+        except (ConfigError, CheckpointError) as e:
+            args.parser.error(str(e))
+        return 2  # not reached: parser.error exits
+
+    def _run(self, args: argparse.Namespace, world: World, device: torch.device) -> int:
+        if args.resume:
+            out = Path(args.resume)
+            cfg = self._resumed_config(args, out)
+        else:
+            cfg = self.new_config(args)
+            default = f"runs/{self.run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+            # Every rank must write to rank 0's folder (the clock may pass a second between ranks).
+            out = Path(args.out) if args.out else Path(gather_objects(default, world)[0])
+            if (out / "config.json").exists():
+                raise ConfigError(
+                    f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out"
+                )
+        cfg, data = self.load_data(cfg, args, world)
+        barrier(world)  # every rank has checked --out before rank 0 writes into it
+        if world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", cfg.to_json())
+        barrier(world)
+        progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
+        say = Printer(args.quiet, silent=not world.is_main)
+        with InterruptFlag() as interrupted:
+            session = Session(args, cfg, out, world, device, say, progress and world.is_main, interrupted)
+            try:
+                return self.train(session, data)
+            except Stop as stop:
+                say(str(stop), force=True)
+                return stop.status
+
+    def _resumed_config(self, args: argparse.Namespace, out: Path) -> RunConfig:
+        """The saved configuration of the run in `out`, with --epochs changed if given.
+
+        Raises:
+            ConfigError: no run in `out`, or options that would change what the run computes.
+        """
+        path = out / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"--resume {out}: no run there (no config.json)")
+        try:
+            cfg = self.config_type.from_json(json.loads(path.read_text()))
+        except ConfigError as e:
+            raise ConfigError(f"--resume {out}: {path}: {e}") from None
+        parser: argparse.ArgumentParser = args.parser
+        changed = sorted(
+            k for k, v in vars(args).items()
+            if k not in self.run_control and k not in cfg.RESUMABLE and v != parser.get_default(k)
+        )  # fmt: skip
+        if changed:
+            names = ", ".join("--" + k.replace("_", "-") for k in changed)
+            accepted = ", ".join(sorted(_option_names(parser, self.run_control - {"resume"})))
+            raise ConfigError(
+                f"--resume continues the run with its saved configuration; {names} cannot be changed "
+                f"(only --epochs and the run options {accepted})"
+            )
+        if args.epochs is not None:
+            cfg = cfg.replace(epochs=args.epochs)
+        return cfg
+
+
+def _option_names(parser: argparse.ArgumentParser, dests: frozenset[str]) -> list[str]:
+    """The option strings of the arguments with these dests (the longest spelling of each)."""
+    return [
+        max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.dest in dests and action.option_strings and action.help != argparse.SUPPRESS
+    ]

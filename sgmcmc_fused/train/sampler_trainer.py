@@ -1,0 +1,380 @@
+"""`SamplerTrainer`: one method of one run, trained step by step with burn-in, thinning and sample
+collection, checkpointed so that a resumed run computes bit for bit what the uninterrupted run would
+have. A task subclasses it with its model, batches, loss and evaluation.
+
+Step numbering: step t (1-based) is the t-th parameter update. The samplers' noise is on for the
+steps t > burn_in; a sample is collected after step t = burn_in + k * thin, k >= 1 (the first after
+`thin` noisy steps), and the task evaluates it at once (`evaluate_sample`), folding its predictions
+into running averages, so that no parameters need be kept (docs/spec.md#posterior-averaging).
+sgd/rmsprop collect too with ``average_optimizers``.
+
+With a distributed `world` the trainer is one of the data-parallel replicas: every rank calls every
+method, the collective ones (evaluation, checkpoint) at the same steps, and the parameters stay
+bitwise equal across ranks (checked at every checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from ..bayes import SampleCollector
+from .checkpoint import (
+    CheckpointError,
+    capture_training_state,
+    check_same_config,
+    load_checkpoint,
+    restore_training_state,
+    warn_if_threads_changed,
+    write_checkpoint,
+)
+from .config import RunConfig
+from .distributed import SINGLE, World, any_rank, replica_checkpoint_state, restore_replica_state, sum_ranks
+from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
+from .options import ConfigError
+from .run_control import Stop
+from .runlog import write_run_logs
+
+
+class SamplerTrainer(ABC):
+    """Trains `method` from the run's initialisation, or resumes it from ``run_dir/checkpoint.pt``.
+
+    A subclass sets what its hooks need (data, sizes) and then calls ``super().__init__``, which seeds
+    torch, builds the model (`build_model`) and the optimizer, and restores the checkpoint if there is
+    one. Running sums of an epoch (`RANK_SUMS`: this rank's share, summed over ranks when the epoch
+    pauses; `COUNTS`: the same on every rank) live in ``self.totals`` and in the checkpoints.
+
+    Args:
+        steps_per_epoch: parameter updates in an epoch.
+        num_data: N of the posterior (training tokens, sentences).
+        seed: the seed of the initialisation, the data order, the DropConnect masks and the noise.
+        label: the name in messages (default: the method).
+        run_root: the folder --resume takes (default: run_dir's parent).
+        max_samples, samples_dir: the parameter samples to keep (`SampleCollector`); none by default.
+    """
+
+    #: Format tag of the checkpoints (a task's own).
+    CHECKPOINT_FORMAT: ClassVar[str]
+    #: Columns of log.csv (one row per epoch) and samples.csv (one row per collected sample).
+    EPOCH_COLUMNS: ClassVar[list[str]]
+    SAMPLE_COLUMNS: ClassVar[list[str]]
+    RANK_SUMS: ClassVar[tuple[str, ...]] = ()
+    COUNTS: ClassVar[tuple[str, ...]] = ()
+    #: Steps between updates of the progress bar's figures.
+    PROGRESS_EVERY: ClassVar[int] = 50
+
+    # Set by the task before ``super().__init__``: what identifies its data (checked on resume), and
+    # the running predictive averages by split (`sgmcmc_fused.bayes.PredictiveAverager`).
+    data_fingerprint: Any
+    averagers: dict[str, Any]
+
+    def __init__(
+        self, method: str, cfg: RunConfig, run_dir: Path, device: torch.device, *, steps_per_epoch: int,
+        num_data: int, seed: int, world: World = SINGLE, say=print, progress: bool = False,
+        label: str | None = None, run_root: Path | None = None, max_samples: int = 0,
+        samples_dir: Path | None = None,
+    ):  # fmt: skip
+        self.method, self.cfg, self.run_dir, self.device = method, cfg, run_dir, device
+        self.world, self.say, self.progress = world, say, progress
+        self.label = label or method
+        self.run_root = run_root or run_dir.parent
+        self.sampler = method in SAMPLERS
+        self.collects = self.sampler or cfg.average_optimizers
+        self.steps_per_epoch = steps_per_epoch
+        self.burn_in = cfg.burn_in.steps(steps_per_epoch)
+        self.thin = cfg.thin.steps(steps_per_epoch)
+
+        # Same initialisation, dropout stream and data order for every method: all from `seed`. The
+        # optimizer noise and the DropConnect masks share the seed as key; docs/spec.md#stream-words
+        # gives them disjoint Philox stream ids, so they never collide.
+        torch.manual_seed(seed)
+        self.model = self.build_model(seed).to(device)
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(
+            method, params, lr=cfg.lr[method], num_data=num_data, seed=seed,
+            temperature=cfg.temperature.at(num_data), weight_decay=cfg.weight_decay, alpha=cfg.alpha,
+            eps=cfg.eps, impl=cfg.step_impl,
+        )  # fmt: skip
+        self.optimizer.nan_policy = cfg.nan_policy
+        self.data_rng = torch.Generator().manual_seed(seed)
+        # Only rank 0 keeps samples; the others use the collector's schedule alone.
+        keep = max_samples if world.is_main else 0
+        self.collector = SampleCollector(
+            self.burn_in + self.thin, self.thin, keep, samples_dir if world.is_main and keep else None
+        )
+        # Position and per-epoch accumulators.
+        self.epoch = 0  # completed epochs
+        self.batch_in_epoch = 0  # minibatches of the current epoch done
+        self.step = 0
+        self.epoch_rng_state = self.data_rng.get_state()  # data-order RNG at the start of the current epoch
+        self.totals: dict[str, float] = dict.fromkeys(self.RANK_SUMS + self.COUNTS, 0.0)
+        self.sums: dict[str, torch.Tensor] = {}  # this rank's RANK_SUMS since the last pause
+        self.train_time = 0.0  # seconds of the epoch's steps, evaluations excluded
+        self.eval_time = 0.0
+        self.history: list[dict[str, Any]] = []  # one row per epoch
+        self.curve: list[dict[str, Any]] = []  # one row per collected sample
+        self.checkpoint_path = run_dir / "checkpoint.pt"
+        if self.checkpoint_path.exists():
+            self._restore(load_checkpoint(self.checkpoint_path, self.CHECKPOINT_FORMAT))
+
+    # -- what a task provides ------------------------------------------------------------------------
+
+    @abstractmethod
+    def build_model(self, seed: int) -> torch.nn.Module:
+        """The model, initialised from torch's RNG (seeded); it has a DropConnect LSTM as ``.lstm``."""
+
+    @abstractmethod
+    def epoch_batches(self) -> Iterator[Any]:
+        """The current epoch's minibatches from ``self.batch_in_epoch`` on, drawn from ``self.data_rng``
+        (set to the epoch's start)."""
+
+    @abstractmethod
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """Forward one minibatch and add to ``self.sums`` / ``self.totals``; returns the loss to
+        backpropagate (data parallel, weighted so that DDP's average is the whole batch's gradient)."""
+
+    @abstractmethod
+    def evaluate_sample(self, row: dict[str, Any]) -> None:
+        """Evaluate the sample just collected, fold it into the running averages, fill its `row`."""
+
+    @abstractmethod
+    def epoch_row(self, lr: float) -> dict[str, Any]:
+        """The epoch's row of log.csv (evaluations inside `evaluating`), before the epoch advances."""
+
+    @abstractmethod
+    def epoch_message(self, row: dict[str, Any]) -> str:
+        """The line printed at the end of an epoch."""
+
+    @abstractmethod
+    def final_result(self) -> Any:
+        """The method's result, once every epoch is done (logs written by the task)."""
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of (0-based) `epoch`; constant unless a task decays it."""
+        return self.cfg.lr[self.method]
+
+    def progress_figures(self) -> dict[str, str]:
+        """Figures shown on the progress bar every PROGRESS_EVERY steps."""
+        return {}
+
+    def log_fields(self) -> dict[str, Any]:
+        """Entries of log.json besides the common ones."""
+        return {}
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """Entries of the checkpoint besides the common ones."""
+        return {}
+
+    def restore_fields(self, ck: dict[str, Any]) -> None:
+        """Restore what `checkpoint_fields` saved (by default: nothing)."""
+        return None
+
+    def check_checkpoint_owner(self, ck: dict[str, Any]) -> None:
+        """Raise CheckpointError if `ck` is another method's (or another part's of the run)."""
+        if ck["method"] != self.method:
+            raise CheckpointError(f"{self.checkpoint_path} is a checkpoint of {ck['method']!r}, not {self.method!r}")
+
+    def end_epoch(self) -> None:
+        """Reset what the task carries across the steps of an epoch (after its row is taken; by default
+        nothing)."""
+        return None
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def train(self, stop_after: int | None = None, checkpoint_every: int = 0, interrupted=False) -> Any:
+        """Train to the configured number of epochs (from wherever the checkpoint left off).
+
+        Returns `final_result`. Raises Stop after checkpointing when `stop_after` steps are reached or
+        `interrupted` becomes true.
+        """
+        epochs = self.cfg.epochs
+        if self.epoch < epochs and (self.step or self.batch_in_epoch):
+            self.say(f"{self.label}: resuming at epoch {self.epoch + 1}, step {self.step}")
+        while self.epoch < epochs:
+            if stop_after is not None and self.step >= stop_after:
+                raise self._stop("stopped after step {step} (--stop-after-steps);", 0)
+            if any_rank(bool(interrupted), self.world, self.device):  # the last epoch end was checkpointed
+                raise self._stop("interrupted at step {step}; checkpoint saved,", 130)
+            self._train_epoch(stop_after, checkpoint_every, interrupted)
+        return self.final_result()
+
+    def _stop(self, what: str, status: int) -> Stop:
+        return Stop(f"{self.label}: {what.format(step=self.step)} continue with --resume {self.run_root}", status)
+
+    def _train_epoch(self, stop_after: int | None, checkpoint_every: int, interrupted) -> None:
+        model, opt, world = self.model, self.optimizer, self.world
+        lr = self.lr_at(self.epoch)
+        set_lr(opt, lr)
+        # Replay the epoch's data order from its start; the task skips what a checkpoint covered.
+        self.data_rng.set_state(self.epoch_rng_state)
+        self._start_sums()
+        desc = f"{self.label} epoch {self.epoch + 1}/{self.cfg.epochs}"
+        bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not self.progress, leave=False,
+                   desc=desc, unit="step", dynamic_ncols=True)  # fmt: skip
+        model.train()
+        t0, eval_before = time.perf_counter(), self.eval_time
+        try:
+            for batch in self.epoch_batches():
+                step = self.step + 1
+                noise = self.sampler and step > self.burn_in
+                if noise != bool(opt.param_groups[0]["add_noise"]):
+                    set_noise(opt, noise)
+                opt.zero_grad(set_to_none=True)
+                self.train_step(batch).backward()
+                if self.cfg.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip)
+                opt.step()
+                self.step, self.batch_in_epoch = step, self.batch_in_epoch + 1
+                if self.collects and (
+                    self.collector.maybe_collect(step, model) if world.is_main else self.collector.should_collect(step)
+                ):
+                    self._evaluate_sample()
+                bar.update(1)
+                if self.progress and step % self.PROGRESS_EVERY == 0 and not world.distributed:
+                    bar.set_postfix(self.progress_figures())
+                stop_now = any_rank(bool(interrupted), world, self.device)  # all ranks stop at the same step
+                stop = (stop_after is not None and step >= stop_after) or stop_now
+                periodic = checkpoint_every and step % checkpoint_every == 0
+                if (stop or periodic) and self.batch_in_epoch < self.steps_per_epoch:
+                    self._pause(t0, eval_before)
+                    self.save_checkpoint()
+                    self._start_sums()
+                    t0, eval_before = time.perf_counter(), self.eval_time
+                    if stop_now:
+                        raise self._stop("interrupted at step {step}; checkpoint saved,", 130)
+                    if stop:
+                        return
+        finally:
+            bar.close()
+        self._pause(t0, eval_before)
+        self._end_epoch(lr)
+
+    def _start_sums(self) -> None:
+        self.sums = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in self.RANK_SUMS}
+
+    def _pause(self, t0: float, eval_before: float) -> None:
+        """Fold the running sums into the saved state (before a checkpoint or the epoch end)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_time += time.perf_counter() - t0 - (self.eval_time - eval_before)
+        for k, t in self.sums.items():
+            self.totals[k] += float(sum_ranks(t, self.world))
+            t.zero_()
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Count the body's time as evaluation, not training."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.eval_time += time.perf_counter() - t0
+
+    def _evaluate_sample(self) -> None:
+        row: dict[str, Any] = {"method": self.method, "step": self.step,
+                               "epoch": round(self.step / self.steps_per_epoch, 4)}  # fmt: skip
+        with self.evaluating():
+            self.evaluate_sample(row)
+        self.curve.append(row)
+
+    def _end_epoch(self, lr: float) -> None:
+        row = self.epoch_row(lr)
+        self.history.append(row)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_rng_state = self.data_rng.get_state()
+        self.end_epoch()
+        self.totals = dict.fromkeys(self.totals, 0.0)
+        self.train_time, self.eval_time = 0.0, 0.0
+        self.save_checkpoint()
+        self.say(self.epoch_message(row))
+
+    def sec_per_epoch(self) -> float:
+        """The median training time of an epoch (robust to an epoch slowed by other work)."""
+        times = [r["epoch_time_s"] for r in self.history]
+        return statistics.median(times) if times else 0.0
+
+    # -- logs and checkpoints ------------------------------------------------------------------------
+
+    def write_logs(self, result: Any = None) -> None:
+        """log.csv, samples.csv and log.json of the state so far (rank 0)."""
+        if not self.world.is_main:
+            return
+        write_run_logs(self.run_dir, self.EPOCH_COLUMNS, self.history, self.SAMPLE_COLUMNS, self.curve, {
+            "method": self.method, **self.log_fields(), "config": self.cfg.to_json(), "burn_in_steps": self.burn_in,
+            "thin_steps": self.thin, "steps_per_epoch": self.steps_per_epoch, "epochs": self.history,
+            "samples": self.curve, "result": result,
+        })  # fmt: skip
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically, then the logs (derived from the same state).
+
+        Data parallel, every rank calls it: the ranks check that their parameters are bitwise equal and
+        send rank 0 their RNG states (and what `checkpoint_fields` gathers); rank 0 writes.
+        """
+        replica = replica_checkpoint_state(list(self.model.parameters()), self.world, f"{self.label}: the parameters")
+        fields = self.checkpoint_fields()  # collective for some tasks: every rank computes it
+        if not self.world.is_main:
+            return
+        state = {
+            "format": self.CHECKPOINT_FORMAT,
+            "method": self.method,
+            "config": self.cfg.to_json(),
+            "data_fingerprint": self.data_fingerprint,
+            **capture_training_state(
+                epoch=self.epoch,
+                batch_in_epoch=self.batch_in_epoch,
+                step=self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                device=self.device,
+                epoch_rng=self.epoch_rng_state,
+            ),
+            **self.totals,
+            "train_time": self.train_time,
+            "eval_time": self.eval_time,
+            "collector": self.collector.state_dict(),
+            "averagers": {k: v.state_dict() for k, v in self.averagers.items()},
+            "history": self.history,
+            "curve": self.curve,
+            **fields,
+            **replica,
+        }
+        write_checkpoint(state, self.checkpoint_path)
+        self.write_logs()
+
+    def _restore(self, ck: dict[str, Any]) -> None:
+        self.check_checkpoint_owner(ck)
+        if ck["data_fingerprint"] != self.data_fingerprint:
+            raise ConfigError(
+                f"{self.checkpoint_path}: the data differ from the data this run was trained on "
+                f"({ck['data_fingerprint']} vs {self.data_fingerprint})"
+            )
+        saved = type(self.cfg).from_json(ck["config"]).to_json()
+        check_same_config(self.checkpoint_path, saved, self.cfg.to_json(), self.cfg.RESUMABLE)
+        self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
+            ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg.nan_policy
+        )
+        if self.epoch > self.cfg.epochs:
+            raise ConfigError(f"{self.checkpoint_path} is at epoch {self.epoch}, past --epochs {self.cfg.epochs}")
+        restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
+        if self.epoch < self.cfg.epochs:  # a finished method computes nothing more
+            warn_if_threads_changed(ck, self.device, self.label)
+        self.totals = {k: float(ck[k]) for k in self.totals}
+        self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
+        # Checkpoints of tasks that kept no samples before they had a collector hold none; such a
+        # collector only counts, and nothing reads its count.
+        if self.world.is_main and "collector" in ck:
+            self.collector.load_state_dict(ck["collector"])
+        for k, v in self.averagers.items():
+            v.load_state_dict(ck["averagers"][k])
+        self.history, self.curve = list(ck["history"]), list(ck["curve"])
+        self.restore_fields(ck)
