@@ -7,58 +7,25 @@ philox_normal; the schemas live in csrc/ops.cpp.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from .. import _library
+from .contract import StepHyper, StepLists, psgld_step_entry, sgld_step_entry
 
 
-def psgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    square_avgs: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
+def _psgld_step(lists: StepLists, hyper: StepHyper) -> None:
     """Fused pSGLD step (C++ on CPU tensors, CUDA on CUDA tensors); see reference.psgld_step_."""
-    torch.ops.sgmcmc_fused.psgld_step_(
-        list(params), list(grads), list(square_avgs), list(stream_ids), list(element_offsets), list(steps),
-        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, temperature=temperature,
-        num_data=num_data, add_noise=add_noise, seed=seed,
-    )  # fmt: skip
+    torch.ops.sgmcmc_fused.psgld_step_(*lists.op_args(), **hyper.op_kwargs())
 
 
-def sgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
+def _sgld_step(lists: StepLists, hyper: StepHyper) -> None:
     """Fused SGLD step; see reference.sgld_step_."""
-    torch.ops.sgmcmc_fused.sgld_step_(
-        list(params), list(grads), list(stream_ids), list(element_offsets), list(steps),
-        lr=lr, weight_decay=weight_decay, temperature=temperature, num_data=num_data,
-        add_noise=add_noise, seed=seed,
-    )  # fmt: skip
+    torch.ops.sgmcmc_fused.sgld_step_(*lists.op_args(), **hyper.op_kwargs())
+
+
+# The ops check their inputs themselves (csrc/langevin/step_inputs.cpp).
+psgld_step_ = psgld_step_entry(_psgld_step, check=False)
+sgld_step_ = sgld_step_entry(_sgld_step, check=False)
 
 
 def philox_normal(

@@ -2,19 +2,22 @@
 
 Each backend provides ``psgld_step_`` and ``sgld_step_`` with the arguments of the ops
 ``torch.ops.sgmcmc_fused.psgld_step_`` / ``sgld_step_`` (schemas in csrc/ops.cpp): the
-per-tensor lists, then the scalars as keywords. `StepHyper` is those scalars as one
-typed object (the optimizer builds one per parameter group and passes
-``**hyper.op_kwargs()``), and `check_step_inputs` is the one input check of the Python
-backends (eager, foreach, Triton), with the messages and order of
-csrc/langevin/step_inputs.cpp, which the C++/CUDA ops run.
+per-tensor lists, then the scalars as keywords. That signature is written here once:
+a backend implements ``impl(lists: StepLists, hyper: StepHyper)`` and exposes it with
+`psgld_step_entry` / `sgld_step_entry`. `StepHyper` is the scalars as one typed object
+(the optimizer builds one per parameter group and passes ``**hyper.op_kwargs()``), and
+`check_step_inputs` is the one input check of the Python backends (eager, foreach,
+Triton), with the messages and order of csrc/langevin/step_inputs.cpp, which the
+C++/CUDA ops run.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -150,7 +153,22 @@ def _check_tensor(op: str, i: int, p: torch.Tensor, g: torch.Tensor, v: torch.Te
         raise ValueError(f"{op}: square_avgs[{i}] is not contiguous")
 
 
-def check_step_inputs(
+class StepLists(NamedTuple):
+    """The per-tensor arguments of one step call, as lists (square_avgs None for SGLD)."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    square_avgs: list[torch.Tensor] | None
+    stream_ids: list[int]
+    element_offsets: list[int]
+    steps: list[int]
+
+    def op_args(self) -> tuple[list, ...]:
+        """The positional arguments of psgld_step_ (with square_avgs) or sgld_step_."""
+        return tuple(values for values in self if values is not None)
+
+
+def step_lists(
     op: str,
     params: object,
     grads: object,
@@ -158,19 +176,26 @@ def check_step_inputs(
     stream_ids: object,
     element_offsets: object,
     steps: object,
-    hyper: StepHyper,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None, list[int], list[int], list[int]]:
-    """Checks one step call (square_avgs None for SGLD) and returns its lists as lists.
+) -> StepLists:
+    """The lists of one step call, or TypeError naming the first argument that is not a list of
+    tensors / ints (square_avgs None for SGLD)."""
+    return StepLists(
+        tensor_list(op, "params", params),
+        tensor_list(op, "grads", grads),
+        None if square_avgs is None else tensor_list(op, "square_avgs", square_avgs),
+        int_list(op, "stream_ids", stream_ids),
+        int_list(op, "element_offsets", element_offsets),
+        int_list(op, "steps", steps),
+    )
 
-    Raises TypeError (types, dtypes) or ValueError (everything else) naming `op`, the list
-    index and the problem; nothing is updated by a call that raises.
+
+def check_step_inputs(op: str, lists: StepLists, hyper: StepHyper) -> None:
+    """Checks one step call (square_avgs None for SGLD).
+
+    Raises TypeError (dtypes) or ValueError (everything else) naming `op`, the list index and
+    the problem; nothing is updated by a call that raises.
     """
-    params = tensor_list(op, "params", params)
-    grads = tensor_list(op, "grads", grads)
-    square_avgs = None if square_avgs is None else tensor_list(op, "square_avgs", square_avgs)
-    stream_ids = int_list(op, "stream_ids", stream_ids)
-    element_offsets = int_list(op, "element_offsets", element_offsets)
-    steps = int_list(op, "steps", steps)
+    params, grads, square_avgs, stream_ids, element_offsets, steps = lists
     n = len(params)
     lists = [("grads", grads), ("stream_ids", stream_ids), ("element_offsets", element_offsets), ("steps", steps)]
     if square_avgs is not None:
@@ -195,4 +220,84 @@ def check_step_inputs(
             raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is negative")
         if not 0 <= steps[i] < UINT32_LIMIT:
             raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
-    return params, grads, square_avgs, stream_ids, element_offsets, steps
+
+
+#: A backend's step: updates the tensors of `StepLists` in place with the scalars of `StepHyper`.
+StepImpl = Callable[[StepLists, StepHyper], None]
+
+
+def psgld_step_entry(impl: StepImpl, *, op: str = "psgld_step_", check: bool = True) -> Callable[..., None]:
+    """`impl` behind the signature of ``torch.ops.sgmcmc_fused.psgld_step_``.
+
+    Args:
+        impl: the backend's step; its docstring becomes the entry's.
+        op: the name errors carry.
+        check: run `check_step_inputs` first (False: only make the lists, for a backend whose op
+            checks its inputs itself).
+
+    The entry's arguments: params (contiguous tensors of one device, fp32 / fp64 / fp16 / bf16);
+    grads (gradients of the minibatch-mean loss, shapes and dtypes of params); square_avgs (V, fp32,
+    fp64 for fp64 params); stream_ids (noise stream of each tensor, in [0, 2^31)); element_offsets
+    (index of each tensor's first element in the whole, unsharded parameter); steps (noise counter of
+    each tensor, in [0, 2^32)); then the scalars of `StepHyper` as keywords.
+    """
+
+    def psgld_step_(
+        params: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        square_avgs: Sequence[torch.Tensor],
+        stream_ids: Sequence[int],
+        element_offsets: Sequence[int],
+        steps: Sequence[int],
+        *,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        temperature: float,
+        num_data: int,
+        add_noise: bool,
+        seed: int,
+    ) -> None:
+        hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
+        lists = step_lists(op, params, grads, square_avgs, stream_ids, element_offsets, steps)
+        if check:
+            check_step_inputs(op, lists, hyper)
+        impl(lists, hyper)
+
+    return _named_after(psgld_step_, impl)
+
+
+def sgld_step_entry(impl: StepImpl, *, op: str = "sgld_step_", check: bool = True) -> Callable[..., None]:
+    """`impl` behind the signature of ``torch.ops.sgmcmc_fused.sgld_step_`` (that of
+    `psgld_step_entry` without square_avgs, alpha and eps)."""
+
+    def sgld_step_(
+        params: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        stream_ids: Sequence[int],
+        element_offsets: Sequence[int],
+        steps: Sequence[int],
+        *,
+        lr: float,
+        weight_decay: float,
+        temperature: float,
+        num_data: int,
+        add_noise: bool,
+        seed: int,
+    ) -> None:
+        hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
+        lists = step_lists(op, params, grads, None, stream_ids, element_offsets, steps)
+        if check:
+            check_step_inputs(op, lists, hyper)
+        impl(lists, hyper)
+
+    return _named_after(sgld_step_, impl)
+
+
+def _named_after(entry: Callable[..., None], impl: StepImpl) -> Callable[..., None]:
+    """`entry`, documented by `impl` and placed in its module (for help() and tracebacks)."""
+    entry.__doc__ = impl.__doc__
+    entry.__module__ = impl.__module__
+    entry.__qualname__ = entry.__name__
+    return entry

@@ -9,36 +9,16 @@ agrees with them to rounding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from .contract import StepHyper, check_step_inputs
+from .contract import StepHyper, StepLists, psgld_step_entry, sgld_step_entry
 
 
-def psgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    square_avgs: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    """pSGLD over fp32/fp64 tensor lists with foreach ops (arguments as reference.psgld_step_, checked the
-    same way; stream_ids, element_offsets, steps and seed are not used)."""
-    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
-    params, grads, square_avgs, *_ = check_step_inputs(
-        "psgld_step_", params, grads, square_avgs, stream_ids, element_offsets, steps, hyper
-    )
+def _psgld_step(lists: StepLists, hyper: StepHyper) -> None:
+    """pSGLD over fp32/fp64 tensor lists with foreach ops (arguments as reference.psgld_step_, checked
+    the same way; stream_ids, element_offsets, steps and seed are not used)."""
+    params, grads, square_avgs = lists.params, lists.grads, lists.square_avgs
+    lr, alpha, eps, weight_decay = hyper.lr, hyper.alpha, hyper.eps, hyper.weight_decay
     if not params:
         return
     params = [p.detach() for p in params]
@@ -60,23 +40,9 @@ def psgld_step_(
     torch._foreach_add_(params, update)
 
 
-def sgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
+def _sgld_step(lists: StepLists, hyper: StepHyper) -> None:
     """SGLD with foreach ops (arguments as reference.sgld_step_; the stream arguments are ignored)."""
-    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
-    params, grads, *_ = check_step_inputs("sgld_step_", params, grads, None, stream_ids, element_offsets, steps, hyper)
+    params, grads, lr, weight_decay = lists.params, lists.grads, hyper.lr, hyper.weight_decay
     if not params:
         return
     params = [p.detach() for p in params]
@@ -87,3 +53,7 @@ def sgld_step_(
     if nvs != 0:
         noise = [torch.randn_like(p) for p in params]
         torch._foreach_add_(params, noise, alpha=nvs**0.5)
+
+
+psgld_step_ = psgld_step_entry(_psgld_step)
+sgld_step_ = sgld_step_entry(_sgld_step)

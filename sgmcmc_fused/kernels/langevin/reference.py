@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .contract import StepHyper, check_step_inputs
+from .contract import StepHyper, StepLists, psgld_step_entry, sgld_step_entry
 
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
@@ -99,36 +99,28 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def psgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    square_avgs: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    """Eager pSGLD step, in place on params and square_avgs (same arguments as
-    torch.ops.sgmcmc_fused.psgld_step_). Mirrors csrc/include/sgmcmc_fused/langevin_math.h."""
-    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
-    lists = check_step_inputs("psgld_step_", params, grads, square_avgs, stream_ids, element_offsets, steps, hyper)
+def _math_inputs(
+    p: torch.Tensor, g: torch.Tensor, weight_decay: float
+) -> tuple[torch.dtype, torch.Tensor, torch.Tensor]:
+    """The math dtype, theta and the gradient with the prior's term, as the kernels load them."""
+    opmath = opmath_dtype(p.dtype)
+    theta = p.detach().to(opmath)
+    grad = g.to(opmath)
+    if weight_decay != 0:
+        grad = grad + weight_decay * theta
+    return opmath, theta, grad
+
+
+def _psgld_step(lists: StepLists, hyper: StepHyper) -> None:
+    """Eager pSGLD step, in place on params and square_avgs (arguments as
+    torch.ops.sgmcmc_fused.psgld_step_; see contract.psgld_step_entry). Mirrors
+    csrc/include/sgmcmc_fused/langevin_math.h."""
+    lr, alpha, eps, weight_decay, seed = hyper.lr, hyper.alpha, hyper.eps, hyper.weight_decay, hyper.seed
     nvs = hyper.noise_var_scale
     for p, g, v, sid, off, t in zip(*lists, strict=True):
         if p.numel() == 0:
             continue
-        opmath = opmath_dtype(p.dtype)
-        theta = p.detach().to(opmath)
-        grad = g.to(opmath)
-        if weight_decay != 0:
-            grad = grad + weight_decay * theta
+        opmath, theta, grad = _math_inputs(p, g, weight_decay)
         v.mul_(alpha).add_((1.0 - alpha) * (grad * grad))
         precond = 1.0 / (eps + torch.sqrt(v))
         theta = theta - (lr * precond) * grad
@@ -138,37 +130,22 @@ def psgld_step_(
         p.detach().copy_(theta)
 
 
-def sgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    """Eager SGLD step, in place on params (same arguments as torch.ops.sgmcmc_fused.sgld_step_)."""
-    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
-    params, grads, _, stream_ids, element_offsets, steps = check_step_inputs(
-        "sgld_step_", params, grads, None, stream_ids, element_offsets, steps, hyper
-    )
+def _sgld_step(lists: StepLists, hyper: StepHyper) -> None:
+    """Eager SGLD step, in place on params (arguments as torch.ops.sgmcmc_fused.sgld_step_)."""
+    lr, weight_decay, seed = hyper.lr, hyper.weight_decay, hyper.seed
+    params, grads, _, stream_ids, element_offsets, steps = lists
     nvs = hyper.noise_var_scale
     noise_std = math.sqrt(nvs)
     for p, g, sid, off, t in zip(params, grads, stream_ids, element_offsets, steps, strict=True):
         if p.numel() == 0:
             continue
-        opmath = opmath_dtype(p.dtype)
-        theta = p.detach().to(opmath)
-        grad = g.to(opmath)
-        if weight_decay != 0:
-            grad = grad + weight_decay * theta
+        opmath, theta, grad = _math_inputs(p, g, weight_decay)
         theta = theta - lr * grad
         if nvs != 0:
             xi = philox_normal(p.numel(), seed, sid, t, off, p.device).view(p.shape).to(opmath)
             theta = theta + noise_std * xi
         p.detach().copy_(theta)
+
+
+psgld_step_ = psgld_step_entry(_psgld_step)
+sgld_step_ = sgld_step_entry(_sgld_step)

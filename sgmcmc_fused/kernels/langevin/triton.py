@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 import operator
 import struct
-from collections.abc import Sequence
 
 import torch
 from torch.library import wrap_triton
@@ -73,7 +72,7 @@ from ..triton_common import (
     triton,
     unavailable_reason,
 )
-from .contract import StepHyper, check_step_inputs, int_list, tensor_list
+from .contract import StepHyper, StepLists, psgld_step_entry, sgld_step_entry
 
 __all__ = ["not_supported_reasons", "philox_normal", "psgld_step_", "sgld_step_", "unavailable_reason"]
 
@@ -225,36 +224,22 @@ def _round_to_fp32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
-def _check_inputs(op, params, grads, square_avgs, stream_ids, element_offsets, steps, hyper: StepHyper) -> None:
-    """The shared step checks (contract.check_step_inputs), then that Triton can run on the tensors' device."""
-    check_step_inputs(op, params, grads, square_avgs, stream_ids, element_offsets, steps, hyper)
+def _launch_langevin_steps(op: str, lists: StepLists, hyper: StepHyper) -> None:
+    """Check that Triton runs on the tensors' device (the entry made the shared checks), then launch
+    one kernel per non-empty tensor."""
+    params, grads, square_avgs, stream_ids, element_offsets, steps = lists
     if params:
         check_device(op, "params[0]", params[0].device)
-
-
-def _launch_langevin_steps(
-    op: str,
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    square_avgs: list[torch.Tensor] | None,
-    stream_ids: list[int],
-    element_offsets: list[int],
-    steps: list[int],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    noise: float,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    """One kernel launch per non-empty tensor. ``noise`` is 2 lr T / N (pSGLD) or its root (SGLD)."""
-    lr_parts = _split_fp64(op, "lr", lr)
+    nvs = hyper.noise_var_scale
+    if hyper.preconditioned:
+        alpha, eps, noise = hyper.alpha, hyper.eps, nvs  # the kernel scales nvs by G, then takes the root
+    else:  # alpha / eps unused; 0.0 keeps their (ignored) arguments valid
+        alpha, eps, noise = 0.0, 0.0, math.sqrt(nvs)
+    lr_parts = _split_fp64(op, "lr", hyper.lr)
     alpha_parts = _split_fp64(op, "alpha", alpha)
     one_minus_alpha_parts = _split_fp64(op, "1 - alpha", 1.0 - alpha)
     eps_parts = _split_fp64(op, "eps", eps)
-    weight_decay_parts = _split_fp64(op, "weight_decay", weight_decay)
+    weight_decay_parts = _split_fp64(op, "weight_decay", hyper.weight_decay)
     noise_parts = _split_fp64(op, "the noise scale 2 * lr * temperature / num_data", noise)
     if launches_skipped(params):
         return
@@ -271,7 +256,7 @@ def _launch_langevin_steps(
                 square_avgs[i] if square_avgs is not None else None,
                 numel,
                 element_offsets[i],
-                seed,
+                hyper.seed,
                 stream_ids[i],
                 steps[i],
                 *lr_parts,
@@ -281,8 +266,8 @@ def _launch_langevin_steps(
                 *weight_decay_parts,
                 *noise_parts,
                 PRECONDITIONED=square_avgs is not None,
-                HAS_WEIGHT_DECAY=weight_decay != 0.0,
-                ADD_NOISE=add_noise,
+                HAS_WEIGHT_DECAY=hyper.weight_decay != 0.0,
+                ADD_NOISE=nvs != 0.0,
                 BLOCK_QUADS=block_quads,
                 num_warps=_NUM_WARPS,
             )
@@ -293,80 +278,14 @@ def _launch_langevin_steps(
 # --------------------------------------------------------------------------------------------------
 
 
-def _psgld_step_op(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    square_avgs: list[torch.Tensor],
-    stream_ids: list[int],
-    element_offsets: list[int],
-    steps: list[int],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    op = "triton_psgld_step_"
-    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
-    _check_inputs(op, params, grads, square_avgs, stream_ids, element_offsets, steps, hyper)
-    nvs = hyper.noise_var_scale
-    _launch_langevin_steps(
-        op,
-        params,
-        grads,
-        square_avgs,
-        stream_ids,
-        element_offsets,
-        steps,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        noise=nvs,
-        add_noise=nvs != 0.0,
-        seed=seed,
-    )
+def _psgld_step_op(lists: StepLists, hyper: StepHyper) -> None:
+    """The op triton_psgld_step_ (after the entry's checks)."""
+    _launch_langevin_steps("triton_psgld_step_", lists, hyper)
 
 
-def _sgld_step_op(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    stream_ids: list[int],
-    element_offsets: list[int],
-    steps: list[int],
-    *,
-    lr: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    op = "triton_sgld_step_"
-    hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
-    _check_inputs(op, params, grads, None, stream_ids, element_offsets, steps, hyper)
-    nvs = hyper.noise_var_scale
-    # alpha / eps are unused without the preconditioner; 0.0 keeps their (ignored) arguments valid.
-    _launch_langevin_steps(
-        op,
-        params,
-        grads,
-        None,
-        stream_ids,
-        element_offsets,
-        steps,
-        lr=lr,
-        alpha=0.0,
-        eps=0.0,
-        weight_decay=weight_decay,
-        noise=math.sqrt(nvs),
-        add_noise=nvs != 0.0,
-        seed=seed,
-    )
+def _sgld_step_op(lists: StepLists, hyper: StepHyper) -> None:
+    """The op triton_sgld_step_ (after the entry's checks)."""
+    _launch_langevin_steps("triton_sgld_step_", lists, hyper)
 
 
 def _philox_normal_op(out: torch.Tensor, seed: int, stream_id: int, step: int, element_offset: int) -> None:
@@ -409,8 +328,18 @@ _PHILOX_NORMAL_SCHEMA = "(Tensor(a!) out, int seed, int stream_id, int step, int
 
 
 if TRITON_IMPORT_ERROR is None:
-    register_op("sgmcmc_fused::triton_psgld_step_", _psgld_step_op, {"params", "square_avgs"}, _PSGLD_SCHEMA)
-    register_op("sgmcmc_fused::triton_sgld_step_", _sgld_step_op, {"params"}, _SGLD_SCHEMA)
+    register_op(
+        "sgmcmc_fused::triton_psgld_step_",
+        psgld_step_entry(_psgld_step_op, op="triton_psgld_step_"),
+        {"params", "square_avgs"},
+        _PSGLD_SCHEMA,
+    )
+    register_op(
+        "sgmcmc_fused::triton_sgld_step_",
+        sgld_step_entry(_sgld_step_op, op="triton_sgld_step_"),
+        {"params"},
+        _SGLD_SCHEMA,
+    )
     register_op("sgmcmc_fused::triton_philox_normal_", _philox_normal_op, {"out"}, _PHILOX_NORMAL_SCHEMA)
 
 
@@ -419,88 +348,24 @@ if TRITON_IMPORT_ERROR is None:
 # --------------------------------------------------------------------------------------------------
 
 
-def psgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    square_avgs: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    """pSGLD step (docs/spec.md#langevin-step) in place on ``params`` and ``square_avgs``, with the Triton kernels.
-
-    Args:
-        params: contiguous tensors of any shape, fp32 / fp64 / fp16 / bf16, one device.
-        grads: gradients of the minibatch-mean loss, shapes and dtypes of ``params``.
-        square_avgs: V, shapes of ``params``, fp32 (fp64 for fp64 params).
-        stream_ids: noise stream of each param, in [0, 2^31).
-        element_offsets: index of each tensor's first element in the whole (unsharded) parameter.
-        steps: noise counter t of each param, in [0, 2^32).
-        lr, alpha, eps, weight_decay, temperature, num_data, add_noise, seed: as in docs/spec.md#langevin-step and
-            docs/spec.md#noise-stream.
-    """
-    op = "psgld_step_"
+def _psgld_step(lists: StepLists, hyper: StepHyper) -> None:
+    """pSGLD step (docs/spec.md#langevin-step) in place on ``params`` and ``square_avgs``, with the Triton
+    kernels (arguments as contract.psgld_step_entry). The op checks the inputs."""
     require_triton()
     with torch.no_grad():
-        torch.ops.sgmcmc_fused.triton_psgld_step_(
-            tensor_list(op, "params", params),
-            tensor_list(op, "grads", grads),
-            tensor_list(op, "square_avgs", square_avgs),
-            int_list(op, "stream_ids", stream_ids),
-            int_list(op, "element_offsets", element_offsets),
-            int_list(op, "steps", steps),
-            lr=float(lr),
-            alpha=float(alpha),
-            eps=float(eps),
-            weight_decay=float(weight_decay),
-            temperature=float(temperature),
-            num_data=operator.index(num_data),
-            add_noise=bool(add_noise),
-            seed=operator.index(seed),
-        )
+        torch.ops.sgmcmc_fused.triton_psgld_step_(*lists.op_args(), **hyper.op_kwargs())
 
 
-def sgld_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    stream_ids: Sequence[int],
-    element_offsets: Sequence[int],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    weight_decay: float,
-    temperature: float,
-    num_data: int,
-    add_noise: bool,
-    seed: int,
-) -> None:
-    """SGLD step (docs/spec.md#langevin-step, G = 1) in place on ``params``, with the Triton kernels. Arguments as
-    :func:`psgld_step_`."""
-    op = "sgld_step_"
+def _sgld_step(lists: StepLists, hyper: StepHyper) -> None:
+    """SGLD step (docs/spec.md#langevin-step, G = 1) in place on ``params``, with the Triton kernels
+    (arguments as contract.sgld_step_entry). The op checks the inputs."""
     require_triton()
     with torch.no_grad():
-        torch.ops.sgmcmc_fused.triton_sgld_step_(
-            tensor_list(op, "params", params),
-            tensor_list(op, "grads", grads),
-            int_list(op, "stream_ids", stream_ids),
-            int_list(op, "element_offsets", element_offsets),
-            int_list(op, "steps", steps),
-            lr=float(lr),
-            weight_decay=float(weight_decay),
-            temperature=float(temperature),
-            num_data=operator.index(num_data),
-            add_noise=bool(add_noise),
-            seed=operator.index(seed),
-        )
+        torch.ops.sgmcmc_fused.triton_sgld_step_(*lists.op_args(), **hyper.op_kwargs())
+
+
+psgld_step_ = psgld_step_entry(_psgld_step, check=False)
+sgld_step_ = sgld_step_entry(_sgld_step, check=False)
 
 
 def philox_normal(
