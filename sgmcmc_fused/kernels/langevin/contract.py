@@ -260,9 +260,11 @@ def psgld_step_entry(impl: StepImpl, *, op: str = "psgld_step_", check: bool = T
         seed: int,
     ) -> None:
         hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed, alpha, eps)
-        lists = step_lists(op, params, grads, square_avgs, stream_ids, element_offsets, steps)
         if check:
+            lists = step_lists(op, params, grads, square_avgs, stream_ids, element_offsets, steps)
             check_step_inputs(op, lists, hyper)
+        else:
+            lists = _plain_lists(op, params, grads, square_avgs, stream_ids, element_offsets, steps)
         impl(lists, hyper)
 
     return _named_after(psgld_step_, impl)
@@ -287,12 +289,23 @@ def sgld_step_entry(impl: StepImpl, *, op: str = "sgld_step_", check: bool = Tru
         seed: int,
     ) -> None:
         hyper = StepHyper(lr, weight_decay, temperature, num_data, add_noise, seed)
-        lists = step_lists(op, params, grads, None, stream_ids, element_offsets, steps)
         if check:
+            lists = step_lists(op, params, grads, None, stream_ids, element_offsets, steps)
             check_step_inputs(op, lists, hyper)
+        else:
+            lists = _plain_lists(op, params, grads, None, stream_ids, element_offsets, steps)
         impl(lists, hyper)
 
     return _named_after(sgld_step_, impl)
+
+
+def _plain_lists(op: str, *values: object) -> StepLists:
+    """The lists as lists, unchecked (the op checks them; this path stays within a few microseconds a
+    call). A single tensor would be split into rows by list(): refused here."""
+    for name, v in zip(StepLists._fields, values, strict=True):
+        if isinstance(v, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a list, got a Tensor")
+    return StepLists(*(None if v is None else list(v) for v in values))
 
 
 def _named_after(entry: Callable[..., None], impl: StepImpl) -> Callable[..., None]:
