@@ -8,12 +8,14 @@ estimate of the entropy rate; downloads go to a local HTTP server started by the
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import itertools
 import json
 import math
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,12 +382,18 @@ def test_word2vec_text(tmp_path):
 # -- download --------------------------------------------------------------------------------------
 
 
+#: url path -> bytes the test server sends with no Content-Length and then closes (a cut transfer).
+UNSIZED: dict[str, bytes] = {}
+
+
 @pytest.fixture
 def http_root(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields (root dir, base url, request log)."""
+    """A local HTTP server on 127.0.0.1 serving tmp_path/www (and UNSIZED bodies); yields (root dir,
+    base url, request log)."""
     root = tmp_path / "www"
     root.mkdir()
     requests = []
+    UNSIZED.clear()
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -393,6 +401,11 @@ def http_root(tmp_path):
 
         def do_GET(self):
             requests.append(self.path)
+            if self.path in UNSIZED:  # HTTP/1.0 without Content-Length: the body ends when the server closes
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(UNSIZED[self.path])
+                return
             super().do_GET()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
@@ -406,16 +419,27 @@ def http_root(tmp_path):
         thread.join(5)
 
 
-def test_download_from_local_server(http_root, tmp_path):
-    root, base, requests = http_root
+def _serve_ptb(root: Path, monkeypatch) -> dict[str, bytes]:
+    """Small stand-ins for the PTB files on the test server, recorded as the published files."""
     fixture = {}
-    for url, _ in dl.SOURCES["ptb"]:
+    for url, rel in dl.SOURCES["ptb"]:
         path = url.split("raw.githubusercontent.com", 1)[1]
         (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         fixture[path] = f" sentence {path} \n".encode() * 50
         (root / path.lstrip("/")).write_bytes(fixture[path])
+        monkeypatch.setitem(
+            dl.EXPECTED, rel, dl.Expected(hashlib.sha256(fixture[path]).hexdigest(), len(fixture[path]))
+        )
+    return fixture
+
+
+def test_download_from_local_server(http_root, tmp_path, monkeypatch):
+    root, base, requests = http_root
+    fixture = _serve_ptb(root, monkeypatch)
     dest = tmp_path / "data"
-    paths = dl.download("ptb", dest, base_url=base, timeout=10)
+    lines = []
+    paths = dl.download("ptb", dest, base_url=base, timeout=10, report=lines.append)
+    assert lines == [f"wrote {p} ({p.stat().st_size} bytes; SHA-256 verified)" for p in paths]
     assert [p.relative_to(dest).as_posix() for p in paths] == [f"ptb/ptb.{s}.txt" for s in ("train", "valid", "test")]
     assert [p.read_bytes() for p in paths] == list(fixture.values())
     assert sorted(p.name for p in (dest / "ptb").iterdir()) == sorted(p.name for p in paths)  # no temp files left
@@ -423,7 +447,50 @@ def test_download_from_local_server(http_root, tmp_path):
     with pytest.warns(UserWarning, match="mapped to '<unk>'"):
         c = load_word_corpus_dir(dest / "ptb")  # the result is a loadable corpus
     assert c.num_tokens == 50 * 3
-    assert dl.download("ptb", dest, base_url=base) == paths and len(requests) == 3  # existing files skipped
+    lines.clear()
+    assert dl.download("ptb", dest, base_url=base, report=lines.append) == paths and len(requests) == 3
+    assert lines == [f"kept {p} (already there; SHA-256 verified)" for p in paths]  # verified, not fetched
+
+
+def test_download_refuses_html_pages_cut_transfers_and_wrong_files(http_root, tmp_path, monkeypatch):
+    root, base, requests = http_root
+    fixture = _serve_ptb(root, monkeypatch)
+    train_path, valid_path, _ = fixture
+    dest = tmp_path / "data"
+    portal = b"<!DOCTYPE html>\n<html><body>Sign in to the hotel Wi-Fi</body></html>\n"
+    cases = [
+        (portal, "got an HTML page"),
+        (fixture[train_path][:-40], r"2660 bytes where the published file has 2700 \(cut short\?\)"),
+        (fixture[train_path].replace(b"sentence", b"sentencE"), "SHA-256 [0-9a-f]{64}, not the published"),
+    ]
+    for body, message in cases:
+        UNSIZED[train_path] = body
+        with pytest.raises(RuntimeError, match=rf"ptb\.train\.txt: {message}.*nothing was written"):
+            dl.download("ptb", dest, base_url=base, timeout=10)
+        assert not any(p.is_file() for p in dest.rglob("*"))  # nothing under any name
+    # A file without a recorded digest is checked for its format: MR is "LABEL sentence" lines.
+    ((mr_url, _),) = dl.SOURCES["mr"]
+    mr_path = mr_url.split("raw.githubusercontent.com", 1)[1]
+    for body, message in ((portal, "got an HTML page"), (b"1 fine\nno label here\n", "line 2 does not start")):
+        UNSIZED[mr_path] = body
+        with pytest.raises(RuntimeError, match=message):
+            dl.download("mr", dest, base_url=base, timeout=10)
+    UNSIZED[mr_path] = b"1 a fine film\n0\n0 a dull one\n"
+    lines = []
+    (mr,) = dl.download("mr", dest, base_url=base, timeout=10, report=lines.append)
+    assert lines == [f"wrote {mr} (29 bytes; format checked; no SHA-256 recorded for this file)"]
+    # A damaged file already there is downloaded again, not kept.
+    del UNSIZED[train_path]
+    paths = dl.download("ptb", dest, base_url=base, timeout=10)
+    paths[1].write_bytes(fixture[valid_path][:-1])
+    lines = []
+    dl.download("ptb", dest, base_url=base, timeout=10, report=lines.append)
+    assert lines[1] == (
+        f"{paths[1]} is there but fails verification (2699 bytes where the published file has 2700 (cut short?)): "
+        "downloading it again"
+    )
+    assert lines[2] == f"wrote {paths[1]} (2700 bytes; SHA-256 verified)"
+    assert paths[1].read_bytes() == fixture[valid_path]
 
 
 def _gutenberg_page(body: str) -> bytes:
@@ -452,8 +519,11 @@ def test_download_war_and_peace_without_the_gutenberg_wrapper(http_root, tmp_pat
     served.write_bytes(_gutenberg_page("\n"))  # nothing between the markers
     with pytest.raises(RuntimeError, match="nothing between the START OF and END OF lines"):
         dl.download("warandpeace", tmp_path / "other", base_url=base, timeout=10)
-    served.write_bytes(b"<html>a mirror's error page</html>")  # markers missing: refused, nothing written
+    served.write_bytes(b"War and Peace, an abridged edition\n")  # markers missing: refused, nothing written
     with pytest.raises(RuntimeError, match=r"pg2600\.txt: no '\*\*\* START OF/END OF"):
+        dl.download("warandpeace", tmp_path / "other", base_url=base, timeout=10)
+    served.write_bytes(b"<html>a mirror's error page</html>")  # said to be a page, not a missing marker
+    with pytest.raises(RuntimeError, match=r"pg2600\.txt: got an HTML page"):
         dl.download("warandpeace", tmp_path / "other", base_url=base, timeout=10)
     assert not any(p.is_file() for p in (tmp_path / "other").rglob("*"))
 

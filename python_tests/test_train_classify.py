@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import http.server
 import json
 import math
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from sgmcmc_fused.data import download as dl
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
 from sgmcmc_fused.train.classify.data import encode_split, load_classify_data, make_synthetic_task
@@ -337,22 +339,25 @@ def http_root(tmp_path):
         thread.join(5)
 
 
-def test_download_command_fetches_prints_and_feeds_classify(http_root, tmp_path, capsys):
+def test_download_command_fetches_prints_and_feeds_classify(http_root, tmp_path, capsys, monkeypatch):
     root, base = http_root
     task = make_synthetic_task(num_classes=2, train_size=120, test_size=30, seed=4)
     served = root / "harvardnlp/sent-conv-torch/master/data"
     served.mkdir(parents=True)
     _write_sentences(served / "TREC.train.all", task.train.labels.tolist(), task.train.sentences)
     _write_sentences(served / "TREC.test.all", task.test.labels.tolist(), task.test.sentences)
+    for name in ("TREC.train.all", "TREC.test.all"):  # the stand-ins are the published files here
+        body = (served / name).read_bytes()
+        monkeypatch.setitem(dl.EXPECTED, f"sentcls/{name}", dl.Expected(hashlib.sha256(body).hexdigest(), len(body)))
     dest = tmp_path / "data"
     assert main(["download", "trec", "--dest", str(dest), "--base-url", base]) == 0
     lines = capsys.readouterr().out.splitlines()
     files = [dest / "sentcls" / f"TREC.{s}.all" for s in ("train", "test")]
-    assert lines == [f"wrote {p} ({p.stat().st_size} bytes)" for p in files]
+    assert lines == [f"wrote {p} ({p.stat().st_size} bytes; SHA-256 verified)" for p in files]
     assert [p.read_bytes() for p in files] == [(served / p.name).read_bytes() for p in files]
-    # Again: nothing fetched, both files kept.
+    # Again: nothing fetched, both files verified and kept.
     assert main(["download", "trec", "--dest", str(dest), "--base-url", base]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"kept {p} (already there)" for p in files]
+    assert capsys.readouterr().out.splitlines() == [f"kept {p} (already there; SHA-256 verified)" for p in files]
     # A set the server does not have: exit 1 with the URL and the HTTP status, no partial file.
     assert main(["download", "sst2", "--dest", str(dest), "--base-url", base]) == 1
     err = capsys.readouterr().err

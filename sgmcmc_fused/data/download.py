@@ -7,21 +7,28 @@ Each set goes into its own folder of the destination (``ptb/``, ``tinyshakespear
 so a downloaded directory is used exactly as that one; War and Peace goes to
 ``warandpeace/input.txt``. Nothing here runs at import; tests point `base_url` at a local HTTP
 server, never the internet.
+
+Every file is verified before it is renamed into place, and again when it is already there: against
+the SHA-256 and size in `EXPECTED` where one is recorded, else for its format only (not an HTML
+page, the line format of its kind: `verify`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic_file import atomic_write
 
-__all__ = ["SOURCES", "TRANSFORMS", "download", "strip_gutenberg"]
+__all__ = ["EXPECTED", "SOURCES", "TRANSFORMS", "Expected", "download", "strip_gutenberg", "verify"]
 
 _RAW = "https://raw.githubusercontent.com"
 _SENT = f"{_RAW}/harvardnlp/sent-conv-torch/master/data"
@@ -49,7 +56,39 @@ SOURCES: dict[str, list[tuple[str, str]]] = {
     "mpqa": [(f"{_SENT}/mpqa.all", "sentcls/mpqa.all")],
 }
 
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The published file: its SHA-256 (hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+#: destination -> the published file, measured from copies of the files at the SOURCES urls (the
+#: PTB files' MD5s also equal torchtext's published PennTreebank checksums). The other files
+#: (War and Peace, which Gutenberg re-edits, and MR, SUBJ, CR, MPQA) have no digest recorded yet:
+#: they are checked for their format only, and `download` says so.
+# fmt: off
+EXPECTED: dict[str, Expected] = {
+    "ptb/ptb.train.txt": Expected("fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf", 5101618),
+    "ptb/ptb.valid.txt": Expected("c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2", 399782),
+    "ptb/ptb.test.txt": Expected("dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0", 449945),
+    "tinyshakespeare/input.txt":
+        Expected("86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", 1115394),
+    "sentcls/TREC.train.all": Expected("c8183fd8c2a5cc4a9a1c56548d7c6410a8b71ed7843df9ef1f0a05cd7cf2fb3e", 292402),
+    "sentcls/TREC.test.all": Expected("92a6a3cede5678b447ef5f1d7ec474134fcda211e6590e6fa627b4a2c68e4566", 19479),
+    "sentcls/stsa.binary.train":
+        Expected("71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338", 738844),
+    "sentcls/stsa.binary.dev": Expected("02fedc82855dbdcabe82c65ed1af6c6570788eaac51073cdb35ee8c7784426d1", 94400),
+    "sentcls/stsa.binary.test": Expected("6a80dc9b9a0db2d3b37f2f809304febad31c90ab67a5b4157b7d9f881c53ef5b", 193562),
+}
+# fmt: on
+
 _CHUNK = 1 << 16
+_HTML = re.compile(rb"\A\s*<(!doctype\s+html|html|head|body)[\s>]", re.I)
+_LABELLED_LINE = re.compile(rb"\s*\d+(\s|\Z)")
 
 _GUTENBERG_START = re.compile(rb"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\n", re.M | re.I)
 _GUTENBERG_END = re.compile(rb"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG EBOOK", re.M | re.I)
@@ -79,6 +118,33 @@ def strip_gutenberg(raw: bytes) -> bytes:
 TRANSFORMS: dict[str, Callable[[bytes], bytes]] = {"warandpeace/input.txt": strip_gutenberg}
 
 
+def verify(rel: str, body: bytes) -> str:
+    """Check the content `body` of the file SOURCES calls `rel` (after its TRANSFORMS).
+
+    Returns how it was verified ("SHA-256 verified", or "format checked; no SHA-256 recorded").
+
+    Raises:
+        RuntimeError: what is wrong (an HTML page, a wrong digest or size, a malformed line).
+    """
+    if not body.strip():
+        raise RuntimeError("the file is empty")
+    if _HTML.match(body):
+        raise RuntimeError("got an HTML page, not the data file (a captive portal, a login or an error page?)")
+    expected = EXPECTED.get(rel)
+    if expected is not None:
+        if len(body) != expected.size:
+            raise RuntimeError(f"{len(body)} bytes where the published file has {expected.size} (cut short?)")
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != expected.sha256:
+            raise RuntimeError(f"SHA-256 {digest}, not the published file's {expected.sha256}")
+        return "SHA-256 verified"
+    if rel.startswith("sentcls/"):
+        for number, line in enumerate(body.splitlines(), 1):
+            if line.strip() and not _LABELLED_LINE.match(line):
+                raise RuntimeError(f"line {number} does not start with an integer label: {line[:60]!r}")
+    return "format checked; no SHA-256 recorded for this file"
+
+
 def _rehost(url: str, base_url: str | None) -> str:
     """`url` with its scheme and host replaced by `base_url` (which may carry a path prefix)."""
     if base_url is None:
@@ -86,43 +152,50 @@ def _rehost(url: str, base_url: str | None) -> str:
     return base_url.rstrip("/") + urllib.parse.urlsplit(url).path
 
 
-def _fetch(url: str, dest: Path, timeout: float, transform: Callable[[bytes], bytes] | None = None) -> None:
-    """Download `url` to `dest` atomically: a temporary file in dest's directory, fsync, rename.
-    With `transform`, the whole body is held in memory and `transform(body)` is written instead."""
+def _fetch(url: str, rel: str, dest: Path, timeout: float) -> str:
+    """Download `url`, transform and verify it, and write it to `dest` atomically (a temporary file in
+    dest's folder, fsync, rename); returns how it was verified. A file that fails is not written."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            expected = resp.headers.get("Content-Length")
+            body = bytearray()
+            while chunk := resp.read(_CHUNK):
+                body += chunk
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise RuntimeError(f"download of {url} failed: {e.reason} (is the network reachable?)") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
+        raise RuntimeError(f"download of {url} failed: {e!r}") from None
+    if expected is not None and len(body) != int(expected):
+        raise RuntimeError(f"download of {url} failed: got {len(body)} of {expected} bytes (connection cut?)")
+    try:
+        if _HTML.match(body):  # before a transform, whose own complaint would hide the cause
+            verify(rel, bytes(body))
+        content = TRANSFORMS[rel](bytes(body)) if rel in TRANSFORMS else bytes(body)
+        how = verify(rel, content)
+    except RuntimeError as e:
+        raise RuntimeError(f"download of {url}: {e}; nothing was written to {dest}") from None
     with atomic_write(dest, suffix=".part") as out:
-        body = bytearray()
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                expected = resp.headers.get("Content-Length")
-                size = 0
-                while chunk := resp.read(_CHUNK):
-                    if transform is None:
-                        out.write(chunk)
-                    else:
-                        body += chunk
-                    size += len(chunk)
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-        except urllib.error.URLError as e:
-            raise RuntimeError(f"download of {url} failed: {e.reason} (is the network reachable?)") from None
-        except (TimeoutError, ConnectionError) as e:
-            raise RuntimeError(f"download of {url} failed: {e!r}") from None
-        if expected is not None and size != int(expected):
-            raise RuntimeError(f"download of {url} failed: got {size} of {expected} bytes (connection cut?)")
-        if transform is not None:
-            try:
-                out.write(transform(bytes(body)))
-            except RuntimeError as e:
-                raise RuntimeError(f"download of {url}: {e}") from None
+        out.write(content)
+    return how
 
 
-def download(name: str, dest_dir: str | os.PathLike, *, base_url: str | None = None, timeout: float = 60) -> list[Path]:
+def download(
+    name: str,
+    dest_dir: str | os.PathLike,
+    *,
+    base_url: str | None = None,
+    timeout: float = 60,
+    report: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Download the files of `SOURCES[name]` under `dest_dir`; returns their paths in SOURCES order.
 
-    Files that already exist are skipped (not re-checked). Each file is written to a temporary
-    file beside its destination and renamed into place, so an interrupted download never leaves
-    a partial file under the final name. `base_url` (e.g. "http://127.0.0.1:8000") replaces the
-    scheme and host of every URL, keeping its path; `timeout` is per connection/read, in seconds.
+    A file already there is verified (`verify`) and kept, or downloaded again if it fails. Each
+    download is verified before it is renamed into place, so a failed or interrupted one never leaves
+    a file under the final name. `base_url` (e.g. "http://127.0.0.1:8000") replaces the scheme and
+    host of every URL, keeping its path; `timeout` is per connection/read, in seconds; `report`
+    receives one line per file (``wrote PATH (...)``, ``kept PATH (...)``).
 
     Raises:
         ValueError for an unknown name; RuntimeError naming the URL on an HTTP error status, a
@@ -131,11 +204,19 @@ def download(name: str, dest_dir: str | os.PathLike, *, base_url: str | None = N
     """
     if name not in SOURCES:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(sorted(SOURCES))}")
+    say = report or (lambda line: None)
     root = Path(dest_dir)
     paths = []
     for url, rel in SOURCES[name]:
         dest = root / rel
-        if not dest.exists():
-            _fetch(_rehost(url, base_url), dest, timeout, TRANSFORMS.get(rel))
+        if dest.exists():
+            try:
+                say(f"kept {dest} (already there; {verify(rel, dest.read_bytes())})")
+                paths.append(dest)
+                continue
+            except RuntimeError as e:
+                say(f"{dest} is there but fails verification ({e}): downloading it again")
+        how = _fetch(_rehost(url, base_url), rel, dest, timeout)
+        say(f"wrote {dest} ({dest.stat().st_size} bytes; {how})")
         paths.append(dest)
     return paths

@@ -2,9 +2,11 @@
 
 Fetches the public corpora of the paper's experiments (`sgmcmc_fused.data.download.SOURCES`) into DIR
 in one folder per set (``ptb/``, ``tinyshakespeare/``, ``sentcls/``; War and Peace in
-``warandpeace/``), then prints every file: ``wrote PATH (BYTES bytes)``, or ``kept PATH`` for a file
-that was already there (never re-downloaded). Each file is written to a temporary name and renamed,
-so an interrupted download leaves no partial file. ``--base-url`` replaces the scheme and host of
+``warandpeace/``), and prints every file: ``wrote PATH (BYTES bytes; how it was verified)``, or
+``kept PATH`` for a file that was already there and passes verification (one that fails is downloaded
+again). Every file is checked against its published SHA-256 where one is recorded, else for its format
+(`sgmcmc_fused.data.download.verify`), before it is renamed into place: a failed, interrupted or wrong
+download leaves no file under the final name. ``--base-url`` replaces the scheme and host of
 every URL (a mirror, or a local server in tests).
 
     python -m sgmcmc_fused.train download ptb trec --dest data
@@ -42,15 +44,9 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(f"--timeout must be > 0, got {args.timeout}")
     dest = Path(args.dest)
     for name in dict.fromkeys(args.names):  # each set once, in the order given
-        present = {rel for _, rel in SOURCES[name] if (dest / rel).exists()}
         try:
-            paths = download(name, dest, base_url=args.base_url, timeout=args.timeout)
+            download(name, dest, base_url=args.base_url, timeout=args.timeout, report=print)
         except (RuntimeError, OSError) as e:
             print(f"error: {name}: {e}", file=sys.stderr)
             return 1
-        for (_, rel), path in zip(SOURCES[name], paths, strict=True):
-            if rel in present:
-                print(f"kept {path} (already there)")
-            else:
-                print(f"wrote {path} ({path.stat().st_size} bytes)")
     return 0
