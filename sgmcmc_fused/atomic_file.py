@@ -23,6 +23,8 @@ def atomic_write(
     `open`); when the block ends normally, rename it over `path`; when it raises, delete it.
 
     The temporary file is ``.NAME.<random><suffix>`` in path's folder, which is created if missing.
+    The finished file has the mode a new file gets under the process's umask (``mkstemp`` would
+    leave it 0600).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode must be 'w' or 'wb', got {mode!r}")
@@ -30,6 +32,7 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             if durable:
@@ -41,6 +44,13 @@ def atomic_write(
         raise
     if durable:
         _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:
