@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -266,9 +267,11 @@ def test_resume_is_bit_exact(tmp_path, variant):
     assert _csv(straight / "psgld" / "samples.csv")[1] == _csv(split / "psgld" / "samples.csv")[1]
 
 
-def test_ctrl_c_checkpoints_and_resumes_exactly(tmp_path):
-    """SIGINT in the middle of training: the run checkpoints at the next step boundary and exits with
-    status 130; resumed to the end of the interrupted epoch, it equals an uninterrupted run."""
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_checkpoint_and_resume_exactly(tmp_path, signum, status):
+    """SIGINT (Ctrl-C) or SIGTERM (a cluster scheduler's notice) in the middle of training: the run
+    checkpoints at the next step boundary and exits with status 128 + the signal; resumed to the end of
+    the interrupted epoch, it equals an uninterrupted run."""
     # One thread in every part: CPU reductions split by thread, so the count is part of the result.
     args = ["--method", "psgld", "--burn-in", "100", "--thin", "40", "--no-plot", "--threads", "1"]
     out = tmp_path / "interrupted"
@@ -281,12 +284,12 @@ def test_ctrl_c_checkpoints_and_resumes_exactly(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
-    assert "interrupted at step" in stdout and "Traceback" not in stderr
+    assert proc.returncode == status, stderr
+    assert f"interrupted ({signal.Signals(signum).name}) at step" in stdout and "Traceback" not in stderr
     ck = load_checkpoint(out / "psgld" / "checkpoint.pt")
     epochs = ck["epoch"] + 1
     assert 1 <= ck["epoch"] < 40 and ck["step"] >= STEPS_PER_EPOCH
@@ -485,3 +488,83 @@ def test_chains_pool_their_samples_and_report_split_rhat(tmp_path):
     assert result["test_avg_ppl"] < max(result["chain_test_avg_ppl"])
     assert result["split_rhat"] == pytest.approx(split_rhat(traces), rel=1e-12)
     assert (out / "psgld" / "pooled.json").is_file()
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward; NaN gradients backward (a finite loss whose gradient is not)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize(
+    "poison, what",
+    [
+        (lambda logits: logits * float("nan"), "the loss is nan"),
+        (_NaNGradient.apply, r"the gradient of 'embedding.weight' \(shape \(200, 32\)\) holds NaN or inf"),
+    ],
+    ids=["loss", "gradient"],
+)
+def test_a_diverging_run_skips_the_step_checkpoints_and_resumes_with_another_lr(tmp_path, monkeypatch, capsys, poison,
+                                                                                 what):  # fmt: skip
+    """A NaN loss or gradient at step 7: the step is skipped (nothing updated), the run checkpoints and
+    stops with status 1 and a message naming the method, the cause and the remedies; resumed with
+    another lr it finishes. Under --nan-policy skip the same run finishes, the step skipped."""
+    forward = LanguageModel.forward
+    calls = []
+
+    def poisoned(self, x, hidden=None):
+        logits, hidden = forward(self, x, hidden)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 7:
+                logits = poison(logits)
+        return logits, hidden
+
+    monkeypatch.setattr(LanguageModel, "forward", poisoned)
+    args = ["--method", "rmsprop", "--epochs", "1", "--no-plot", "--threads", "1"]
+    out = tmp_path / "diverged"
+    assert main([*TINY, *args, "--out", str(out)]) == 1
+    message = capsys.readouterr().out
+    assert re.search(
+        rf"rmsprop: {what} at step 7 \(the run diverged\); the step was skipped and a checkpoint saved, continue "
+        rf"with --resume {re.escape(str(out))} and a smaller --lr rmsprop=LR, or with --nan-policy skip",
+        message,
+    ), message
+    ck = load_checkpoint(out / "rmsprop" / "checkpoint.pt")
+    assert ck["step"] == 7 and ck["batch_in_epoch"] == 7 and ck["optimizer"]["skipped_steps"] == 1
+    monkeypatch.setattr(LanguageModel, "forward", forward)
+    # Skipped means not applied: the parameters are those after step 6 of an unpoisoned run.
+    six = _run(tmp_path, "six", *args, "--stop-after-steps", "6")
+    reference = load_checkpoint(six / "rmsprop" / "checkpoint.pt")
+    for k, v in reference["model"].items():
+        assert torch.equal(ck["model"][k], v), k
+    # Resumed with a smaller lr, the run finishes; the lr is the new one from step 8 on.
+    assert main(["lm", "--resume", str(out), "--lr", "rmsprop=5e-3", "--quiet", "--no-plot", "--threads", "1"]) == 0
+    (row,) = _csv(out / "rmsprop" / "log.csv")[1]
+    assert float(row["lr"]) == 5e-3 and row["skipped_steps"] == "1" and math.isfinite(float(row["train_ppl"]))
+    assert json.loads((out / "config.json").read_text())["lr"] == {"rmsprop": 5e-3}
+
+    # --nan-policy skip: the run goes on past the bad step.
+    monkeypatch.setattr(LanguageModel, "forward", poisoned)
+    calls.clear()
+    skipped = tmp_path / "skipped"
+    assert main([*TINY, *args, "--nan-policy", "skip", "--out", str(skipped)]) == 0
+    (row,) = _csv(skipped / "rmsprop" / "log.csv")[1]
+    assert (
+        row["skipped_steps"] == "1" and int(row["step"]) == STEPS_PER_EPOCH and math.isfinite(float(row["train_ppl"]))
+    )
+
+
+def test_a_loss_too_large_for_exp_reports_an_infinite_perplexity(tmp_path):
+    """sgd at lr 1e4 without a clip: the loss grows past exp's range, finite; the perplexities are inf,
+    not an OverflowError."""
+    out = _run(tmp_path, "huge", "--method", "sgd", "--lr", "1e4", "--clip", "0", "--epochs", "1", "--no-plot")
+    (row,) = _csv(out / "sgd" / "log.csv")[1]
+    assert row["train_ppl"] == "inf" and row["valid_ppl"] == "inf"
+    assert json.loads((out / "results.json").read_text())["methods"][0]["test_ppl"] == math.inf

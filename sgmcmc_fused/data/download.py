@@ -57,7 +57,6 @@ SOURCES: dict[str, list[tuple[str, str]]] = {
 }
 
 
-
 @dataclass(frozen=True)
 class Expected:
     """The published file: its SHA-256 (hex) and size in bytes."""

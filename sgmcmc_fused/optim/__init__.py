@@ -1,6 +1,7 @@
 """Langevin optimizers with fused steps: PSGLD (RMSprop-preconditioned) and SGLD."""
 
+from ._langevin import NonFiniteGradientError
 from .psgld import PSGLD
 from .sgld import SGLD
 
-__all__ = ["PSGLD", "SGLD"]
+__all__ = ["PSGLD", "SGLD", "NonFiniteGradientError"]

@@ -29,6 +29,18 @@ def _check_hyper(name: str, value: Any, *, positive: bool = False, below_one: bo
         raise ValueError(f"{name} must be < 1, got {value!r}")
 
 
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient holds NaN or inf (nan_policy "raise"); no parameter was updated.
+
+    Attributes:
+        parameter: the first such parameter: its name (or stream id) and shape.
+    """
+
+    def __init__(self, message: str, parameter: str):
+        super().__init__(message)
+        self.parameter = parameter
+
+
 class LangevinOptimizer(Optimizer):
     """Base class: subclasses set PRECONDITIONED and the step-function name.
 
@@ -118,8 +130,8 @@ class LangevinOptimizer(Optimizer):
         Returns:
             the closure's loss, or None.
         Raises:
-            FloatingPointError: a gradient holds NaN or inf and nan_policy is
-                "raise" (nothing has been updated).
+            NonFiniteGradientError (a FloatingPointError): a gradient holds NaN or
+                inf and nan_policy is "raise" (nothing has been updated).
         """
         loss = None
         if closure is not None:
@@ -174,9 +186,10 @@ class LangevinOptimizer(Optimizer):
                 label = repr(next(n for n, q in zip(names, group["params"], strict=False) if q is p))
             else:
                 label = f"with stream id {self._stream_ids[p]}"
-            raise FloatingPointError(
+            raise NonFiniteGradientError(
                 f"{type(self).__name__}: the gradient of parameter {label} (shape {tuple(p.shape)}) holds NaN "
-                f"or inf; no parameter was updated. Pass nan_policy='skip' to skip such steps."
+                f"or inf; no parameter was updated. Pass nan_policy='skip' to skip such steps.",
+                parameter=f"{label} (shape {tuple(p.shape)})",
             )
         return True
 

@@ -22,8 +22,9 @@ import torch
 from .checkpoint import CheckpointError
 from .config import RunConfig
 from .distributed import World, barrier, gather_objects, run_in_world
-from .options import RUN_CONTROL, ConfigError, cpu_threads
+from .options import RUN_CONTROL, ConfigError, cpu_threads, given_learning_rates
 from .run_control import InterruptFlag, Printer, Stop, resolve_device
+from .run_folder import RunFolder
 from .runlog import write_json
 
 
@@ -119,6 +120,11 @@ class Task(ABC):
             args.parser.error(str(e))
         return 2  # not reached: parser.error exits
 
+    def claim(self, cfg: RunConfig, out: Path, resumed: bool) -> None:
+        """Take what else the run writes to besides its folder (rank 0, holding the folder's lock).
+        Raises ConfigError if another run has it."""
+        return None
+
     def _run(self, args: argparse.Namespace, world: World, device: torch.device) -> int:
         if args.resume:
             out = Path(args.resume)
@@ -128,25 +134,50 @@ class Task(ABC):
             default = f"runs/{self.run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
             # Every rank must write to rank 0's folder (the clock may pass a second between ranks).
             out = Path(args.out) if args.out else Path(gather_objects(default, world)[0])
-            if (out / "config.json").exists():
-                raise ConfigError(
-                    f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out"
-                )
-        cfg, data = self.load_data(cfg, args, world)
-        barrier(world)  # every rank has checked --out before rank 0 writes into it
+        folder = RunFolder(out, "--resume" if args.resume else "--out")
+        self._take(folder, cfg, args, world)
+        try:
+            cfg, data = self.load_data(cfg, args, world)
+            if world.is_main:
+                write_json(out / "config.json", cfg.to_json())
+            barrier(world)
+            progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
+            say = Printer(args.quiet, silent=not world.is_main)
+            with InterruptFlag() as interrupted:
+                session = Session(args, cfg, out, world, device, say, progress and world.is_main, interrupted)
+                try:
+                    return self.train(session, data)
+                except Stop as stop:
+                    say(str(stop), force=True)
+                    return stop.status
+        finally:
+            folder.release()
+
+    def _take(self, folder: RunFolder, cfg: RunConfig, args: argparse.Namespace, world: World) -> None:
+        """Rank 0 takes the run's folder (and whatever `claim` takes) for the life of the command: a
+        new run needs a new or empty folder, and no other command may be writing into it. Every rank
+        raises the same ConfigError if that fails."""
+        problem = None
         if world.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "config.json", cfg.to_json())
-        barrier(world)
-        progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
-        say = Printer(args.quiet, silent=not world.is_main)
-        with InterruptFlag() as interrupted:
-            session = Session(args, cfg, out, world, device, say, progress and world.is_main, interrupted)
             try:
-                return self.train(session, data)
-            except Stop as stop:
-                say(str(stop), force=True)
-                return stop.status
+                folder.acquire()
+                out = folder.path
+                if not args.resume and (out / "config.json").exists():
+                    raise ConfigError(
+                        f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out"
+                    )
+                if not args.resume and (others := folder.foreign_entries()):
+                    shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+                    raise ConfigError(
+                        f"--out {out} is a folder of other files ({shown}): a new run needs a new or empty folder"
+                    )
+                self.claim(cfg, out, resumed=bool(args.resume))
+            except ConfigError as e:
+                folder.release()
+                problem = str(e)
+        problem = gather_objects(problem, world)[0]
+        if problem is not None:
+            raise ConfigError(problem)
 
     def _resumed_config(self, args: argparse.Namespace, out: Path) -> RunConfig:
         """The saved configuration of the run in `out`, with --epochs changed if given.
@@ -171,11 +202,16 @@ class Task(ABC):
             accepted = ", ".join(sorted(_option_names(parser, self.run_control - {"resume"})))
             raise ConfigError(
                 f"--resume continues the run with its saved configuration; {names} cannot be changed "
-                f"(only --epochs and the run options {accepted})"
+                f"(only --epochs, --lr, --nan-policy and the run options {accepted})"
             )
+        changes: dict[str, Any] = {}
         if args.epochs is not None:
-            cfg = cfg.replace(epochs=args.epochs)
-        return cfg
+            changes["epochs"] = args.epochs
+        if args.lr:
+            changes["lr"] = {**cfg.lr, **given_learning_rates(args.lr, cfg.methods)}
+        if args.nan_policy != parser.get_default("nan_policy"):
+            changes["nan_policy"] = args.nan_policy
+        return cfg.replace(**changes) if changes else cfg
 
 
 def _option_names(parser: argparse.ArgumentParser, dests: frozenset[str]) -> list[str]:

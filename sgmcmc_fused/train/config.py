@@ -146,8 +146,9 @@ class RunConfig:
     step_impl: str
     lstm_impl: str
 
-    #: Fields that --resume may change: they do not alter the steps already taken.
-    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"epochs"})
+    #: Fields that --resume may change: they do not alter the steps already taken (a run that
+    #: diverged continues with a smaller lr, or skipping the bad steps).
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"epochs", "lr", "nan_policy"})
     #: Fields that must be positive integers.
     POSITIVE_INTS: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "eval_batch_size", "hidden", "layers")
 

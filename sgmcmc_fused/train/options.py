@@ -213,18 +213,31 @@ def parse_methods(specs: list[str] | None) -> tuple[str, ...]:
     return tuple(methods)
 
 
+def given_learning_rates(specs: list[str] | None, methods: Sequence[str]) -> dict[str, float]:
+    """The learning rates given with --lr (``LR`` for every method, ``METHOD=LR`` for one).
+
+    Raises:
+        ConfigError: a malformed --lr, or one for a method that is not run.
+    """
+    for spec in specs or ():
+        name, sep, _ = spec.rpartition("=")
+        if sep and name in METHODS and name not in methods:
+            raise ConfigError(f"--lr {spec}: {name} is not run (--method {' '.join(methods)})")
+    try:
+        return parse_lrs(specs, methods)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def learning_rates(
     specs: list[str] | None, methods: Sequence[str], *, sgd_lr: float, rms_lr: float
 ) -> dict[str, float]:
     """The learning rate of every method: --lr where given, else its default (`default_lr`).
 
     Raises:
-        ConfigError: a malformed --lr.
+        ConfigError: a malformed --lr, or one for a method that is not run.
     """
-    try:
-        given = parse_lrs(specs, methods)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    given = given_learning_rates(specs, methods)
     return {m: given.get(m, default_lr(m, sgd_lr=sgd_lr, rms_lr=rms_lr)) for m in methods}
 
 

@@ -54,29 +54,43 @@ class Printer:
 
 
 class InterruptFlag:
-    """Within the block, the first Ctrl-C sets a flag (the training loop checkpoints at the next step
-    boundary and stops); a second one interrupts at once. A no-op outside the main thread."""
+    """Within the block, the first Ctrl-C (SIGINT) or SIGTERM (what cluster schedulers send before they
+    kill a job) sets a flag: the training loop checkpoints at the next step boundary and stops, with
+    exit status 128 + the signal's number. A second signal interrupts at once. A no-op outside the main
+    thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.set = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
 
     def __bool__(self) -> bool:
-        return self.set
+        return self.signum is not None
+
+    @property
+    def status(self) -> int:
+        """The exit status of a run stopped by the signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGINT).name
 
     def _handler(self, signum, frame):
-        if self.set:
+        if self.signum is not None:
             raise KeyboardInterrupt
-        self.set = True
+        self.signum = signum
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handler)
         except ValueError:  # not the main thread
-            self._previous = None
+            self._previous = {}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False

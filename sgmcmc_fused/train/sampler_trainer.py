@@ -21,12 +21,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from ..bayes import SampleCollector
+from ..optim import NonFiniteGradientError
 from .checkpoint import (
     CheckpointError,
     capture_training_state,
@@ -42,6 +43,21 @@ from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
 from .options import ConfigError
 from .run_control import Stop
 from .runlog import write_run_logs
+
+
+class StepLoss(NamedTuple):
+    """What `SamplerTrainer.train_step` returns for one minibatch.
+
+    Attributes:
+        loss: the scalar to backpropagate (data parallel: weighted so that DDP's average of the ranks'
+            gradients is the gradient of the whole batch's mean loss).
+        sums: this rank's contribution to each of RANK_SUMS (0-d tensors on the device).
+        counts: the minibatch's contribution to each of COUNTS.
+    """
+
+    loss: torch.Tensor
+    sums: dict[str, torch.Tensor]
+    counts: dict[str, float]
 
 
 class SamplerTrainer(ABC):
@@ -137,9 +153,9 @@ class SamplerTrainer(ABC):
         (set to the epoch's start)."""
 
     @abstractmethod
-    def train_step(self, batch: Any) -> torch.Tensor:
-        """Forward one minibatch and add to ``self.sums`` / ``self.totals``; returns the loss to
-        backpropagate (data parallel, weighted so that DDP's average is the whole batch's gradient)."""
+    def train_step(self, batch: Any) -> StepLoss:
+        """Forward one minibatch: its loss and what it adds to the running sums (added only if the
+        loss is finite)."""
 
     @abstractmethod
     def evaluate_sample(self, row: dict[str, Any]) -> None:
@@ -182,6 +198,10 @@ class SamplerTrainer(ABC):
         if ck["method"] != self.method:
             raise CheckpointError(f"{self.checkpoint_path} is a checkpoint of {ck['method']!r}, not {self.method!r}")
 
+    def step_skipped(self) -> None:
+        """Forget what the minibatch of a skipped step left behind (a carried state, say)."""
+        return None
+
     def end_epoch(self) -> None:
         """Reset what the task carries across the steps of an epoch (after its row is taken; by default
         nothing)."""
@@ -202,12 +222,51 @@ class SamplerTrainer(ABC):
             if stop_after is not None and self.step >= stop_after:
                 raise self._stop("stopped after step {step} (--stop-after-steps);", 0)
             if any_rank(bool(interrupted), self.world, self.device):  # the last epoch end was checkpointed
-                raise self._stop("interrupted at step {step}; checkpoint saved,", 130)
+                raise self._interrupted(interrupted)
             self._train_epoch(stop_after, checkpoint_every, interrupted)
         return self.final_result()
 
-    def _stop(self, what: str, status: int) -> Stop:
-        return Stop(f"{self.label}: {what.format(step=self.step)} continue with --resume {self.run_root}", status)
+    def _interrupted(self, interrupted) -> Stop:
+        """The Stop of a run interrupted by a signal (on another rank, perhaps: then as by SIGINT)."""
+        name, status = getattr(interrupted, "name", "SIGINT"), getattr(interrupted, "status", 130)
+        return self._stop(f"interrupted ({name}) at step {{step}}; checkpoint saved,", status)
+
+    def _stop(self, what: str, status: int, resume_options: str = "") -> Stop:
+        return Stop(
+            f"{self.label}: {what.format(step=self.step)} continue with --resume {self.run_root}{resume_options}",
+            status,
+        )
+
+    def _step(self, batch: Any, step: int) -> str | None:
+        """One parameter update on `batch`. A non-finite loss or gradient skips it (the optimizer then
+        updates nothing) and is counted in the optimizer's ``skipped_steps``; with nan_policy "raise"
+        the return value then says what diverged, for the caller to checkpoint and stop."""
+        model, opt, world = self.model, self.optimizer, self.world
+        opt.zero_grad(set_to_none=True)
+        out = self.train_step(batch)
+        # One host sync a step; every rank takes the same decision (DDP needs every backward).
+        loss_finite = not any_rank(not bool(torch.isfinite(out.loss.detach())), world, self.device)
+        out.loss.backward()
+        diverged = None
+        if loss_finite:
+            for k, v in out.sums.items():
+                self.sums[k] += v
+            for k, v in out.counts.items():
+                self.totals[k] += v
+            if self.cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip)
+            try:
+                opt.step()
+            except NonFiniteGradientError as e:
+                opt.skipped_steps += 1
+                diverged = f"the gradient of {e.parameter} holds NaN or inf"
+        else:
+            opt.skipped_steps += 1
+            if self.cfg.nan_policy == "raise":
+                diverged = f"the loss is {float(out.loss.detach()):g}"
+        if not loss_finite or diverged:
+            self.step_skipped()
+        return diverged
 
     def _train_epoch(self, stop_after: int | None, checkpoint_every: int, interrupted) -> None:
         model, opt, world = self.model, self.optimizer, self.world
@@ -227,11 +286,7 @@ class SamplerTrainer(ABC):
                 noise = self.sampler and step > self.burn_in
                 if noise != bool(opt.param_groups[0]["add_noise"]):
                     set_noise(opt, noise)
-                opt.zero_grad(set_to_none=True)
-                self.train_step(batch).backward()
-                if self.cfg.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip)
-                opt.step()
+                diverged = self._step(batch, step)
                 self.step, self.batch_in_epoch = step, self.batch_in_epoch + 1
                 if self.collects and (
                     self.collector.maybe_collect(step, model) if world.is_main else self.collector.should_collect(step)
@@ -240,6 +295,15 @@ class SamplerTrainer(ABC):
                 bar.update(1)
                 if self.progress and step % self.PROGRESS_EVERY == 0 and not world.distributed:
                     bar.set_postfix(self.progress_figures())
+                if diverged:  # the step was skipped: checkpoint, so that a resume can lower the lr
+                    self._pause(t0, eval_before)
+                    self.save_checkpoint()
+                    raise self._stop(
+                        f"{diverged} at step {{step}} (the run diverged); the step was skipped and a checkpoint saved,",
+                        1,
+                        resume_options=f" and a smaller --lr {self.method}=LR, or with --nan-policy skip to skip "
+                        "such steps",
+                    )
                 stop_now = any_rank(bool(interrupted), world, self.device)  # all ranks stop at the same step
                 stop = (stop_after is not None and step >= stop_after) or stop_now
                 periodic = checkpoint_every and step % checkpoint_every == 0
@@ -249,7 +313,7 @@ class SamplerTrainer(ABC):
                     self._start_sums()
                     t0, eval_before = time.perf_counter(), self.eval_time
                     if stop_now:
-                        raise self._stop("interrupted at step {step}; checkpoint saved,", 130)
+                        raise self._interrupted(interrupted)
                     if stop:
                         return
         finally:

@@ -20,7 +20,7 @@ from ...bayes import (
 )
 from ..checkpoint import CheckpointError
 from ..distributed import SINGLE, World, data_parallel, gather_dim, shard
-from ..sampler_trainer import SamplerTrainer
+from ..sampler_trainer import SamplerTrainer, StepLoss
 from .config import ClassifyConfig
 from .data import EncodedSplit
 from .model import SentenceClassifier, class_probabilities, pad_batch
@@ -104,7 +104,7 @@ class ClassifierTrainer(SamplerTrainer):
         order = torch.randperm(self.num_train, generator=self.data_rng)
         return iter(torch.split(order, self.cfg.batch_size)[self.batch_in_epoch :])
 
-    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+    def train_step(self, idx: torch.Tensor) -> StepLoss:
         world = self.world
         batch_size = len(idx)
         share = 1.0
@@ -119,11 +119,10 @@ class ClassifierTrainer(SamplerTrainer):
         y = self.train_labels[idx].to(self.device, non_blocking=True)
         logits = self.forward_model(tokens, lengths)
         loss = F.cross_entropy(logits, y)
+        sums = {}
         if share:  # this rank's sentences; summed over ranks when the epoch pauses
-            self.sums["loss_sum"] += loss.detach().double() * len(idx)
-            self.sums["errors"] += (logits.detach().argmax(1) != y).sum()
-        self.totals["seen"] += batch_size
-        return loss * share if world.distributed else loss
+            sums = {"loss_sum": loss.detach().double() * len(idx), "errors": (logits.detach().argmax(1) != y).sum()}
+        return StepLoss(loss * share if world.distributed else loss, sums, {"seen": batch_size})
 
     def progress_figures(self) -> dict[str, str]:
         loss_sum = self.totals["loss_sum"] + float(self.sums["loss_sum"])

@@ -41,6 +41,7 @@ batch's hidden state and every rank's RNG, and resumes under the same number of 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,10 @@ class LanguageModelTask(Task):
 
     def run_name(self, cfg: LMConfig) -> str:
         return f"lm-{cfg.data['kind']}-{cfg.preset}"
+
+    def claim(self, cfg: LMConfig, out: Path, resumed: bool) -> None:
+        if cfg.samples_dir:
+            claim_samples_dir(Path(cfg.samples_dir), out, resumed)
 
     def load_data(self, cfg: LMConfig, args: argparse.Namespace, world: World) -> tuple[LMConfig, LMData]:
         _check_world(cfg, world)
@@ -144,6 +149,43 @@ def _run_chains(method: str, session: Session, data: LMData) -> tuple[LMTrainer 
         f"{_fmt(result['split_rhat'])}"
     )
     return first, result
+
+
+#: The file in a --samples-dir that names the run it belongs to.
+SAMPLES_OWNER = "run.json"
+
+
+def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
+    """Make `folder` (--samples-dir) the samples folder of the run in `out`, or refuse it.
+
+    A samples folder belongs to one run: `SAMPLES_OWNER` records the run's folder. Another run's
+    folder is refused; so is a non-empty folder that names no run, for a new run (a run saved
+    before the record existed claims its own folder when it resumes).
+
+    Raises:
+        ConfigError: the folder is another run's, or not empty, or cannot be written.
+    """
+    owner_file = folder / SAMPLES_OWNER
+    me = str(out.resolve())
+    try:
+        if owner_file.is_file():
+            owner = json.loads(owner_file.read_text()).get("run")
+            if owner != me:
+                raise ConfigError(
+                    f"--samples-dir {folder} holds the samples of the run in {owner}: give each run its own "
+                    "samples folder"
+                )
+            return
+        if not resumed and folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(f"--samples-dir {folder} is not empty and belongs to no run: give a new or empty folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(owner_file, {"run": me})
+    except ConfigError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"--samples-dir {folder}: {e.strerror or e}") from None
+    except (ValueError, AttributeError):
+        raise ConfigError(f"--samples-dir {folder}: {owner_file} is damaged (not a JSON object)") from None
 
 
 def _fmt(x: float | None) -> str:

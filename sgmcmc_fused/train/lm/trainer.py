@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,10 @@ import torch.nn.functional as F
 from ...bayes import PredictiveAverager
 from ...data import batchify
 from ..distributed import SINGLE, World, data_parallel, gather_dim, shard
-from ..sampler_trainer import SamplerTrainer
+from ..sampler_trainer import SamplerTrainer, StepLoss
 from .config import LMConfig
 from .data import LMData, epoch_batches, prepare_train, steps_per_epoch
-from .model import LanguageModel, detach_hidden, perplexity, target_probabilities
+from .model import LanguageModel, detach_hidden, exp_or_inf, perplexity, target_probabilities
 
 EPOCH_COLUMNS = [
     "method", "epoch", "step", "lr", "noise", "train_ppl", "valid_ppl", "valid_avg_ppl", "num_samples",
@@ -87,7 +86,7 @@ class LMTrainer(SamplerTrainer):
             next(batches)
         return batches
 
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
         x, y = batch
         batch_tokens = y.numel()
         if self.world.distributed:
@@ -96,17 +95,20 @@ class LMTrainer(SamplerTrainer):
         if self.successive:
             self.hidden = detach_hidden(hidden)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        self.sums["loss_sum"] += loss.detach().double() * y.numel()  # this rank's tokens
-        self.totals["tokens"] += batch_tokens
+        sums = {"loss_sum": loss.detach().double() * y.numel()}  # this rank's tokens
         if self.world.distributed:
             # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
             # batch makes that average the gradient of the whole batch's mean loss.
-            return loss * (self.world.size * y.numel() / batch_tokens)
-        return loss
+            loss = loss * (self.world.size * y.numel() / batch_tokens)
+        return StepLoss(loss, sums, {"tokens": batch_tokens})
 
     def progress_figures(self) -> dict[str, str]:
         loss_sum = self.totals["loss_sum"] + float(self.sums["loss_sum"])
-        return {"ppl": f"{math.exp(loss_sum / self.totals['tokens']):.2f}", "lr": f"{self.lr_at(self.epoch):.3g}"}
+        ppl = exp_or_inf(loss_sum / max(self.totals["tokens"], 1))
+        return {"ppl": f"{ppl:.2f}", "lr": f"{self.lr_at(self.epoch):.3g}"}
+
+    def step_skipped(self) -> None:
+        self.hidden = None  # a diverged minibatch leaves a non-finite state: start the next from zero
 
     def end_epoch(self) -> None:
         self.hidden = None
@@ -140,7 +142,7 @@ class LMTrainer(SamplerTrainer):
         return {
             "method": self.method, "epoch": self.epoch + 1, "step": self.step, "lr": lr,
             "noise": bool(self.optimizer.param_groups[0]["add_noise"]),
-            "train_ppl": math.exp(self.totals["loss_sum"] / max(self.totals["tokens"], 1)),
+            "train_ppl": exp_or_inf(self.totals["loss_sum"] / max(self.totals["tokens"], 1)),
             "valid_ppl": perplexity(valid), "valid_avg_ppl": avg.perplexity() if avg.num_samples else None,
             "num_samples": avg.num_samples, "epoch_time_s": round(self.train_time, 4),
             "eval_time_s": round(self.eval_time, 4), "skipped_steps": self.optimizer.skipped_steps,

@@ -1,0 +1,137 @@
+"""A run owns its folder (and its samples folder) for its whole life: concurrent runs into one folder,
+folders of other files and another run's samples folder are refused, and nothing is overwritten."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sgmcmc_fused.train import main
+from sgmcmc_fused.train.checkpoint import load_checkpoint
+from sgmcmc_fused.train.run_folder import LOCK_NAME, RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "lm", "--synthetic-train-tokens", "4000", "--synthetic-eval-tokens", "1000", "--hidden", "16",
+    "--batch-size", "10", "--bptt", "10", "--epochs", "1", "--quiet", "--no-plot", "--threads", "1",
+]  # fmt: skip
+
+
+def _usage_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def _popen(*argv: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sgmcmc_fused.train", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_a_second_run_into_a_running_runs_folder_is_refused_and_loses_nothing(tmp_path):
+    """Two processes, one --out: the second is refused with the first's process id while the first
+    runs on; the first's run is whole."""
+    out = tmp_path / "run"
+    first = _popen(*TINY, "--method", "rmsprop", "--epochs", "200", "--out", str(out), cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "rmsprop" / "log.csv").exists():  # training: the folder is held
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = _popen(*TINY, "--lr", "0.5", "--out", str(out), cwd=tmp_path)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2, err
+        assert f"--out {out} is in use by process {first.pid} on " in err and "Traceback" not in err
+        assert first.poll() is None  # still running, undisturbed
+        first.send_signal(signal.SIGINT)
+        stdout, stderr = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 130, stderr
+    assert json.loads((out / "config.json").read_text())["lr"] == {"rmsprop": 0.003}  # the first run's
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "config.json", "rmsprop"]
+    # Once the first has stopped, the folder is free: resuming it works.
+    step = load_checkpoint(out / "rmsprop" / "checkpoint.pt")["step"]
+    argv = ["lm", "--resume", str(out), "--stop-after-steps", str(step + 5), "--quiet", "--no-plot", "--threads", "1"]
+    assert main(argv) == 0
+    assert load_checkpoint(out / "rmsprop" / "checkpoint.pt")["step"] == step + 5
+
+
+def test_the_lock_of_a_killed_process_is_not_in_the_way(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from sgmcmc_fused.train.run_folder import RunFolder; "
+         "RunFolder(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert (out / LOCK_NAME).read_text().split()[0] == str(holder.pid)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    finally:
+        holder.kill()
+    assert main([*TINY, "--out", str(out)]) == 0  # the dead holder's lock is gone with it
+    assert (out / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+
+
+def test_a_folder_held_in_this_process_is_refused_too(tmp_path, capsys):
+    folder = RunFolder(tmp_path / "run")
+    folder.acquire()
+    try:
+        err = _usage_error(capsys, [*TINY, "--out", str(tmp_path / "run")])
+        assert f"is in use by process {os.getpid()} on " in err
+    finally:
+        folder.release()
+    assert main([*TINY, "--out", str(tmp_path / "run")]) == 0
+
+
+def test_an_out_folder_of_other_files_or_a_file_is_refused(tmp_path, capsys):
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    err = _usage_error(capsys, [*TINY, "--out", str(other)])
+    assert f"--out {other} is a folder of other files (notes.txt): a new run needs a new or empty folder" in err
+    assert sorted(p.name for p in other.iterdir()) == [LOCK_NAME, "notes.txt"]
+    assert (other / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    err = _usage_error(capsys, [*TINY, "--out", str(a_file)])
+    assert f"--out {a_file}: cannot use it as a run folder (File exists)" in err
+    assert a_file.read_text() == "x"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*TINY, "--out", str(empty)]) == 0  # an empty folder is fine
+
+
+def test_a_samples_folder_belongs_to_one_run(tmp_path, capsys):
+    samples = tmp_path / "samples"
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["--method", "psgld", "--burn-in", "10", "--thin", "10", "--samples-dir", str(samples)]
+    assert main([*TINY, *args, "--stop-after-steps", "30", "--out", str(first)]) == 0
+    kept = sorted(p.name for p in (samples / "psgld").iterdir())
+    assert kept == ["sample_00000000.safetensors", "sample_00000001.safetensors"]
+    before = {p: p.read_bytes() for p in (samples / "psgld").iterdir()}
+    err = _usage_error(capsys, [*TINY, *args, "--out", str(second)])
+    assert f"--samples-dir {samples} holds the samples of the run in {first.resolve()}" in err
+    assert {p: p.read_bytes() for p in (samples / "psgld").iterdir()} == before  # untouched
+    assert not (second / "config.json").exists()
+    # The run it belongs to resumes into it.
+    assert main(["lm", "--resume", str(first), "--quiet", "--no-plot", "--threads", "1"]) == 0
+    # A non-empty folder that names no run is refused to a new run.
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "weights.bin").write_bytes(b"\0")
+    err = _usage_error(capsys, [*TINY, *args[:-1], str(stray), "--out", str(tmp_path / "third")])
+    assert f"--samples-dir {stray} is not empty and belongs to no run" in err

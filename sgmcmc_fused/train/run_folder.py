@@ -1,0 +1,70 @@
+"""Ownership of a run's folder: one command at a time writes into it.
+
+A command holds an exclusive ``flock`` on ``FOLDER/.lock`` for its whole life. The kernel releases
+the lock when the holder exits, however it exits (SIGKILL, a crash, a power cut of its node), so a
+lock left by a dead process is never in the way; the file itself stays, holding the last holder's
+process id and host for the message a second command gets. (``flock`` is local to a host on some
+network file systems: two hosts writing into one shared folder are not detected there.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from .options import ConfigError
+
+LOCK_NAME = ".lock"
+
+
+class RunFolder:
+    """The folder of one run, owned by this process between `acquire` and `release`.
+
+    Args:
+        path: the folder (created by `acquire` if missing).
+        option: the option that named it, for messages (``--out``, ``--resume``).
+    """
+
+    def __init__(self, path: str | os.PathLike, option: str = "--out"):
+        self.path = Path(path)
+        self.option = option
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create the folder if needed and take its lock.
+
+        Raises:
+            ConfigError: another process holds the folder (naming its process id), or the folder
+                cannot be made or written (a file of that name, no permission).
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ConfigError(f"{self.option} {self.path}: cannot use it as a run folder ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = f"process {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else "a process"
+            raise ConfigError(
+                f"{self.option} {self.path} is in use by {who}, which is writing a run there: wait for it to "
+                "finish, or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the folder up (the lock file stays: removing it would race with a new holder)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def foreign_entries(self) -> list[str]:
+        """The names in the folder other than the lock file, sorted."""
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
