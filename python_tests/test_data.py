@@ -35,6 +35,7 @@ from sgmcmc_fused.data import (
     make_synthetic_corpus,
     num_random_batches,
     random_batches,
+    read_labelled_sentences,
     successive_batches,
 )
 from sgmcmc_fused.data import download as dl
@@ -326,12 +327,24 @@ def test_labelled_sentences(tmp_path):
     assert sents == [["a", "good", "film", "."], ["bad"], ["very", ",", "spaced"]]
     for text, line, what in [
         ("1 ok\nPOS not a number\n", 2, "integer LABEL, got 'POS'"),
-        ("1 ok\n0 fine\n3\n", 3, "no sentence"),
         ("-1 negative\n", 1, "non-negative"),
     ]:
         bad = _write(tmp_path / "bad.txt", text)
         with pytest.raises(ValueError, match=rf"bad\.txt:{line}: .*{what}"):
             load_labelled_sentences(bad)
+    # Lines with a label and no sentence (real distributions have a few): skipped with one warning
+    # naming their count and first lines, or an error on request.
+    gaps = _write(tmp_path / "gaps.txt", "1 ok\n0 fine\n3\n" + "2 more words\n1 \n" * 4 + "0\n0 last\n")
+    with pytest.warns(
+        UserWarning,
+        match=r"gaps\.txt: skipped 6 lines that hold a label and no sentence \(lines 3, 5, 7, 9, 11, \.\.\.\)",
+    ):
+        labels, sents = load_labelled_sentences(gaps)
+    assert labels.tolist() == [1, 0, 2, 2, 2, 2, 0] and sents[-1] == ["last"]
+    examples = read_labelled_sentences(gaps)
+    assert examples.label_only_lines == [3, 5, 7, 9, 11, 12] and torch.equal(examples.labels, labels)
+    with pytest.raises(ValueError, match=r"gaps\.txt:3: label 3 has no sentence after it"):
+        read_labelled_sentences(gaps, label_only="error")
     with pytest.raises(ValueError, match="no 'LABEL sentence' lines"):
         load_labelled_sentences(_write(tmp_path / "blank.txt", "\n\n"))
 
@@ -377,6 +390,12 @@ def test_word2vec_text(tmp_path):
         load_word2vec_text(nan, vocab)
     with pytest.raises(ValueError, match=r"w\.txt:1: the header says dimension 2"):
         load_word2vec_text(path, vocab, dim=5)
+    for value in ("nan", "-inf", "1e39"):  # 1e39 overflows float32
+        bad = _write(tmp_path / "nonfinite.txt", f"the 1 2 3\ncat 4 {value} 6\n")
+        with pytest.raises(ValueError, match=rf"nonfinite\.txt:2: the vector of 'cat' holds '{value}', not a finite"):
+            load_word2vec_text(bad, vocab)
+    skipped = _write(tmp_path / "other.txt", "dog nan 1 2\ncat 4 5 6\n")  # not a vocabulary word: not parsed
+    assert load_word2vec_text(skipped, vocab)[1] == 1
 
 
 # -- download --------------------------------------------------------------------------------------

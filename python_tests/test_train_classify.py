@@ -203,6 +203,30 @@ def test_fixed_split_files_word_vectors_and_select(tmp_path):
     assert summary["unknown_test_tokens"] >= 50  # "never-seen" maps to <unk>
 
 
+def test_lines_with_a_label_and_no_sentence_are_skipped_and_counted(tmp_path, capsys):
+    """Some distributed sets hold a few "LABEL" lines with no text: they are skipped, named in the
+    output and counted in results.json; --label-only-lines error stops at the first."""
+    task = make_synthetic_task(num_classes=2, train_size=200, test_size=40, seed=5)
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    _write_sentences(train, task.train.labels.tolist(), task.train.sentences)
+    lines = train.read_text().splitlines(keepends=True)
+    lines[10:10] = ["1\n"]  # line 11
+    lines[50:50] = ["0 \n"]  # line 51
+    train.write_text("".join(lines))
+    _write_sentences(test, task.test.labels.tolist(), task.test.sentences)
+    argv = ["classify", "--train", str(train), "--test", str(test), "--hidden", "8", "--embedding-dim", "8",
+            "--epochs", "1", "--method", "sgd", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"{train}: skipped 2 lines that hold a label and no sentence (lines 11, 51)" in out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["label_only_lines_skipped"] == {str(train): 2}
+    assert results["runs"][0]["num_train"] + results["runs"][0]["num_valid"] == 200  # every sentence, no more
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--label-only-lines", "error", "--out", str(tmp_path / "strict")])
+    assert exc.value.code == 2 and f"{train}:11: label 1 has no sentence after it" in capsys.readouterr().err
+
+
 def test_word_vectors_initialise_their_words_rows(tmp_path):
     """Each training word with a vector starts from the file's numbers; the others from U(±0.25).
     With --static-embeddings the trained model still holds exactly those rows."""
@@ -249,7 +273,10 @@ def _with_vectors(tmp_path: Path, vectors: str, *extra: str) -> list[str]:
     "make_argv, message",
     [
         (lambda p: ["--train", _bad_file(p, "0 a b\n1 c d\nx e f\n")], r"bad\.txt:3: expected 'LABEL sentence'"),
-        (lambda p: ["--train", _bad_file(p, "0 a b\n1\n")], r"bad\.txt:2: label 1 has no sentence"),
+        (
+            lambda p: ["--train", _bad_file(p, "0 a b\n1\n"), "--label-only-lines", "error"],
+            r"bad\.txt:2: label 1 has no sentence",
+        ),
         (lambda p: ["--train", _bad_file(p, "0 a\x00b\n")], r"bad\.txt:1: control character"),
         (lambda p: ["--train", _bad_file(p, "\n\n")], r"no 'LABEL sentence' lines"),
         (lambda p: ["--train", str(p / "missing.txt")], r"missing\.txt"),

@@ -22,7 +22,14 @@ from .corpus import (
     read_text,
     successive_batches,
 )
-from .sentences import kfold_splits, load_labelled_sentences, load_word2vec_text
+from .sentences import (
+    LabelledFile,
+    describe_label_only_lines,
+    kfold_splits,
+    load_labelled_sentences,
+    load_word2vec_text,
+    read_labelled_sentences,
+)
 from .synthetic import HMMSource, make_synthetic_corpus
 
 __all__ = [
@@ -34,7 +41,10 @@ __all__ = [
     "batchify",
     "kfold_splits",
     "load_char_corpus",
+    "LabelledFile",
+    "describe_label_only_lines",
     "load_labelled_sentences",
+    "read_labelled_sentences",
     "load_word2vec_text",
     "load_word_corpus",
     "load_word_corpus_dir",

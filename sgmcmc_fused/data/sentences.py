@@ -6,31 +6,57 @@ one example a line, an integer class label (0, 1, ...), whitespace, the tokenise
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .corpus import Vocabulary, _lines, check_no_control, read_text
 
-__all__ = ["kfold_splits", "load_labelled_sentences", "load_word2vec_text"]
+__all__ = [
+    "LabelledFile", "describe_label_only_lines", "kfold_splits", "load_labelled_sentences", "load_word2vec_text",
+    "read_labelled_sentences",
+]  # fmt: skip
 
 
-def load_labelled_sentences(path: str | os.PathLike) -> tuple[torch.Tensor, list[list[str]]]:
-    """Labels and token lists of a file of "LABEL sentence" lines.
+@dataclass
+class LabelledFile:
+    """The examples of a "LABEL sentence" file.
 
-    Returns (labels LongTensor [M], sentences list of M lists of str tokens). Blank lines are
-    skipped. A file that is not UTF-8 is read as Latin-1 with a warning (the MR files are Latin-1).
+    Attributes:
+        labels: LongTensor [M] of class indices.
+        sentences: M lists of str tokens.
+        label_only_lines: line numbers (1-based) of the lines skipped for holding a label and no
+            sentence.
+    """
+
+    labels: torch.Tensor
+    sentences: list[list[str]]
+    label_only_lines: list[int] = field(default_factory=list)
+
+
+def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -> LabelledFile:
+    """The examples of a file of "LABEL sentence" lines.
+
+    Blank lines are skipped. Lines that hold a label and no sentence (a few lines of some distributed
+    sets, such as an empty review) are skipped and listed with ``label_only="skip"``, an error with
+    ``"error"``. A file that is not UTF-8 is read as Latin-1 with a warning (the MR files are Latin-1).
 
     Raises:
-        ValueError ``file:line`` for a label that is not a non-negative integer, a line with a label
-        but no sentence, or a control character (binary file); ValueError for a file with no examples.
+        ValueError ``file:line`` for a label that is not a non-negative integer, a label-only line
+        with ``label_only="error"``, or a control character (binary file); ValueError for a file with
+        no examples.
     """
+    if label_only not in ("skip", "error"):
+        raise ValueError(f"label_only must be 'skip' or 'error', got {label_only!r}")
     text = read_text(path)
     check_no_control(path, text)
     labels: list[int] = []
     sentences: list[list[str]] = []
+    label_only_lines: list[int] = []
     for lineno, line in enumerate(_lines(text), start=1):
         fields = line.split()
         if not fields:
@@ -45,12 +71,31 @@ def load_labelled_sentences(path: str | os.PathLike) -> tuple[torch.Tensor, list
         if label < 0:
             raise ValueError(f"{path}:{lineno}: labels must be non-negative class indices, got {label}")
         if len(fields) < 2:
-            raise ValueError(f"{path}:{lineno}: label {label} has no sentence after it")
+            if label_only == "error":
+                raise ValueError(f"{path}:{lineno}: label {label} has no sentence after it")
+            label_only_lines.append(lineno)
+            continue
         labels.append(label)
         sentences.append(fields[1:])
     if not labels:
         raise ValueError(f"{path}: no 'LABEL sentence' lines (the file is empty or blank)")
-    return torch.tensor(labels, dtype=torch.long), sentences
+    return LabelledFile(torch.tensor(labels, dtype=torch.long), sentences, label_only_lines)
+
+
+def describe_label_only_lines(path: str | os.PathLike, lines: list[int]) -> str:
+    """'FILE: skipped N lines that hold a label and no sentence (lines a, b, c, ...)'."""
+    shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+    plural = "s" if len(lines) != 1 else ""
+    return f"{path}: skipped {len(lines)} line{plural} that hold a label and no sentence (line{plural} {shown})"
+
+
+def load_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -> tuple[torch.Tensor, list[list[str]]]:
+    """(labels LongTensor [M], sentences: M lists of str tokens) of a "LABEL sentence" file, as
+    `read_labelled_sentences`; skipped label-only lines are reported in one UserWarning."""
+    examples = read_labelled_sentences(path, label_only)
+    if examples.label_only_lines:
+        warnings.warn(describe_label_only_lines(path, examples.label_only_lines), UserWarning, stacklevel=2)
+    return examples.labels, examples.sentences
 
 
 def kfold_splits(n: int, k: int = 10, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -90,7 +135,8 @@ def load_word2vec_text(
     A line that is not UTF-8 is decoded as Latin-1 (one warning for the file).
 
     Raises:
-        ValueError ``file:line`` for a line of the wrong length or with a value that is not a number;
+        ValueError ``file:line`` for a line of the wrong length or with a value that is not a finite
+        number (of a vocabulary word's line: the others are not parsed);
         ValueError if the file is in word2vec's binary format or has no vectors.
     """
     path = Path(path)
@@ -128,10 +174,15 @@ def load_word2vec_text(
             if i is None or i in rows:
                 continue
             try:
-                rows[i] = torch.tensor([float(v) for v in fields[1:]], dtype=torch.float32)
+                values = [float(v) for v in fields[1:]]
             except ValueError:
                 bad = next(v for v in fields[1:] if not _is_float(v))
                 raise ValueError(f"{path}:{lineno}: {bad[:30]!r} is not a number") from None
+            row = torch.tensor(values, dtype=torch.float32)
+            if not bool(torch.isfinite(row).all()):  # nan, inf, or beyond float32's range
+                bad = next(v for v, x in zip(fields[1:], row.tolist(), strict=True) if not math.isfinite(x))
+                raise ValueError(f"{path}:{lineno}: the vector of {fields[0]!r} holds {bad!r}, not a finite number")
+            rows[i] = row
     if dim is None:
         raise ValueError(f"{path}: no word vectors in the file")
     if fell_back:

@@ -130,6 +130,7 @@ class ClassifyTask(Task):
         write_json(out / "results.json", {
             "data": data.description, "num_classes": data.num_classes, "folds": data.folds,
             "folds_run": len(data.splits), "bayes_optimal": data.bayes, "majority_error": majority,
+            "label_only_lines_skipped": {path: len(lines) for path, lines in data.label_only_lines.items()},
             "methods": results, "runs": runs,
         })  # fmt: skip
         write_csv(out / "results.csv", RESULT_COLUMNS, results)

@@ -169,6 +169,13 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
         "--min-count", type=int, default=1, help="words seen fewer times in training map to <unk> (default 1)"
     )
     data.add_argument(
+        "--label-only-lines",
+        choices=["skip", "error"],
+        default="skip",
+        help="lines with a label and no sentence (a few lines of some distributed sets): skip them, "
+        "reported with their line numbers and counted in results.json, or stop with an error (default skip)",
+    )
+    data.add_argument(
         "--data-seed", type=int, default=0, help="seed of the synthetic task, the folds and the held-out validation"
     )
 
@@ -245,6 +252,7 @@ def data_spec(args: argparse.Namespace) -> dict[str, Any]:
     spec["folds"] = None if args.test else args.folds
     spec["max_folds"] = None if args.test else args.max_folds
     spec["min_count"] = args.min_count
+    spec["label_only_lines"] = args.label_only_lines
     if args.test is None and args.valid is not None:
         raise ConfigError("--valid needs --test (cross-validation holds out a validation part of each fold)")
     return spec

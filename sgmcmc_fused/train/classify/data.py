@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...data import Vocabulary, kfold_splits, load_labelled_sentences, load_word2vec_text
+from ...data import (
+    Vocabulary,
+    describe_label_only_lines,
+    kfold_splits,
+    load_word2vec_text,
+    read_labelled_sentences,
+)
 from ..options import ConfigError
 
 #: The token of words outside a split's training vocabulary.
@@ -61,6 +67,8 @@ class ClassifyData:
     bayes: dict[str, float] | None = None
     word_vectors: tuple[Vocabulary, torch.Tensor] | None = None  # over every training word, + <unk>
     notes: list[str] = field(default_factory=list)
+    #: Lines skipped for holding a label and no sentence, by file (line numbers, 1-based).
+    label_only_lines: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,12 +158,15 @@ def make_synthetic_task(
     )  # fmt: skip
 
 
-def _load_file(path: str) -> LabelledSet:
+def _load_file(path: str, label_only: str, skipped: dict[str, list[int]]) -> LabelledSet:
+    """The examples of `path`; label-only lines skipped are recorded in `skipped[path]`."""
     try:
-        labels, sentences = load_labelled_sentences(path)
+        examples = read_labelled_sentences(path, label_only)
     except (ValueError, OSError) as e:  # ValueError names file:line; OSError: missing, a directory, ...
         raise ConfigError(str(e)) from None
-    return LabelledSet(labels, sentences, torch.arange(len(sentences)))
+    if examples.label_only_lines:
+        skipped[path] = examples.label_only_lines
+    return LabelledSet(examples.labels, examples.sentences, torch.arange(len(examples.sentences)))
 
 
 def _hold_out(
@@ -197,12 +208,14 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
         }  # fmt: skip
         return ClassifyData(desc, c, [Split(0, train, valid, task.test)], None, bayes=bayes)
 
-    train_file = _load_file(spec["train"])
+    # Runs saved before --label-only-lines existed stopped at such a line: "skip" reads what they read.
+    label_only, skipped = spec.get("label_only_lines", "skip"), {}
+    train_file = _load_file(spec["train"], label_only, skipped)
     names = [Path(spec["train"]).name]
     if spec["test"] is not None:
-        test = _load_file(spec["test"])
+        test = _load_file(spec["test"], label_only, skipped)
         if spec["valid"] is not None:
-            train, valid = train_file, _load_file(spec["valid"])
+            train, valid = train_file, _load_file(spec["valid"], label_only, skipped)
             names.append(Path(spec["valid"]).name)
         else:
             train, valid = _hold_out(train_file, frac, [seed, 0], spec["train"])
@@ -251,7 +264,8 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
                 where = f"fold {sp.fold}" if sp.fold else "the training sentences"
                 raise ConfigError(f"{name} label(s) {unseen} never occur in {where}: check the label columns")
     desc += f", {num_classes} classes"
-    data = ClassifyData(desc, num_classes, splits, folds)
+    data = ClassifyData(desc, num_classes, splits, folds, label_only_lines=skipped)
+    data.notes.extend(describe_label_only_lines(path, lines) for path, lines in skipped.items())
     if spec.get("word_vectors"):
         # One pass over the (possibly huge) vector file for every fold: the vectors of all training words.
         vocab = Vocabulary.build((w for s in train_file.sentences for w in s), unk=UNK)
