@@ -56,6 +56,82 @@ def test_sgld_without_noise_is_sgd(impl):
         assert_close(p, q, rtol=1e-5, atol=1e-7, what=name)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_psgld_continues_a_torch_rmsprop_state(weight_decay):
+    """Burn in with torch.optim.RMSprop, load its state into PSGLD: with the noise off, PSGLD goes on
+    exactly as RMSprop would (its square_avg is V; lr, alpha, eps and weight_decay come with the state)."""
+    a, b = small_model(), small_model()
+    rms_a = torch.optim.RMSprop(a.parameters(), lr=1e-2, alpha=0.9, eps=1e-5, weight_decay=weight_decay)
+    rms_b = torch.optim.RMSprop(b.parameters(), lr=1e-2, alpha=0.9, eps=1e-5, weight_decay=weight_decay)
+    train(a, rms_a, 5)
+    train(b, rms_b, 5)
+    opt = PSGLD(a.parameters(), lr=0.5, alpha=0.5, eps=1e-3, num_data=100, add_noise=False, seed=3)
+    opt.load_state_dict(rms_a.state_dict())
+    group = opt.param_groups[0]
+    assert (group["lr"], group["alpha"], group["eps"], group["weight_decay"]) == (1e-2, 0.9, 1e-5, weight_decay)
+    assert (group["num_data"], group["seed"], group["add_noise"]) == (100, 3, False)  # PSGLD's own
+    train(a, opt, 5, seed=6)
+    train(b, rms_b, 5, seed=6)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert_close(p, q, rtol=1e-5, atol=1e-6, what=name)
+        assert_close(opt.state[p]["square_avg"], rms_b.state[q]["square_avg"], rtol=1e-5, atol=1e-9, what=name)
+    assert [opt.state[p]["stream_id"] for p in a.parameters()] == [0, 1, 2, 3]
+
+
+def test_sgld_continues_a_torch_sgd_state():
+    a, b = small_model(), small_model()
+    sgd_a, sgd_b = (torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=1e-3) for m in (a, b))
+    train(a, sgd_a, 3)
+    train(b, sgd_b, 3)
+    opt = SGLD(a.parameters(), lr=7.0, num_data=100, add_noise=False)
+    opt.load_state_dict(sgd_a.state_dict())
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (0.1, 1e-3)
+    train(a, opt, 4, seed=6)
+    train(b, sgd_b, 4, seed=6)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert_close(p, q, rtol=1e-5, atol=1e-7, what=name)
+
+
+def test_states_that_cannot_carry_over_are_refused_at_load_time():
+    model = small_model()
+    foreign = {
+        "momentum RMSprop": (PSGLD, torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9),
+                             r"torch.optim.RMSprop state uses momentum=0.9, which PSGLD does not have"),
+        "centered RMSprop": (PSGLD, torch.optim.RMSprop(model.parameters(), lr=1e-2, centered=True),
+                             r"uses momentum=0, centered=True"),
+        "momentum SGD": (SGLD, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5), r"momentum=0.5"),
+        "Adam": (PSGLD, torch.optim.Adam(model.parameters()), r"neither a PSGLD state nor a torch.optim.RMSprop"),
+        "SGD into PSGLD": (PSGLD, torch.optim.SGD(model.parameters(), lr=0.1), r"neither a PSGLD state"),
+    }  # fmt: skip
+    for what, (cls, other, message) in foreign.items():
+        train(model, other, 1)
+        opt = cls(model.parameters(), lr=1e-3, num_data=10, add_noise=False)
+        before = copy.deepcopy(opt.state_dict())
+        with pytest.raises(ValueError, match=message):
+            opt.load_state_dict(other.state_dict())
+        assert opt.state_dict() == before, what  # untouched, and it still steps
+        train(model, opt, 1)
+
+
+def test_a_parameter_twice_in_a_group_is_refused():
+    model = small_model()
+    w = model[0].weight
+    with pytest.raises(ValueError, match=r"listed twice in a parameter group \(entries 0 and 2\)"):
+        PSGLD([w, model[0].bias, w], lr=1e-3, num_data=10)
+    with pytest.raises(ValueError, match=r"parameter '0.weight' is listed twice"):
+        SGLD([*model.named_parameters(), ("0.weight", w)], lr=1e-3, num_data=10)
+
+
+def test_parameters_on_the_meta_device_are_refused_with_a_clear_error():
+    with torch.device("meta"):
+        model = small_model()
+    opt = PSGLD(model.parameters(), lr=1e-3, num_data=10)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(ValueError, match=r"stream id 0 \(shape \(17, 13\)\) is on the meta device"):
+        opt.step()
+
+
 def test_noise_has_the_langevin_scale():
     """One step from zero gradient: theta moves by sqrt(2 lr G T / N) * xi with G = 1/eps."""
     p = torch.nn.Parameter(torch.zeros(200_000))

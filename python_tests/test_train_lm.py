@@ -413,6 +413,9 @@ def test_samples_are_kept_only_when_asked(tmp_path):
         (["--char-corpus", "x", "--word-corpus", "y"], "not allowed with argument"),
         (["--eval-batch-size", "5000"], "too few for 5000 parallel streams"),
         (["--device", "tpu:7"], "--device 'tpu:7'"),
+        (["--step-impl", "foo"], "--step-impl foo: unknown; choose auto or one of cuda, cpu, triton, eager, foreach"),
+        (["--lstm-impl", "fast"], "--lstm-impl fast: unknown; choose auto or one of"),
+        (["--lr", "sgd=0.1"], "--lr sgd=0.1: sgd is not run (--method rmsprop psgld)"),
     ],
 )
 def test_bad_arguments_are_usage_errors(tmp_path, capsys, argv, message):
@@ -433,6 +436,50 @@ def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
             main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_backend_the_device_cannot_run_is_a_usage_error(tmp_path, capsys):
+    for option in ("--step-impl", "--lstm-impl"):
+        with pytest.raises(SystemExit) as e:
+            main([*TINY, "--out", str(tmp_path / "x"), "--device", "cpu", option, "cuda"])
+        assert e.value.code == 2
+        assert f"{option} cuda on cpu: impl='cuda' cannot" in capsys.readouterr().err
+
+
+def test_a_damaged_config_or_a_lost_checkpoint_is_named_on_resume(tmp_path, capsys):
+    out = _run(tmp_path, "r", "--method", "rmsprop", "--stop-after-steps", "10", "--no-plot")
+    config = out / "config.json"
+    good = config.read_text()
+    saved = json.loads(good)
+    for text, message in [
+        (good[:-20], f"--resume {out}: {config} is not readable JSON (Unterminated string"),
+        ("[1, 2]", f"{config} holds a JSON list, not a configuration"),
+        (json.dumps({**saved, "dropout": "high"}), f"{config}: field 'dropout' must be a number, got 'high'"),
+        (json.dumps({**saved, "epochs": 2.5}), "field 'epochs' must be an integer, got 2.5"),
+        (json.dumps({k: v for k, v in saved.items() if k != "bptt"}), "incomplete: .*'bptt'"),
+    ]:
+        config.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            main(["lm", "--resume", str(out)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(message if "incomplete" in message else re.escape(message), err), err
+        assert "Traceback" not in err
+    config.write_text(good)
+    checkpoint = out / "rmsprop" / "checkpoint.pt"
+    checkpoint.unlink()
+    with pytest.raises(SystemExit) as e:
+        main(["lm", "--resume", str(out)])
+    err = capsys.readouterr().err
+    assert f"{out / 'rmsprop'} holds the logs of rmsprop but not its checkpoint.pt" in err
+    assert "resuming would train it again from step 0" in err and (out / "rmsprop" / "log.json").exists()
+
+
+def test_a_burn_in_past_the_end_of_training_is_said(tmp_path, capsys):
+    _run(tmp_path, "long", "--method", "psgld", "--burn-in", "5ep", "--no-plot")
+    out = capsys.readouterr().out
+    assert "psgld: warning: burn-in 1000 + thin 20 steps exceed the 600 steps of training: no noise and no " in out
 
 
 def test_a_run_saved_before_sample_weights_existed_resumes_exactly(tmp_path):

@@ -87,7 +87,25 @@ class LangevinOptimizer(Optimizer):
     # -- parameters and their noise streams ------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As torch.optim.Optimizer.add_param_group; new parameters get the next stream ids."""
+        """As torch.optim.Optimizer.add_param_group; new parameters get the next stream ids.
+
+        Raises:
+            ValueError: a parameter listed twice in the group (it would be stepped twice), or a
+                sparse parameter.
+        """
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        param_group = {**param_group, "params": params}
+        seen: dict[int, int] = {}
+        for i, entry in enumerate(params):
+            tensor = entry[1] if isinstance(entry, tuple) else entry  # (name, tensor) from named_parameters()
+            if id(tensor) in seen:
+                name = f" {entry[0]!r}" if isinstance(entry, tuple) else ""
+                raise ValueError(
+                    f"parameter{name} is listed twice in a parameter group (entries {seen[id(tensor)]} and {i}): "
+                    "it would be stepped twice, with the noise of two streams"
+                )
+            seen[id(tensor)] = i
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             if p.is_sparse:
@@ -158,6 +176,12 @@ class LangevinOptimizer(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
+            if p.device.type == "meta":
+                raise ValueError(
+                    f"{type(self).__name__}: parameter with stream id {self._stream_ids[p]} "
+                    f"(shape {tuple(p.shape)}) is on the meta device, which holds no data to update: materialise "
+                    "the model (Module.to_empty, then initialise it) before stepping"
+                )
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             buckets[(p.device, p.dtype)].append(p)
@@ -234,14 +258,69 @@ class LangevinOptimizer(Optimizer):
         state["skipped_steps"] = self.skipped_steps
         return state
 
+    #: The torch.optim optimizer whose state this one continues (`load_state_dict`), and the group
+    #: keys that identify it.
+    TORCH_COUNTERPART: tuple[str, frozenset[str]] = ("SGD", frozenset({"momentum", "dampening", "nesterov"}))
+
+    def _from_torch_optimizer(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """The state of the torch.optim counterpart (RMSprop for PSGLD, SGD for SGLD) as this
+        optimizer's: its hyperparameters (lr, weight_decay, and alpha, eps) and RMSprop's square_avg
+        (the same V) carry over; the Langevin fields (num_data, temperature, seed, add_noise, impl)
+        stay this optimizer's, and the noise counters start at 0.
+
+        Raises:
+            ValueError: another optimizer's state, or a feature this one does not have (momentum, a
+                centered RMSprop).
+        """
+        name, keys = self.TORCH_COUNTERPART
+        me = type(self).__name__
+        for i, sg in enumerate(state_dict["param_groups"]):
+            if not keys <= sg.keys():
+                raise ValueError(
+                    f"{me}.load_state_dict: parameter group {i} is neither a {me} state nor a torch.optim.{name} one "
+                    f"(its keys: {sorted(k for k in sg if k != 'params')})"
+                )
+            if sg.get("momentum", 0) != 0 or sg.get("centered", False):
+                raise ValueError(
+                    f"{me}.load_state_dict: the torch.optim.{name} state uses momentum={sg.get('momentum')}"
+                    + (", centered=True" if sg.get("centered") else "")
+                    + f", which {me} does not have: only a plain {name} state (momentum 0"
+                    + (", not centered" if "centered" in keys else "")
+                    + ") carries over"
+                )
+        carried = ("lr", "weight_decay") + (("alpha", "eps") if self.PRECONDITIONED else ())
+        groups = []
+        for g, sg in zip(self.param_groups, state_dict["param_groups"], strict=False):
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, **{k: sg[k] for k in carried},
+                           "params": sg["params"]})  # fmt: skip
+        index_to_param = {i: p for sg, g in zip(state_dict["param_groups"], self.param_groups, strict=False)
+                          for i, p in zip(sg["params"], g["params"], strict=False)}  # fmt: skip
+        state = {}
+        for key, saved in state_dict["state"].items():
+            p = index_to_param.get(key)
+            entry = {"step": 0, "stream_id": self._stream_ids[p] if p is not None else key, "element_offset": 0}
+            if self.PRECONDITIONED:
+                if "square_avg" not in saved:
+                    raise ValueError(f"{me}.load_state_dict: the RMSprop state of parameter {key} has no square_avg")
+                entry["square_avg"] = saved["square_avg"]
+            state[key] = entry
+        return {"state": state, "param_groups": groups}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch.optim.Optimizer.load_state_dict, but keeps ``square_avg`` in
         its math dtype (torch's loader would cast it to a fp16/bf16 parameter's dtype).
 
+        It also continues the state of the torch.optim counterpart: PSGLD that of a plain
+        ``torch.optim.RMSprop`` (its square_avg is V: burn in with RMSprop, then sample with
+        PSGLD), SGLD that of ``torch.optim.SGD`` without momentum (`_from_torch_optimizer`).
+
         Raises:
-            ValueError: the groups, parameter counts or state shapes do not match.
+            ValueError: the groups, parameter counts or state shapes do not match, or the state is
+                another optimizer's.
         """
         groups = self.param_groups
+        if any("num_data" not in sg for sg in state_dict["param_groups"]):
+            state_dict = self._from_torch_optimizer(state_dict)
         saved_groups = state_dict["param_groups"]
         if len(groups) != len(saved_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, the optimizer {len(groups)}")

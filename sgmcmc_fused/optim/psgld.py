@@ -48,6 +48,7 @@ class PSGLD(LangevinOptimizer):
     """
 
     PRECONDITIONED = True
+    TORCH_COUNTERPART = ("RMSprop", frozenset({"alpha", "eps", "centered", "momentum"}))
 
     def __init__(
         self,

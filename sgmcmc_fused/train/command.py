@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..kernels.registry import select_backend, select_lstm_backend
 from .checkpoint import CheckpointError
 from .config import RunConfig
 from .distributed import World, barrier, gather_objects, run_in_world
@@ -134,6 +135,7 @@ class Task(ABC):
             default = f"runs/{self.run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
             # Every rank must write to rank 0's folder (the clock may pass a second between ranks).
             out = Path(args.out) if args.out else Path(gather_objects(default, world)[0])
+        _check_backends(cfg, device)
         folder = RunFolder(out, "--resume" if args.resume else "--out")
         self._take(folder, cfg, args, world)
         try:
@@ -189,7 +191,13 @@ class Task(ABC):
         if not path.is_file():
             raise ConfigError(f"--resume {out}: no run there (no config.json)")
         try:
-            cfg = self.config_type.from_json(json.loads(path.read_text()))
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--resume {out}: {path} is not readable JSON ({e})") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"--resume {out}: {path} holds a JSON {type(saved).__name__}, not a configuration")
+        try:
+            cfg = self.config_type.from_json(saved)
         except ConfigError as e:
             raise ConfigError(f"--resume {out}: {path}: {e}") from None
         parser: argparse.ArgumentParser = args.parser
@@ -212,6 +220,22 @@ class Task(ABC):
         if args.nan_policy != parser.get_default("nan_policy"):
             changes["nan_policy"] = args.nan_policy
         return cfg.replace(**changes) if changes else cfg
+
+
+def _check_backends(cfg: RunConfig, device: torch.device) -> None:
+    """The step and LSTM backends asked for can run the model (fp32) on `device`.
+
+    Raises:
+        ConfigError: naming the option and every reason.
+    """
+    for option, impl, select in (
+        ("--step-impl", cfg.step_impl, select_backend),
+        ("--lstm-impl", cfg.lstm_impl, select_lstm_backend),
+    ):
+        try:
+            select(impl, device, [torch.float32])
+        except ValueError as e:
+            raise ConfigError(f"{option} {impl} on {device}: {e}") from None
 
 
 def _option_names(parser: argparse.ArgumentParser, dests: frozenset[str]) -> list[str]:

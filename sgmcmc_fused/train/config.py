@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from .options import ConfigError, need
+from ..kernels.registry import BACKENDS, LSTM_BACKENDS
+from .methods import METHODS
+from .options import NAN_POLICIES, ConfigError, need
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -161,8 +163,22 @@ class RunConfig:
             coerce(self, "thin", StepCount.parse(self.thin, "--thin", minimum=1))
         if not isinstance(self.temperature, Temperature):
             coerce(self, "temperature", Temperature.parse(self.temperature))
-        coerce(self, "methods", tuple(self.methods))
+        if isinstance(self.methods, list):
+            coerce(self, "methods", tuple(self.methods))
+        self._check_types()
         self.check()
+
+    def _check_types(self) -> None:
+        """Each field has its annotated type (a saved configuration may have been edited by hand).
+
+        Raises:
+            ConfigError: naming the field, the type expected and the value found.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _TYPE_CHECKS.get(str(f.type))
+            if expected is not None and not expected[0](value):
+                raise ConfigError(f"field {f.name!r} must be {expected[1]}, got {value!r}")
 
     def check(self) -> None:
         """Range checks, with messages that name the option (subclasses extend it).
@@ -184,6 +200,17 @@ class RunConfig:
         need(self.eps > 0, f"--eps must be > 0, got {self.eps}")
         missing = [m for m in self.methods if m not in self.lr]
         need(not missing, f"no learning rate for {', '.join(missing)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        need(not unknown, f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        need(
+            self.step_impl == "auto" or self.step_impl in BACKENDS,
+            f"--step-impl {self.step_impl}: unknown; choose auto or one of {', '.join(BACKENDS)}",
+        )
+        need(
+            self.lstm_impl == "auto" or self.lstm_impl in LSTM_BACKENDS,
+            f"--lstm-impl {self.lstm_impl}: unknown; choose auto or one of {', '.join(LSTM_BACKENDS)}",
+        )
+        need(self.nan_policy in NAN_POLICIES, f"--nan-policy must be one of {', '.join(NAN_POLICIES)}")
 
     # -- JSON ----------------------------------------------------------------------------------------
 
@@ -219,6 +246,30 @@ class RunConfig:
     def replace(self: C, **changes: Any) -> C:
         """A copy with `changes`, checked like a new configuration."""
         return dataclasses.replace(self, **changes)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+#: Annotation (as written) -> (check, what the message says is expected).
+_TYPE_CHECKS = {
+    "int": (_is_int, "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "dict[str, Any]": (lambda v: isinstance(v, dict), "a JSON object"),
+    "dict[str, float]": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
+        "an object of numbers",
+    ),
+    "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v), "a list of strings"),
+}
 
 
 def _option(field_name: str) -> str:

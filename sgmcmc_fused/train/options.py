@@ -14,6 +14,8 @@ import torch
 from .methods import METHODS, default_lr, parse_lrs
 
 DEFAULT_METHODS = ("rmsprop", "psgld")
+#: --nan-policy: what a NaN or inf loss or gradient does to the run.
+NAN_POLICIES = ("raise", "skip")
 
 #: Options that only steer how a run executes, not what it computes: --resume accepts them.
 RUN_CONTROL = frozenset({
@@ -136,7 +138,7 @@ def add_method_arguments(group: argparse._ArgumentGroup, *, datum: str, lr_defau
     )
     group.add_argument(
         "--nan-policy",
-        choices=["raise", "skip"],
+        choices=list(NAN_POLICIES),
         default="raise",
         help="a NaN/inf gradient: stop with the parameter's name, or skip the step",
     )

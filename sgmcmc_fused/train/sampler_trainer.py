@@ -33,6 +33,7 @@ from .checkpoint import (
     capture_training_state,
     check_same_config,
     load_checkpoint,
+    previous_path,
     restore_training_state,
     warn_if_threads_changed,
     write_checkpoint,
@@ -41,7 +42,7 @@ from .config import RunConfig
 from .distributed import SINGLE, World, any_rank, replica_checkpoint_state, restore_replica_state, sum_ranks
 from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
 from .options import ConfigError
-from .run_control import Stop
+from .run_control import Printer, Stop
 from .runlog import write_run_logs
 
 
@@ -94,12 +95,12 @@ class SamplerTrainer(ABC):
 
     def __init__(
         self, method: str, cfg: RunConfig, run_dir: Path, device: torch.device, *, steps_per_epoch: int,
-        num_data: int, seed: int, world: World = SINGLE, say=print, progress: bool = False,
+        num_data: int, seed: int, world: World = SINGLE, say: Printer | None = None, progress: bool = False,
         label: str | None = None, run_root: Path | None = None, max_samples: int = 0,
         samples_dir: Path | None = None,
     ):  # fmt: skip
         self.method, self.cfg, self.run_dir, self.device = method, cfg, run_dir, device
-        self.world, self.say, self.progress = world, say, progress
+        self.world, self.say, self.progress = world, say or Printer(quiet=False), progress
         self.label = label or method
         self.run_root = run_root or run_dir.parent
         self.sampler = method in SAMPLERS
@@ -140,6 +141,13 @@ class SamplerTrainer(ABC):
         self.checkpoint_path = run_dir / "checkpoint.pt"
         if self.checkpoint_path.exists():
             self._restore(load_checkpoint(self.checkpoint_path, self.CHECKPOINT_FORMAT))
+        elif (run_dir / "log.json").exists():  # written with every checkpoint: this one has gone
+            prev = previous_path(self.checkpoint_path)
+            hint = f" (the previous one is there: mv {prev} {self.checkpoint_path})" if prev.exists() else ""
+            raise ConfigError(
+                f"{run_dir} holds the logs of {self.label} but not its checkpoint.pt{hint}: resuming would train "
+                f"it again from step 0. Restore the checkpoint, or delete {run_dir} to train it anew"
+            )
 
     # -- what a task provides ------------------------------------------------------------------------
 
@@ -218,6 +226,18 @@ class SamplerTrainer(ABC):
         epochs = self.cfg.epochs
         if self.epoch < epochs and (self.step or self.batch_in_epoch):
             self.say(f"{self.label}: resuming at epoch {self.epoch + 1}, step {self.step}")
+        total = epochs * self.steps_per_epoch
+        if self.collects and self.step == 0 and self.burn_in + self.thin > total:
+            what = (
+                "no noise and no sample: the sampler is its optimiser"
+                if self.sampler and self.burn_in >= total
+                else "no sample"
+            )
+            self.say(
+                f"{self.label}: warning: burn-in {self.burn_in} + thin {self.thin} steps exceed the {total} steps of "
+                f"training: {what} (shorten --burn-in or --thin, or train longer)",
+                force=True,
+            )
         while self.epoch < epochs:
             if stop_after is not None and self.step >= stop_after:
                 raise self._stop("stopped after step {step} (--stop-after-steps);", 0)
