@@ -18,6 +18,10 @@ Every provider of a case gets the same weights (one seeded nn.LSTM, copied) and 
 |                         | impl=<impl>), train mode; impl in cpu / cuda / triton                   |
 | dropconnect_<impl>_p0   | the same with dropconnect=0: the kernels without masks                  |
 
+The autocast cases (test_lstm_step_*_autocast: bf16 on CPU, fp16 and bf16 on CUDA) run the forward
+under torch.autocast for nn_lstm and the DropConnect providers, each against nn_lstm under the same
+autocast (the benchmark group names the dtype).
+
 The python_loop masks come from torch's RNG, not from the eager Philox reference
 (lstm_reference.dropconnect_mask), which alone takes ~1.8 s per 650x2600 matrix on CPU and would
 measure the reference RNG instead of the loop.
@@ -189,7 +193,9 @@ def peak_bytes(step, tensors: list[torch.Tensor], device: torch.device) -> tuple
     return peak, peak - before
 
 
-def run_case(benchmark, provider: str, case_name: str, device: torch.device) -> None:
+def run_case(
+    benchmark, provider: str, case_name: str, device: torch.device, autocast: torch.dtype | None = None
+) -> None:
     why = skip_reason(provider, device)
     if why:
         pytest.skip(why)
@@ -202,10 +208,13 @@ def run_case(benchmark, provider: str, case_name: str, device: torch.device) -> 
         for p in params:
             p.grad = None
         x.grad = None
-        forward(x).sum().backward()
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            out = forward(x)
+        out.float().sum().backward()
         synchronize(device)
 
-    benchmark.group = f"lstm_step {case_name} {device.type}"
+    precision = "fp32" if autocast is None else f"autocast {str(autocast).removeprefix('torch.')}"
+    benchmark.group = f"lstm_step {case_name} {device.type}" + ("" if autocast is None else f" {precision}")
     with warnings.catch_warnings():
         # cuDNN copies weights that are not one flat buffer (weight_drop) and warns each call.
         warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
@@ -225,6 +234,7 @@ def run_case(benchmark, provider: str, case_name: str, device: torch.device) -> 
         shape=f"L{case.layers} H{case.hidden} I{case.input} B{case.batch} T{case.steps}"
         + (" bi" if case.bidirectional else ""),
         dropconnect=0.0 if provider in ("nn_lstm",) or provider.endswith("_p0") else P,
+        precision=precision,
         memory_metric=memory_metric,
         memory_bytes=memory,
         memory_step_metric=step_metric,
@@ -244,3 +254,22 @@ def test_lstm_step_cpu(benchmark, provider, case):
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_lstm_step_cuda(benchmark, provider, case):
     run_case(benchmark, provider, case, torch.device("cuda"))
+
+
+#: The providers of the autocast cases: the baseline and the DropConnect LSTM.
+AUTOCAST_PROVIDERS = ["nn_lstm"] + [p for p in PROVIDERS if p.startswith("dropconnect_")]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("provider", AUTOCAST_PROVIDERS)
+def test_lstm_step_cpu_autocast(benchmark, provider, case):
+    run_case(benchmark, provider, case, torch.device("cpu"), torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("provider", AUTOCAST_PROVIDERS)
+def test_lstm_step_cuda_autocast(benchmark, provider, case, dtype):
+    run_case(benchmark, provider, case, torch.device("cuda"), dtype)

@@ -227,6 +227,18 @@ def test_lines_with_a_label_and_no_sentence_are_skipped_and_counted(tmp_path, ca
     assert exc.value.code == 2 and f"{train}:11: label 1 has no sentence after it" in capsys.readouterr().err
 
 
+def test_bf16_precision_classifies_like_fp32(tmp_path, capsys):
+    """--precision bf16: autocast forwards, fp32 weights; the error within 2 points of the fp32 run's."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert main([*TINY, "--method", "psgld", "--epochs", "3", "--precision", precision, "--out", str(out)]) == 0
+        runs[precision] = json.loads((out / "results.json").read_text())["runs"][0]
+    assert "LSTM, 3 epochs, bf16, select last" in capsys.readouterr().out
+    assert abs(runs["bf16"]["error"] - runs["fp32"]["error"]) <= 0.02, runs
+    assert abs(runs["bf16"]["nll"] / runs["fp32"]["nll"] - 1) < 0.05, runs
+
+
 def test_word_vectors_initialise_their_words_rows(tmp_path):
     """Each training word with a vector starts from the file's numbers; the others from U(±0.25).
     With --static-embeddings the trained model still holds exactly those rows."""

@@ -283,7 +283,10 @@ class DropConnectLSTM(nn.Module):
                 shown = expected if batched else (expected[0], expected[2])
                 got = tuple(t.shape) if batched else (t.shape[0], t.shape[2])
                 raise ValueError(f"DropConnectLSTM: expected {name} of shape {shown}, got {got}")
-            if t.dtype != input.dtype or t.device != input.device:
+            # Under autocast the layer casts input and state to the autocast dtype (as nn.LSTM's
+            # does), so a state carried from an autocast call may differ from an fp32 input.
+            autocast = torch.is_autocast_enabled(input.device.type)
+            if t.device != input.device or (t.dtype != input.dtype and not autocast):
                 raise ValueError(
                     f"DropConnectLSTM: {name} ({t.dtype}, {t.device}) must match the input ({input.dtype}, "
                     f"{input.device})"

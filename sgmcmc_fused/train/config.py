@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..kernels.registry import BACKENDS, LSTM_BACKENDS
 from .methods import METHODS
-from .options import NAN_POLICIES, ConfigError, need
+from .options import NAN_POLICIES, PRECISIONS, ConfigError, need
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -147,6 +147,10 @@ class RunConfig:
     seed: int
     step_impl: str
     lstm_impl: str
+    #: "fp32", or autocast in "bf16" / "fp16" (with a GradScaler) for the forward passes; the master
+    #: weights, the optimizer state and the predictive averages stay fp32 (added later: runs saved
+    #: before it computed in fp32).
+    precision: str = "fp32"
 
     #: Fields that --resume may change: they do not alter the steps already taken (a run that
     #: diverged continues with a smaller lr, or skipping the bad steps).
@@ -211,6 +215,7 @@ class RunConfig:
             f"--lstm-impl {self.lstm_impl}: unknown; choose auto or one of {', '.join(LSTM_BACKENDS)}",
         )
         need(self.nan_policy in NAN_POLICIES, f"--nan-policy must be one of {', '.join(NAN_POLICIES)}")
+        need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
 
     # -- JSON ----------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ import torch
 from .methods import METHODS, default_lr, parse_lrs
 
 DEFAULT_METHODS = ("rmsprop", "psgld")
+#: --precision: the dtype of the forward passes (autocast), by name.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: --nan-policy: what a NaN or inf loss or gradient does to the run.
 NAN_POLICIES = ("raise", "skip")
 
@@ -148,6 +150,13 @@ def add_method_arguments(group: argparse._ArgumentGroup, *, datum: str, lr_defau
         default=0,
         help="seed of the initialisation, dropout, data order, DropConnect masks and noise",
     )
+    group.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="forward passes in fp32, or under autocast in bf16 or fp16 (fp16 with a GradScaler); master "
+        "weights, optimizer state and predictive averages stay fp32 (default fp32)",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> argparse._ArgumentGroup:
@@ -157,8 +166,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> a
     group.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run in DIR exactly from its checkpoints (only --epochs, --lr and --nan-policy may "
-        "change)",
+        help="continue the run in DIR exactly from its checkpoints (only --epochs, --lr and --nan-policy may change)",
     )
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
     group.add_argument(
@@ -250,7 +258,7 @@ def shared_options(args: argparse.Namespace) -> dict[str, Any]:
         name: getattr(args, name)
         for name in (
             "dropconnect", "mask", "masked", "temperature", "weight_decay", "alpha", "eps", "average_optimizers",
-            "nan_policy", "seed", "step_impl", "lstm_impl",
+            "nan_policy", "seed", "step_impl", "lstm_impl", "precision",
         )
     }  # fmt: skip
 

@@ -41,7 +41,7 @@ from .checkpoint import (
 from .config import RunConfig
 from .distributed import SINGLE, World, any_rank, replica_checkpoint_state, restore_replica_state, sum_ranks
 from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
-from .options import ConfigError
+from .options import PRECISIONS, ConfigError
 from .run_control import Printer, Stop
 from .runlog import write_run_logs
 
@@ -121,6 +121,10 @@ class SamplerTrainer(ABC):
             eps=cfg.eps, impl=cfg.step_impl,
         )  # fmt: skip
         self.optimizer.nan_policy = cfg.nan_policy
+        # Mixed precision: autocast for every forward pass; fp16 scales the loss (a step whose scaled
+        # gradients overflow is skipped by the scaler and the scale lowered: not a divergence).
+        self.autocast_dtype = PRECISIONS[cfg.precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.data_rng = torch.Generator().manual_seed(seed)
         # Only rank 0 keeps samples; the others use the collector's schedule alone.
         keep = max_samples if world.is_main else 0
@@ -244,12 +248,19 @@ class SamplerTrainer(ABC):
             if any_rank(bool(interrupted), self.world, self.device):  # the last epoch end was checkpointed
                 raise self._interrupted(interrupted)
             self._train_epoch(stop_after, checkpoint_every, interrupted)
-        return self.final_result()
+        with self.autocast():
+            return self.final_result()
 
     def _interrupted(self, interrupted) -> Stop:
         """The Stop of a run interrupted by a signal (on another rank, perhaps: then as by SIGINT)."""
         name, status = getattr(interrupted, "name", "SIGINT"), getattr(interrupted, "status", 130)
         return self._stop(f"interrupted ({name}) at step {{step}}; checkpoint saved,", status)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's precision for a forward pass (no-op in fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _stop(self, what: str, status: int, resume_options: str = "") -> Stop:
         return Stop(
@@ -261,12 +272,13 @@ class SamplerTrainer(ABC):
         """One parameter update on `batch`. A non-finite loss or gradient skips it (the optimizer then
         updates nothing) and is counted in the optimizer's ``skipped_steps``; with nan_policy "raise"
         the return value then says what diverged, for the caller to checkpoint and stop."""
-        model, opt, world = self.model, self.optimizer, self.world
+        model, opt, world, scaler = self.model, self.optimizer, self.world, self.scaler
         opt.zero_grad(set_to_none=True)
-        out = self.train_step(batch)
+        with self.autocast():
+            out = self.train_step(batch)
         # One host sync a step; every rank takes the same decision (DDP needs every backward).
         loss_finite = not any_rank(not bool(torch.isfinite(out.loss.detach())), world, self.device)
-        out.loss.backward()
+        scaler.scale(out.loss).backward()
         diverged = None
         if loss_finite:
             for k, v in out.sums.items():
@@ -274,12 +286,14 @@ class SamplerTrainer(ABC):
             for k, v in out.counts.items():
                 self.totals[k] += v
             if self.cfg.clip > 0:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip)
             try:
-                opt.step()
+                scaler.step(opt)  # opt.step() unless fp16 gradients overflowed
             except NonFiniteGradientError as e:
                 opt.skipped_steps += 1
                 diverged = f"the gradient of {e.parameter} holds NaN or inf"
+            scaler.update()
         else:
             opt.skipped_steps += 1
             if self.cfg.nan_policy == "raise":
@@ -365,12 +379,13 @@ class SamplerTrainer(ABC):
     def _evaluate_sample(self) -> None:
         row: dict[str, Any] = {"method": self.method, "step": self.step,
                                "epoch": round(self.step / self.steps_per_epoch, 4)}  # fmt: skip
-        with self.evaluating():
+        with self.evaluating(), self.autocast():
             self.evaluate_sample(row)
         self.curve.append(row)
 
     def _end_epoch(self, lr: float) -> None:
-        row = self.epoch_row(lr)
+        with self.autocast():
+            row = self.epoch_row(lr)
         self.history.append(row)
         self.epoch += 1
         self.batch_in_epoch = 0
@@ -426,6 +441,7 @@ class SamplerTrainer(ABC):
             "train_time": self.train_time,
             "eval_time": self.eval_time,
             "collector": self.collector.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
             "averagers": {k: v.state_dict() for k, v in self.averagers.items()},
             "history": self.history,
             "curve": self.curve,
@@ -456,6 +472,8 @@ class SamplerTrainer(ABC):
         self.train_time, self.eval_time = float(ck["train_time"]), float(ck["eval_time"])
         # Checkpoints of tasks that kept no samples before they had a collector hold none; such a
         # collector only counts, and nothing reads its count.
+        if ck.get("grad_scaler"):  # absent before --precision; empty for a disabled scaler
+            self.scaler.load_state_dict(ck["grad_scaler"])
         if self.world.is_main and "collector" in ck:
             self.collector.load_state_dict(ck["collector"])
         for k, v in self.averagers.items():

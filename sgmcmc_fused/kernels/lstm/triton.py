@@ -819,6 +819,17 @@ def dropconnect_lstm_layer(
     """
     op = "dropconnect_lstm_layer"
     require_triton()
+    device_type = input.device.type if isinstance(input, torch.Tensor) else "cpu"
+    if torch.is_autocast_enabled(device_type):
+        # The layer is a composite of Triton ops and GEMMs (an autograd Function, not one op), so it
+        # takes autocast as torch.amp.custom_fwd(cast_inputs=...) does, in the region's own dtype:
+        # the floating inputs cast (differentiably: gradients reach fp32 master weights), the layer
+        # run with autocast off, its outputs in that dtype, like the compiled op's Autocast kernel.
+        dtype = torch.get_autocast_dtype(device_type)
+        cast = [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                for t in (input, h0, c0, w_ih, w_hh, bias)]  # fmt: skip
+        with torch.autocast(device_type, enabled=False):
+            return dropconnect_lstm_layer(*cast, lengths, reverse, masks)
     _check_float_tensor(op, "input", input)
     if input.dim() != 3:
         raise ValueError(f"{op}: input must be [T, B, I], got shape {tuple(input.shape)}")

@@ -103,8 +103,8 @@ class ClassifyTask(Task):
         say(
             f"model: {cfg.preset} preset, {cfg.layers}x{cfg.hidden} {'bidirectional ' if cfg.bidirectional else ''}"
             f"LSTM over {cfg.embedding_dim}-d embeddings, dropout {cfg.dropout}, batch {cfg.batch_size}, "
-            f"{cfg.epochs} epochs; device {session.device}, {torch.get_num_threads()} threads; output {session.out}"
-            + (f"; {world.size} processes (data parallel)" if world.distributed else "")
+            f"{cfg.epochs} epochs, {cfg.precision}; device {session.device}, {torch.get_num_threads()} threads; "
+            f"output {session.out}" + (f"; {world.size} processes (data parallel)" if world.distributed else "")
         )
         runs: list[dict[str, Any]] = []
         predictions: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
@@ -168,7 +168,7 @@ def format_table(results: list[dict[str, Any]], data: ClassifyData, cfg: Classif
         "",
         f"Test error: {data.description}",
         f"{cfg.layers}x{cfg.hidden} {'bidirectional ' if cfg.bidirectional else ''}LSTM, {cfg.epochs} "
-        f"epochs, select {cfg.select}; error and ECE in % ({over}); 'last' = the last weights alone",
+        f"epochs, {cfg.precision}, select {cfg.select}; error and ECE in % ({over}); 'last' = the last weights alone",
         "",
         f"{'method':<9} {'lr':>7} {'error':>14} {'last':>7} {'ECE':>12} {'NLL':>7} {'entropy':>8} {'MI':>8} "
         f"{'std':>7} {'samples':>8} {'s/epoch':>8}",

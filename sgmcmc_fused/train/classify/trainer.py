@@ -118,7 +118,7 @@ class ClassifierTrainer(SamplerTrainer):
         tokens, lengths = pad_batch([self.data.train[i] for i in idx.tolist()], self.device)
         y = self.train_labels[idx].to(self.device, non_blocking=True)
         logits = self.forward_model(tokens, lengths)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits.float(), y)  # fp32 under autocast
         sums = {}
         if share:  # this rank's sentences; summed over ranks when the epoch pauses
             sums = {"loss_sum": loss.detach().double() * len(idx), "errors": (logits.detach().argmax(1) != y).sum()}

@@ -95,7 +95,7 @@ class LanguageModelTask(Task):
         say(f"data: {data.description}")
         say(
             f"model: {cfg.preset} preset, {cfg.layers}x{cfg.hidden} LSTM, batch {cfg.batch_size}, bptt {cfg.bptt}, "
-            f"{cfg.epochs} epochs, {cfg.minibatch} minibatches; device {session.device}, "
+            f"{cfg.epochs} epochs, {cfg.minibatch} minibatches, {cfg.precision}; device {session.device}, "
             f"{torch.get_num_threads()} threads; output {session.out}"
             + (f"; {world.size} processes" + (" (data parallel)" if cfg.chains == 1 else " (one chain each)")
                if world.distributed else "")
@@ -214,7 +214,7 @@ def format_table(results: list[dict[str, Any]], data: LMData, cfg: LMConfig) -> 
     lines = [
         "",
         f"Test perplexity: {data.description}",
-        f"{cfg.preset} preset ({cfg.layers}x{cfg.hidden} LSTM), {cfg.epochs} epochs",
+        f"{cfg.preset} preset ({cfg.layers}x{cfg.hidden} LSTM), {cfg.epochs} epochs, {cfg.precision}",
         "",
         f"{'method':<10} {'lr':>8} {'last sample':>12} {'model average':>14} {'samples':>8} {'s/epoch':>8}",
     ]

@@ -94,7 +94,7 @@ class LMTrainer(SamplerTrainer):
         logits, hidden = self.forward_model(x, self.hidden if self.successive else None)
         if self.successive:
             self.hidden = detach_hidden(hidden)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))  # fp32 under autocast
         sums = {"loss_sum": loss.detach().double() * y.numel()}  # this rank's tokens
         if self.world.distributed:
             # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
