@@ -24,7 +24,7 @@ LEGACY_LM_CONFIG = {
     "average_optimizers": False, "nan_policy": "raise", "seed": 0, "chains": 1, "step_impl": "auto",
     "lstm_impl": "auto",
 }  # fmt: skip
-# config.json of a classify run (synthetic task, defaults).
+# config.json of a classify run (synthetic task, defaults), as written before --precision existed.
 CLASSIFY_CONFIG = {
     "preset": "tiny",
     "data": {"seed": 0, "valid_fraction": 0.1, "kind": "synthetic", "num_classes": 4, "vocab_size": 300,
@@ -87,14 +87,15 @@ def test_lm_configuration_from_options_round_trips_through_json():
 def test_a_configuration_saved_before_a_field_existed_reads_with_its_old_behaviour():
     cfg = LMConfig.from_json(LEGACY_LM_CONFIG)
     assert cfg.sample_weights == "uniform"
-    assert cfg.to_json() == {**LEGACY_LM_CONFIG, "sample_weights": "uniform"}
+    assert cfg.to_json() == {**LEGACY_LM_CONFIG, "sample_weights": "uniform", "precision": "fp32"}
     assert cfg.thin.steps(250) == 25 and cfg.temperature.at(50_000) == pytest.approx(2e-5, rel=1e-15)
     assert cfg.lr_at("psgld", 0) == 0.003 and cfg.lr_at("psgld", 7) == pytest.approx(0.003 / 4, rel=1e-15)
 
 
 def test_classify_configuration_round_trips():
-    cfg = ClassifyConfig.from_json(CLASSIFY_CONFIG)
-    assert cfg.to_json() == CLASSIFY_CONFIG
+    cfg = ClassifyConfig.from_json(CLASSIFY_CONFIG)  # saved before --precision: fp32
+    assert cfg.to_json() == {**CLASSIFY_CONFIG, "precision": "fp32"}
+    assert ClassifyConfig.from_json(cfg.to_json()) == cfg
     assert cfg.burn_in.steps(100) == 500 and cfg.thin.steps(100) == 25
 
 
