@@ -18,8 +18,9 @@ Layout: a folder per task, each with ``command`` (a `command.Task`: its options,
 (output folder, resumed configuration, torchrun, messages, Ctrl-C), `sampler_trainer` (burn-in,
 thinning, sample collection, checkpoint save and restore), `config` and `options` (the shared fields
 and option groups), `methods` (the optimizer factory), `checkpoint` (atomic saves, weights_only
-loads), `distributed` (DDP), `run_control` (device, messages, Ctrl-C), `runlog` (CSV/JSON logs). A new
-task is its folder of those five modules and a line in `cli.SUBCOMMANDS`.
+loads), `distributed` (DDP), `run_control` (device, messages, Ctrl-C, SIGTERM), `run_folder` (a run
+owns its folder), `runlog` (CSV/JSON logs). A new task is its folder of those five modules and a
+line in `cli.SUBCOMMANDS`.
 """
 
 from .cli import main
