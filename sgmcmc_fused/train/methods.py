@@ -51,7 +51,8 @@ def check_method(method: str) -> None:
 def parse_lrs(specs: Iterable[str] | None, methods: Iterable[str]) -> dict[str, float]:
     """Learning rates given on the command line: ``VALUE`` (every method) or ``METHOD=VALUE``.
 
-    Returns {method: lr} for the methods given (later entries win); raises ValueError on a bad entry.
+    Returns {method: lr} for the methods given (later entries win); raises ValueError on a bad entry
+    or on one for a method that is not run.
     """
     methods = list(methods)
     out: dict[str, float] = {}
@@ -60,6 +61,8 @@ def parse_lrs(specs: Iterable[str] | None, methods: Iterable[str]) -> dict[str, 
         targets = methods if not sep else [name]
         for m in targets:
             check_method(m)
+        if sep and name not in methods:
+            raise ValueError(f"--lr {spec}: {name} is not run (--method {' '.join(methods)})")
         try:
             lr = float(value)
         except ValueError:
