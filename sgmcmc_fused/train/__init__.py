@@ -9,6 +9,12 @@ Commands (each a module of this package with a ``register(subparsers)`` function
 - ``classify``: bidirectional DropConnect LSTM sentence classifiers on ``LABEL sentence`` files, with
   k-fold cross-validation or a fixed split, model averaging, predictive mean/std per sentence and ECE
   (`sgmcmc_fused.train.classify`). With no files it runs a seeded synthetic task of known Bayes error.
+- ``caption``: image-caption generators (image features -> DropConnect LSTM) whose samples caption
+  together: every decoding step averages the samples' word distributions, all samples in one batched
+  forward; scored with BLEU, METEOR, ROUGE-L and CIDEr-D (`sgmcmc_fused.train.caption`). With no files
+  it runs seeded synthetic scenes of coloured shapes with five grammar-made captions each.
+- ``caption-features``: residual-network features of a captioning set's images, one row per image of
+  its Karpathy split JSON (`sgmcmc_fused.train.caption_features`).
 - ``download``: fetches the public corpora (PTB, Tiny Shakespeare, TREC, SST-2, ...) for users with a
   network (`sgmcmc_fused.data.download`).
 

@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 #: Modules of sgmcmc_fused.train that register a subcommand, in the order of the help text.
-SUBCOMMANDS: tuple[str, ...] = ("lm", "classify", "download")
+SUBCOMMANDS: tuple[str, ...] = ("lm", "classify", "caption", "caption_features", "download")
 
 
 def build_parser() -> argparse.ArgumentParser:

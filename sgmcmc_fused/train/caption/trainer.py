@@ -1,0 +1,205 @@
+"""One method of a caption run: `CaptionTrainer` feeds minibatches of (image, caption) pairs to the
+`SamplerTrainer` loop, keeps the collected samples' weights for decoding, and scores the captions
+that the model average and the last weights generate for the test images."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...bayes import PredictiveAverager
+from ..sampler_trainer import SamplerTrainer, StepLoss
+from .config import CaptionConfig
+from .data import CaptionData, CaptionSplit, training_pairs
+from .decode import StackedCaptionModels, decode_in_batches
+from .model import CaptionModel, caption_loss, target_probabilities
+from .scores import score_captions, write_per_image_csv
+
+#: Metrics scored on the validation captions at every epoch end (the cheap ones; no Java).
+EPOCH_METRICS = ("BLEU-4", "CIDEr-D")
+#: Metrics of the final table and results (every one pycocoevalcap computes but SPICE).
+FINAL_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
+
+EPOCH_COLUMNS = [
+    "method", "epoch", "step", "lr", "noise", "train_ppl", "valid_ppl", "valid_avg_ppl", "valid_bleu4",
+    "valid_cider", "num_samples", "epoch_time_s", "eval_time_s", "skipped_steps",
+]  # fmt: skip
+SAMPLE_COLUMNS = ["method", "sample", "step", "epoch", "valid_ppl", "valid_avg_ppl"]
+
+
+def perplexity(target_probs: torch.Tensor) -> float:
+    """exp(-mean log p) of per-target probabilities [N]."""
+    return math.exp(float(-target_probs.log().mean()))
+
+
+class CaptionTrainer(SamplerTrainer):
+    """Trains one method of a caption run; see `SamplerTrainer`.
+
+    A collected sample is scored at once by the teacher-forced probabilities of the validation
+    captions (its own and the running model average's perplexity: `PredictiveAverager`) and its
+    weights are kept (`SampleCollector`, the newest ``cfg.max_samples``) for decoding, since a
+    caption's word distributions depend on the prefix the averaged model chose.
+
+    Args:
+        show: test images (the first ones) whose captions by single samples are also decoded.
+    """
+
+    CHECKPOINT_FORMAT = "sgmcmc_fused.train.caption/1"
+    EPOCH_COLUMNS = EPOCH_COLUMNS
+    SAMPLE_COLUMNS = SAMPLE_COLUMNS
+    RANK_SUMS = ("loss_sum", "targets")  # nats summed over target tokens, and their number
+    COUNTS = ("captions",)
+
+    def __init__(self, method: str, cfg: CaptionConfig, data: CaptionData, run_dir: Path, device: torch.device, *,
+                 show: int = 0, **options: Any):  # fmt: skip
+        self.data, self.data_fingerprint, self.show = data, data.fingerprint, show
+        self.image_index, self.tokens, _ = training_pairs(data.train, data.vocab, cfg.max_train_words)
+        self.valid_images, self.valid_tokens, _ = training_pairs(data.valid, data.vocab, cfg.max_train_words)
+        num_targets = int((self.tokens[:, 1:] != 0).sum())
+        num_valid_targets = int((self.valid_tokens[:, 1:] != 0).sum())
+        self.averagers = {"valid": PredictiveAverager(num_valid_targets)}
+        samples_dir = Path(cfg.samples_dir) / method if cfg.samples_dir else None
+        super().__init__(
+            method, cfg, run_dir, device, seed=cfg.seed, num_data=num_targets,
+            steps_per_epoch=math.ceil(len(self.tokens) / cfg.batch_size), max_samples=cfg.max_samples,
+            samples_dir=samples_dir, **options,
+        )  # fmt: skip
+
+    def build_model(self, seed: int) -> torch.nn.Module:
+        cfg = self.cfg
+        return CaptionModel(
+            len(self.data.vocab), self.data.feature_dim, embedding_dim=cfg.embedding_dim, hidden_size=cfg.hidden,
+            dropout=cfg.dropout, dropconnect=cfg.dropconnect, mask=cfg.mask, masked=cfg.masked, lstm_seed=seed,
+            lstm_impl=cfg.lstm_impl,
+        )  # fmt: skip
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def epoch_batches(self) -> Iterator[torch.Tensor]:
+        order = torch.randperm(len(self.tokens), generator=self.data_rng)
+        return iter(torch.split(order, self.cfg.batch_size)[self.batch_in_epoch :])
+
+    def train_step(self, idx: torch.Tensor) -> StepLoss:
+        tokens = self.tokens[idx]
+        tokens = tokens[:, : int((tokens != 0).sum(1).max())].to(self.device)
+        features = self.data.train.features[self.image_index[idx]].to(self.device)
+        loss, count = caption_loss(self.model(features, tokens), tokens)
+        sums = {"loss_sum": loss.detach().double() * count, "targets": count.double()}
+        return StepLoss(loss, sums, {"captions": len(idx)})
+
+    def progress_figures(self) -> dict[str, str]:
+        loss = self.totals["loss_sum"] + float(self.sums["loss_sum"])
+        targets = self.totals["targets"] + float(self.sums["targets"])
+        return {"ppl": f"{math.exp(loss / max(targets, 1)):.2f}"}
+
+    # -- evaluation ----------------------------------------------------------------------------------
+
+    def _valid_probabilities(self) -> torch.Tensor:
+        features = self.data.valid.features[self.valid_images]
+        return target_probabilities(self.model, features, self.valid_tokens, self.cfg.eval_batch_size, self.device)
+
+    def evaluate_sample(self, row: dict[str, Any]) -> None:
+        probs = self._valid_probabilities()
+        avg = self.averagers["valid"]
+        avg.update(probs)
+        row.update(sample=avg.num_samples, valid_ppl=perplexity(probs), valid_avg_ppl=avg.perplexity())
+
+    def models(self, which: str) -> StackedCaptionModels | None:
+        """The decoder of the model average ("average": the kept samples; None if there are none) or of
+        the current weights ("last")."""
+        if which == "last":
+            return StackedCaptionModels.from_model(self.model)
+        if not len(self.collector):
+            return None
+        return StackedCaptionModels(list(self.collector), self.device)
+
+    def captions(self, models: StackedCaptionModels, split: CaptionSplit) -> list[str]:
+        """The captions `models` generate for every image of `split` (space-joined words)."""
+        ids = decode_in_batches(models, split.features, beam=self.cfg.beam, max_len=self.cfg.max_caption_words,
+                                batch_size=self.cfg.eval_batch_size)  # fmt: skip
+        return [" ".join(self.data.vocab.decode(c)) for c in ids]
+
+    def epoch_row(self, lr: float) -> dict[str, Any]:
+        with self.evaluating():
+            valid = self._valid_probabilities()
+            models = self.models("average") or self.models("last")
+            scores = score_captions(_joined(self.data.valid), self.captions(models, self.data.valid),
+                                    metrics=EPOCH_METRICS)  # fmt: skip
+        avg = self.averagers["valid"]
+        return {
+            "method": self.method, "epoch": self.epoch + 1, "step": self.step, "lr": lr,
+            "noise": bool(self.optimizer.param_groups[0]["add_noise"]),
+            "train_ppl": math.exp(self.totals["loss_sum"] / max(self.totals["targets"], 1)),
+            "valid_ppl": perplexity(valid), "valid_avg_ppl": avg.perplexity() if avg.num_samples else None,
+            "valid_bleu4": scores.corpus["BLEU-4"], "valid_cider": scores.corpus["CIDEr-D"],
+            "num_samples": avg.num_samples, "epoch_time_s": round(self.train_time, 4),
+            "eval_time_s": round(self.eval_time, 4), "skipped_steps": self.optimizer.skipped_steps,
+        }  # fmt: skip
+
+    def epoch_message(self, row: dict[str, Any]) -> str:
+        n = row["num_samples"]
+        avg = f" valid avg ppl {row['valid_avg_ppl']:.3f} ({n} samples)" if n else ""
+        return (
+            f"{self.label:>8} epoch {row['epoch']:>3}/{self.cfg.epochs}  train ppl {row['train_ppl']:.3f}  valid ppl "
+            f"{row['valid_ppl']:.3f}{avg}  valid BLEU-4 {100 * row['valid_bleu4']:.1f} CIDEr-D "
+            f"{100 * row['valid_cider']:.1f}  {row['epoch_time_s']:.1f} s"
+        )
+
+    # -- results -------------------------------------------------------------------------------------
+
+    def final_result(self) -> dict[str, Any]:
+        """The method's result row: test scores of the last weights and of the model average, the
+        per-image captions (METHOD/captions.csv, of the average or else the last weights), and the
+        captions of single samples for the first `show` test images."""
+        test, refs = self.data.test, _joined(self.data.test)
+        last_captions = self.captions(self.models("last"), test)
+        last = score_captions(refs, last_captions, metrics=FINAL_METRICS)
+        average = self.models("average")
+        avg_captions = self.captions(average, test) if average is not None else None
+        avg = score_captions(refs, avg_captions, metrics=FINAL_METRICS) if avg_captions is not None else None
+        if self.world.is_main:
+            shown, scores = (avg_captions, avg) if avg is not None else (last_captions, last)
+            write_per_image_csv(self.run_dir / "captions.csv", test.filenames, shown, scores)
+        result: dict[str, Any] = {
+            "method": self.method, "lr": self.cfg.lr[self.method], "epochs": self.epoch, "steps": self.step,
+            "num_samples": len(self.collector), "samples_taken": self.collector.num_taken,
+            "sec_per_epoch": self.sec_per_epoch(), "tokenizer": last.tokenizer, "unavailable": last.unavailable,
+            "last": last.corpus, "average": None if avg is None else avg.corpus,
+        }  # fmt: skip
+        result["show"] = self._show(last_captions, avg_captions)
+        self.write_logs(result)
+        return result
+
+    def _show(self, last: list[str], average: list[str] | None) -> list[dict[str, Any]]:
+        """For the first `show` test images: references, the model average's and the last weights'
+        captions, and those of up to three single samples (the oldest, middle and newest kept)."""
+        n = min(self.show, len(self.data.test.features))
+        if not n:
+            return []
+        kept = len(self.collector)
+        picks = sorted({0, kept // 2, kept - 1}) if kept else []
+        singles = []
+        for i in picks:
+            one = StackedCaptionModels([self.collector[i]], self.device)
+            ids = decode_in_batches(one, self.data.test.features[:n], beam=self.cfg.beam,
+                                    max_len=self.cfg.max_caption_words, batch_size=n)  # fmt: skip
+            singles.append((self.collector.steps[i], [" ".join(self.data.vocab.decode(c)) for c in ids]))
+        test = self.data.test
+        return [
+            {"filename": test.filenames[j], "references": [" ".join(r) for r in test.references[j]],
+             "average": None if average is None else average[j], "last": last[j],
+             "samples": [{"step": step, "caption": caps[j]} for step, caps in singles]}
+            for j in range(n)
+        ]  # fmt: skip
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"vocab_size": len(self.data.vocab)}
+
+
+def _joined(split: CaptionSplit) -> list[list[str]]:
+    """The references of every image of `split` as space-joined strings."""
+    return [[" ".join(r) for r in refs] for refs in split.references]
