@@ -112,13 +112,16 @@ def test_files_run_with_average_optimizers(tmp_path):
     argv = ["caption", "--captions", str(captions), "--features", str(feats), "--min-count", "1", "--preset", "tiny",
             "--hidden", "8", "--embedding-dim", "8", "--epochs", "2", "--burn-in", "1ep", "--thin", "1ep",
             "--method", "rmsprop", "--average-optimizers", "--quiet", "--no-progress", "--show", "0",
-            "--out", str(out)]  # fmt: skip
+            "--samples-dir", str(tmp_path / "samples"), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     (result,) = json.loads((out / "results.json").read_text())["methods"]
     # burn-in 1 epoch + thin 1 epoch: one snapshot, after the last step
     assert result["num_samples"] == 1 and result["average"] is not None and result["show"] == []
     assert result["average"] == result["last"]  # the average of the last weights alone
     assert len(_csv(out / "rmsprop" / "captions.csv")) == 6
+    # The kept sample lives on disk, in a folder that names its run.
+    assert len(list((tmp_path / "samples" / "rmsprop").glob("sample_*.safetensors"))) == 1
+    assert json.loads((tmp_path / "samples" / "run.json").read_text())["run"] == str(out.resolve())
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Ownership of a run's folder: one command at a time writes into it.
+"""Ownership of a run's folder (one command at a time writes into it) and of its samples folder.
 
 A command holds an exclusive ``flock`` on ``FOLDER/.lock`` for its whole life. The kernel releases
 the lock when the holder exits, however it exits (SIGKILL, a crash, a power cut of its node), so a
@@ -10,11 +10,13 @@ network file systems: two hosts writing into one shared folder are not detected 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 from pathlib import Path
 
 from .options import ConfigError
+from .runlog import write_json
 
 LOCK_NAME = ".lock"
 
@@ -68,3 +70,40 @@ class RunFolder:
     def foreign_entries(self) -> list[str]:
         """The names in the folder other than the lock file, sorted."""
         return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+
+
+#: The file in a --samples-dir that names the run it belongs to.
+SAMPLES_OWNER = "run.json"
+
+
+def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
+    """Make `folder` (--samples-dir) the samples folder of the run in `out`, or refuse it.
+
+    A samples folder belongs to one run: `SAMPLES_OWNER` records the run's folder. Another run's
+    folder is refused; so is a non-empty folder that names no run, for a new run (a run saved
+    before the record existed claims its own folder when it resumes).
+
+    Raises:
+        ConfigError: the folder is another run's, or not empty, or cannot be written.
+    """
+    owner_file = folder / SAMPLES_OWNER
+    me = str(out.resolve())
+    try:
+        if owner_file.is_file():
+            owner = json.loads(owner_file.read_text()).get("run")
+            if owner != me:
+                raise ConfigError(
+                    f"--samples-dir {folder} holds the samples of the run in {owner}: give each run its own "
+                    "samples folder"
+                )
+            return
+        if not resumed and folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(f"--samples-dir {folder} is not empty and belongs to no run: give a new or empty folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(owner_file, {"run": me})
+    except ConfigError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"--samples-dir {folder}: {e.strerror or e}") from None
+    except (ValueError, AttributeError):
+        raise ConfigError(f"--samples-dir {folder}: {owner_file} is damaged (not a JSON object)") from None

@@ -47,6 +47,7 @@ import torch
 from ..command import Session, Task
 from ..distributed import World
 from ..options import RUN_CONTROL, ConfigError
+from ..run_folder import claim_samples_dir
 from ..runlog import write_csv, write_json
 from . import config
 from .config import CaptionConfig
@@ -74,6 +75,10 @@ class CaptionTask(Task):
 
     def run_name(self, cfg: CaptionConfig) -> str:
         return "caption-" + ("scenes" if cfg.data["kind"] == "synthetic" else Path(cfg.data["captions"]).stem)
+
+    def claim(self, cfg: CaptionConfig, out: Path, resumed: bool) -> None:
+        if cfg.samples_dir:
+            claim_samples_dir(Path(cfg.samples_dir), out, resumed)
 
     def load_data(
         self, cfg: CaptionConfig, args: argparse.Namespace, world: World

@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The embedded default (the synthetic scenes): a few CPU minutes for both default methods.
     "tiny": dict(
-        embedding_dim=64, hidden=128, dropout=0.25, batch_size=64, epochs=10, clip=5.0, burn_in="4ep",
+        embedding_dim=64, hidden=128, dropout=0.25, batch_size=64, epochs=16, clip=5.0, burn_in="4ep",
         thin="0.5ep", sgd_lr=0.1, rms_lr=3e-3,
     ),
 }

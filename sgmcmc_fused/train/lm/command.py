@@ -41,7 +41,6 @@ batch's hidden state and every rank's RNG, and resumes under the same number of 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ import torch
 from ..command import Session, Task
 from ..distributed import SINGLE, World, barrier
 from ..options import RUN_CONTROL, ConfigError
+from ..run_folder import claim_samples_dir
 from ..runlog import write_csv, write_json
 from . import config
 from .chains import chain_dir, pool_chains
@@ -149,43 +149,6 @@ def _run_chains(method: str, session: Session, data: LMData) -> tuple[LMTrainer 
         f"{_fmt(result['split_rhat'])}"
     )
     return first, result
-
-
-#: The file in a --samples-dir that names the run it belongs to.
-SAMPLES_OWNER = "run.json"
-
-
-def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
-    """Make `folder` (--samples-dir) the samples folder of the run in `out`, or refuse it.
-
-    A samples folder belongs to one run: `SAMPLES_OWNER` records the run's folder. Another run's
-    folder is refused; so is a non-empty folder that names no run, for a new run (a run saved
-    before the record existed claims its own folder when it resumes).
-
-    Raises:
-        ConfigError: the folder is another run's, or not empty, or cannot be written.
-    """
-    owner_file = folder / SAMPLES_OWNER
-    me = str(out.resolve())
-    try:
-        if owner_file.is_file():
-            owner = json.loads(owner_file.read_text()).get("run")
-            if owner != me:
-                raise ConfigError(
-                    f"--samples-dir {folder} holds the samples of the run in {owner}: give each run its own "
-                    "samples folder"
-                )
-            return
-        if not resumed and folder.is_dir() and any(folder.iterdir()):
-            raise ConfigError(f"--samples-dir {folder} is not empty and belongs to no run: give a new or empty folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(owner_file, {"run": me})
-    except ConfigError:
-        raise
-    except OSError as e:
-        raise ConfigError(f"--samples-dir {folder}: {e.strerror or e}") from None
-    except (ValueError, AttributeError):
-        raise ConfigError(f"--samples-dir {folder}: {owner_file} is damaged (not a JSON object)") from None
 
 
 def _fmt(x: float | None) -> str:
