@@ -173,3 +173,23 @@ def test_bad_inputs_are_named():
         StackedCaptionModels([])
     with pytest.raises(ValueError, match="beam >= 1"):
         beam_search(StackedCaptionModels([model.state_dict()]), torch.randn(1, FEAT), beam=0)
+
+
+def test_decoding_under_autocast_stays_in_the_weights_dtype():
+    """A trainer under --precision bf16 decodes inside autocast: the averages must stay fp32."""
+    models = make_models(2, scale=2.0)
+    stacked = StackedCaptionModels([m.state_dict() for m in models])
+    features = torch.randn(4, FEAT) * 2
+    plain = beam_search(stacked, features, beam=3, max_len=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, probs = stacked.start(features)
+        assert probs.dtype == torch.float32
+        assert beam_search(stacked, features, beam=3, max_len=5) == plain
+
+
+def test_non_finite_weights_are_named():
+    (model,) = make_models(1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["output.weight"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        beam_search(StackedCaptionModels([state]), torch.randn(2, FEAT), beam=2, max_len=3)

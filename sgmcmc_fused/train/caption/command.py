@@ -21,8 +21,9 @@ JSON's order. The vocabulary is the training captions' words seen at least --min
 Units: `lr` is the step size of the mean loss per caption token; num_data = training target tokens.
 
 Outputs in --out DIR: config.json; per method METHOD/log.csv (one row per epoch: perplexities of the
-validation captions, of the last weights and of the model average, and the validation BLEU-4 and
-CIDEr-D of the model average's greedy captions), METHOD/samples.csv (one row per collected sample),
+validation captions, of the last weights and of the average of every sample so far, and the
+validation BLEU-4 and CIDEr-D of the captions decoded with the kept samples, or the last weights
+before the first sample), METHOD/samples.csv (one row per collected sample),
 METHOD/captions.csv (every test image: the caption and its scores), METHOD/log.json and checkpoint.pt;
 results.json, results.csv and scores.png (validation perplexity against epochs and against the number
 of samples averaged) for all methods.
@@ -71,6 +72,7 @@ class CaptionTask(Task):
         config.add_arguments(parser)
 
     def new_config(self, args: argparse.Namespace) -> CaptionConfig:
+        _check_show(args)
         return config.resolve_config(args)
 
     def run_name(self, cfg: CaptionConfig) -> str:
@@ -85,8 +87,7 @@ class CaptionTask(Task):
     ) -> tuple[CaptionConfig, CaptionData]:
         if world.distributed:
             raise ConfigError("the caption task runs in one process: start it without torchrun")
-        if args.show < 0:
-            raise ConfigError(f"--show must be >= 0, got {args.show}")
+        _check_show(args)
         return cfg, load_caption_data(cfg.data, progress=bool(args.progress))
 
     def train(self, session: Session, data: CaptionData) -> int:
@@ -112,18 +113,26 @@ class CaptionTask(Task):
         baseline = score_captions(refs, [baseline_caption] * len(refs), metrics=FINAL_METRICS)
         agreement = reference_agreement(refs, metrics=FINAL_METRICS)
         rows = result_rows(results)
+        unavailable = {**baseline.unavailable, **agreement.unavailable}
+        for r in results:
+            unavailable.update(r["unavailable"])
         write_csv(session.out / "results.csv", RESULT_COLUMNS, rows)
         write_json(session.out / "results.json", {
             "data": data.description, "vocab_size": len(data.vocab), "tokenizer": baseline.tokenizer,
-            "unavailable": baseline.unavailable, "methods": results,
+            "unavailable": unavailable, "methods": results,
             "most_frequent_caption": {"caption": baseline_caption, "scores": baseline.corpus},
             "reference_agreement": agreement.corpus,
         })  # fmt: skip
         for r in results:
             for shown in r["show"]:
                 say(format_show(r["method"], shown))
-        print(format_table(rows, data, cfg, baseline.corpus, baseline_caption, agreement.corpus, baseline.unavailable))
+        print(format_table(rows, data, cfg, baseline.corpus, baseline_caption, agreement.corpus, unavailable))
         return 0
+
+
+def _check_show(args: argparse.Namespace) -> None:
+    if args.show < 0:
+        raise ConfigError(f"--show must be >= 0, got {args.show}")
 
 
 def result_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

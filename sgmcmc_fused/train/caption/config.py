@@ -139,7 +139,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dec = p.add_argument_group("decoding with the posterior")
     dec.add_argument("--beam", type=int, default=3, help="beam size; 1 = greedy (default 3)")
     dec.add_argument("--max-caption-words", type=int, default=16, help="longest caption generated (default 16)")
-    dec.add_argument("--max-samples", type=int, default=20, help="samples kept (the newest) and averaged (default 20)")
+    dec.add_argument(
+        "--max-samples", type=int, default=20,
+        help="samples kept (the newest) and averaged when decoding (default 20); perplexity averages take every one",
+    )  # fmt: skip
     dec.add_argument("--samples-dir", metavar="DIR", help="keep the samples on disk in DIR/METHOD instead of memory")
 
     run = add_run_arguments(p, default_out="runs/caption-<data>-<time>")

@@ -80,7 +80,10 @@ class StackedCaptionModels:
     def _average(self, h: torch.Tensor) -> torch.Tensor:
         """The samples' averaged word distribution [B, V] from their hidden states h [S, B, H]."""
         logits = torch.baddbmm(self.out_bias, h, self.out_weight_t)
-        return torch.softmax(logits, dim=-1).mean(0)
+        probs = torch.softmax(logits, dim=-1).mean(0)
+        if not bool(torch.isfinite(probs).all()):
+            raise ValueError("the averaged word distribution holds NaN or inf: a sample's weights are not finite")
+        return probs
 
     @torch.no_grad()
     def start(self, features: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -90,9 +93,10 @@ class StackedCaptionModels:
         if features.dim() != 2 or features.shape[1] != self.proj_weight_t.shape[1]:
             raise ValueError(f"features must be [B, {self.proj_weight_t.shape[1]}], got {tuple(features.shape)}")
         feats = features.to(self.device, self.dtype)[None].expand(s, b, -1)
-        image = torch.baddbmm(self.proj_bias, feats, self.proj_weight_t)  # [S, B, E]
-        zeros = torch.zeros(s, b, self.hidden_size, device=self.device, dtype=self.dtype)
-        h, c = self._cell(image, zeros, zeros)
+        with self._weights_dtype():
+            image = torch.baddbmm(self.proj_bias, feats, self.proj_weight_t)  # [S, B, E]
+            zeros = torch.zeros(s, b, self.hidden_size, device=self.device, dtype=self.dtype)
+            h, c = self._cell(image, zeros, zeros)
         return self.step((h, c), torch.full((b,), BOS, dtype=torch.long, device=self.device))
 
     @torch.no_grad()
@@ -101,8 +105,14 @@ class StackedCaptionModels:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Read `tokens` int64 [B]: (the new state, p̄ of the next word [B, V])."""
         x = self.embedding[:, tokens.to(self.device)]  # [S, B, E]
-        h, c = self._cell(x, *state)
-        return (h, c), self._average(h)
+        with self._weights_dtype():
+            h, c = self._cell(x, *state)
+            return (h, c), self._average(h)
+
+    def _weights_dtype(self) -> torch.autocast:
+        """Autocast off: decoding computes in the weights' dtype whatever autocast the caller (a trainer
+        under --precision) has on, so the predictive averages stay fp32."""
+        return torch.autocast(self.device.type, enabled=False)
 
 
 def beam_search(

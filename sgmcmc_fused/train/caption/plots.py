@@ -40,7 +40,7 @@ def plot_caption_runs(
             n = [r["sample"] for r in curve]
             ax_s.plot(n, [r["valid_avg_ppl"] for r in curve], "-", color=c, label=f"{method} model average")
             ax_s.plot(n, [r["valid_ppl"] for r in curve], ":", color=c, label=f"{method} each sample")
-    ax_c.set(xlabel="epoch", ylabel="CIDEr-D x100", title="validation captions (model average, greedy)")
+    ax_c.set(xlabel="epoch", ylabel="CIDEr-D x100", title="validation captions (kept samples' average)")
     ax_p.set(xlabel="epoch", ylabel="perplexity", title="validation captions, teacher-forced")
     ax_s.set(xlabel="samples averaged", ylabel="perplexity", title="model average vs number of samples")
     for ax in (ax_c, ax_p, ax_s):

@@ -32,8 +32,8 @@ SAMPLE_COLUMNS = ["method", "sample", "step", "epoch", "valid_ppl", "valid_avg_p
 
 
 def perplexity(target_probs: torch.Tensor) -> float:
-    """exp(-mean log p) of per-target probabilities [N]."""
-    return math.exp(float(-target_probs.log().mean()))
+    """exp(-mean log p) of per-target probabilities [N] (inf beyond float range: a diverging run)."""
+    return float(torch.exp(-target_probs.double().log().mean()))
 
 
 class CaptionTrainer(SamplerTrainer):
@@ -58,7 +58,9 @@ class CaptionTrainer(SamplerTrainer):
                  show: int = 0, **options: Any):  # fmt: skip
         self.data, self.data_fingerprint, self.show = data, data.fingerprint, show
         self.image_index, self.tokens, _ = training_pairs(data.train, data.vocab, cfg.max_train_words)
-        self.valid_images, self.valid_tokens, _ = training_pairs(data.valid, data.vocab, cfg.max_train_words)
+        # Validation captions whole (not cut to max_train_words): their perplexity is of the data.
+        longest = max(len(r) for refs in data.valid.references for r in refs)
+        self.valid_images, self.valid_tokens, _ = training_pairs(data.valid, data.vocab, longest)
         num_targets = int((self.tokens[:, 1:] != 0).sum())
         num_valid_targets = int((self.valid_tokens[:, 1:] != 0).sum())
         self.averagers = {"valid": PredictiveAverager(num_valid_targets)}
@@ -94,7 +96,7 @@ class CaptionTrainer(SamplerTrainer):
     def progress_figures(self) -> dict[str, str]:
         loss = self.totals["loss_sum"] + float(self.sums["loss_sum"])
         targets = self.totals["targets"] + float(self.sums["targets"])
-        return {"ppl": f"{math.exp(loss / max(targets, 1)):.2f}"}
+        return {"ppl": f"{float(torch.exp(torch.tensor(loss / max(targets, 1)))):.2f}"}
 
     # -- evaluation ----------------------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class CaptionTrainer(SamplerTrainer):
         return {
             "method": self.method, "epoch": self.epoch + 1, "step": self.step, "lr": lr,
             "noise": bool(self.optimizer.param_groups[0]["add_noise"]),
-            "train_ppl": math.exp(self.totals["loss_sum"] / max(self.totals["targets"], 1)),
+            "train_ppl": float(torch.exp(torch.tensor(self.totals["loss_sum"] / max(self.totals["targets"], 1)))),
             "valid_ppl": perplexity(valid), "valid_avg_ppl": avg.perplexity() if avg.num_samples else None,
             "valid_bleu4": scores.corpus["BLEU-4"], "valid_cider": scores.corpus["CIDEr-D"],
             "num_samples": avg.num_samples, "epoch_time_s": round(self.train_time, 4),
@@ -167,7 +169,8 @@ class CaptionTrainer(SamplerTrainer):
         result: dict[str, Any] = {
             "method": self.method, "lr": self.cfg.lr[self.method], "epochs": self.epoch, "steps": self.step,
             "num_samples": len(self.collector), "samples_taken": self.collector.num_taken,
-            "sec_per_epoch": self.sec_per_epoch(), "tokenizer": last.tokenizer, "unavailable": last.unavailable,
+            "sec_per_epoch": self.sec_per_epoch(), "tokenizer": last.tokenizer,
+            "unavailable": {**last.unavailable, **(avg.unavailable if avg is not None else {})},
             "last": last.corpus, "average": None if avg is None else avg.corpus,
         }  # fmt: skip
         result["show"] = self._show(last_captions, avg_captions)
