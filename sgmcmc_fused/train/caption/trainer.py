@@ -14,7 +14,7 @@ import torch
 from ...bayes import PredictiveAverager
 from ..sampler_trainer import SamplerTrainer, StepLoss
 from .config import CaptionConfig
-from .data import CaptionData, CaptionSplit, training_pairs
+from .data import PAD, CaptionData, CaptionSplit, training_pairs
 from .decode import StackedCaptionModels, decode_in_batches
 from .model import CaptionModel, caption_loss, target_probabilities
 from .scores import score_captions, write_per_image_csv
@@ -61,8 +61,8 @@ class CaptionTrainer(SamplerTrainer):
         # Validation captions whole (not cut to max_train_words): their perplexity is of the data.
         longest = max(len(r) for refs in data.valid.references for r in refs)
         self.valid_images, self.valid_tokens, _ = training_pairs(data.valid, data.vocab, longest)
-        num_targets = int((self.tokens[:, 1:] != 0).sum())
-        num_valid_targets = int((self.valid_tokens[:, 1:] != 0).sum())
+        num_targets = int((self.tokens[:, 1:] != PAD).sum())
+        num_valid_targets = int((self.valid_tokens[:, 1:] != PAD).sum())
         self.averagers = {"valid": PredictiveAverager(num_valid_targets)}
         samples_dir = Path(cfg.samples_dir) / method if cfg.samples_dir else None
         super().__init__(
@@ -87,7 +87,7 @@ class CaptionTrainer(SamplerTrainer):
 
     def train_step(self, idx: torch.Tensor) -> StepLoss:
         tokens = self.tokens[idx]
-        tokens = tokens[:, : int((tokens != 0).sum(1).max())].to(self.device)
+        tokens = tokens[:, : int((tokens != PAD).sum(1).max())].to(self.device)
         features = self.data.train.features[self.image_index[idx]].to(self.device)
         loss, count = caption_loss(self.model(features, tokens), tokens)
         sums = {"loss_sum": loss.detach().double() * count, "targets": count.double()}
