@@ -33,6 +33,8 @@ __all__ = [
     "SampleCollector",
     "expected_calibration_error",
     "mutual_information",
+    "exp_or_inf",
+    "perplexity",
     "perplexity_by_num_samples",
     "predictive_entropy",
     "predictive_mean",
@@ -496,6 +498,19 @@ def expected_calibration_error(mean: torch.Tensor, labels: torch.Tensor, num_bin
     n.index_add_(0, bins, torch.ones_like(conf))
     gap = torch.zeros_like(n).index_add_(0, bins, correct - conf)  # Σ (acc - conf) per bin
     return float(gap.abs().sum() / conf.numel())
+
+
+def exp_or_inf(x: float) -> float:
+    """exp(x), or inf where it overflows a float (the perplexity of a diverged run)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def perplexity(probs: torch.Tensor) -> float:
+    """exp(-mean log p) of per-token probabilities [N] (a probability of 0 gives inf)."""
+    return float(torch.exp(-torch.log(probs.double()).mean()))
 
 
 def perplexity_by_num_samples(target_probs: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ...bayes import PredictiveAverager
+from ...bayes import PredictiveAverager, exp_or_inf, perplexity
 from ..sampler_trainer import SamplerTrainer, StepLoss
 from .config import CaptionConfig
 from .data import PAD, CaptionData, CaptionSplit, training_pairs
@@ -29,11 +29,6 @@ EPOCH_COLUMNS = [
     "valid_cider", "num_samples", "epoch_time_s", "eval_time_s", "skipped_steps",
 ]  # fmt: skip
 SAMPLE_COLUMNS = ["method", "sample", "step", "epoch", "valid_ppl", "valid_avg_ppl"]
-
-
-def perplexity(target_probs: torch.Tensor) -> float:
-    """exp(-mean log p) of per-target probabilities [N] (inf beyond float range: a diverging run)."""
-    return float(torch.exp(-target_probs.double().log().mean()))
 
 
 class CaptionTrainer(SamplerTrainer):
@@ -96,7 +91,7 @@ class CaptionTrainer(SamplerTrainer):
     def progress_figures(self) -> dict[str, str]:
         loss = self.totals["loss_sum"] + float(self.sums["loss_sum"])
         targets = self.totals["targets"] + float(self.sums["targets"])
-        return {"ppl": f"{float(torch.exp(torch.tensor(loss / max(targets, 1)))):.2f}"}
+        return {"ppl": f"{exp_or_inf(loss / max(targets, 1)):.2f}"}
 
     # -- evaluation ----------------------------------------------------------------------------------
 
@@ -135,7 +130,7 @@ class CaptionTrainer(SamplerTrainer):
         return {
             "method": self.method, "epoch": self.epoch + 1, "step": self.step, "lr": lr,
             "noise": bool(self.optimizer.param_groups[0]["add_noise"]),
-            "train_ppl": float(torch.exp(torch.tensor(self.totals["loss_sum"] / max(self.totals["targets"], 1)))),
+            "train_ppl": exp_or_inf(self.totals["loss_sum"] / max(self.totals["targets"], 1)),
             "valid_ppl": perplexity(valid), "valid_avg_ppl": avg.perplexity() if avg.num_samples else None,
             "valid_bleu4": scores.corpus["BLEU-4"], "valid_cider": scores.corpus["CIDEr-D"],
             "num_samples": avg.num_samples, "epoch_time_s": round(self.train_time, 4),

@@ -9,7 +9,6 @@ LSTM weights (recurrent by default), every parameter initialised U(-init_scale, 
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -113,16 +112,3 @@ def target_probabilities(
         return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
     finally:
         model.train(was_training)
-
-
-def exp_or_inf(x: float) -> float:
-    """exp(x), or inf where it overflows a float (the perplexity of a diverged run)."""
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
-
-
-def perplexity(probs: torch.Tensor) -> float:
-    """exp(-mean log p) of per-token probabilities [N] (a probability of 0 gives inf)."""
-    return float(torch.exp(-torch.log(probs.double()).mean()))

@@ -10,13 +10,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...bayes import PredictiveAverager
+from ...bayes import PredictiveAverager, exp_or_inf, perplexity
 from ...data import batchify
 from ..distributed import SINGLE, World, data_parallel, gather_dim, shard
 from ..sampler_trainer import SamplerTrainer, StepLoss
 from .config import LMConfig
 from .data import LMData, epoch_batches, prepare_train, steps_per_epoch
-from .model import LanguageModel, detach_hidden, exp_or_inf, perplexity, target_probabilities
+from .model import LanguageModel, detach_hidden, target_probabilities
 
 EPOCH_COLUMNS = [
     "method", "epoch", "step", "lr", "noise", "train_ppl", "valid_ppl", "valid_avg_ppl", "num_samples",
