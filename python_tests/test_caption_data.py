@@ -443,11 +443,10 @@ def test_scene_captions_say_what_the_pixels_show():
                 assert t[0] == "one" or t[1] in GROUP_WORDS, t
                 if t[1] in GROUP_WORDS:
                     assert NUMBER_WORDS[t[0]] == n, t
-            if not colours:  # the summary: "three shapes on a white background"
-                assert n > 1 and t[0] in NUMBER_WORDS and t[1] in GROUP_WORDS, t
-            else:
-                assert sorted(colours) == sorted(shapes), (t, shapes)
-                assert sum(w in NOUNS for w in t) == n, t
+            says_where = False
+            # Every caption names every shape, each once.
+            assert sorted(colours) == sorted(shapes), (t, shapes)
+            assert sum(w in NOUNS for w in t) == n, t
             for j, w in enumerate(t):
                 if w in COLOUR_WORDS:
                     drawn = shapes[COLOUR_WORDS[w]]
@@ -456,7 +455,7 @@ def test_scene_captions_say_what_the_pixels_show():
                         assert SIZE_WORDS[t[j - 1]] == drawn["size"], (t, drawn)
                     where = t[j + 2 : j + 7]
                     if where[:2] in (["on", "the"], ["at", "the"], ["in", "the"]):
-                        positional += 1
+                        says_where = True
                         # By thirds of the image; a pixel of slack for the rasterised centre.
                         if "left" in where[2:4]:
                             assert drawn["x"] < size / 3 + 1, (t, drawn)
@@ -468,9 +467,10 @@ def test_scene_captions_say_what_the_pixels_show():
                             assert drawn["y"] > 2 * size / 3 - 1, (t, drawn)
                 if w == "background":
                     assert {"white": "white", "grey": "grey", "gray": "grey"}[t[j - 1]] == background, t
+            positional += says_where
     assert counts == {1, 2, 3}
-    # Positions appear in some references but in a minority of them.
-    assert 0 < positional < 0.3 * total
+    # Positions appear in some references (15 % of the draws) but in a minority of them.
+    assert 0.05 * total < positional < 0.3 * total
 
 
 def test_scenes_through_the_caption_loader():

@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+from sgmcmc_fused.train.caption import scores
 from sgmcmc_fused.train.caption.scores import (
     METRICS,
     TOKENIZER_PTB,
@@ -308,6 +309,23 @@ def test_meteor_and_ptb_with_java_and_no_output(capfd):
     assert disjoint == pytest.approx(0.0, abs=1e-9)
     assert 0.0 < s.corpus["METEOR"] < perfect
     assert list(s.corpus) == list(METRICS)
+
+
+@needs_java
+def test_one_meteor_process_serves_every_call_with_the_same_scores():
+    """The METEOR process is started once and shared (a JVM start costs seconds); a process that died
+    is replaced, and sharing changes no score: METEOR keeps no state between requests."""
+    first = score_captions(REFS, CANDS, metrics=("METEOR",))
+    process = scores._shared_meteor
+    assert process is not None and process.meteor_p.poll() is None
+    other = score_captions(REFS[:2], ["a b c", "giraffes eating leaves"], metrics=("METEOR",))
+    assert scores._shared_meteor is process
+    again = score_captions(REFS, CANDS, metrics=("METEOR",))
+    assert again.corpus == first.corpus and again.per_image == first.per_image
+    assert other.corpus["METEOR"] != first.corpus["METEOR"]
+    process.close()  # as if it had died
+    after = score_captions(REFS, CANDS, metrics=("METEOR",))
+    assert scores._shared_meteor is not process and after.corpus == first.corpus
 
 
 def test_without_java_meteor_is_unavailable_not_zero(monkeypatch, tmp_path):

@@ -11,6 +11,7 @@
   ``--chains 2`` result.
 - The classifier: data parallel equals single process (batch 25 = 13 + 12, and a last batch of 1
   sentence, which leaves one rank without a sentence), and resumes bit for bit under torchrun.
+- The caption trainer: data parallel equals single process, and resumes bit for bit under torchrun.
 """
 
 from __future__ import annotations
@@ -160,6 +161,46 @@ def test_data_parallel_classifier_resume_is_bit_exact(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert torch.equal(a["test_samples"], b["test_samples"])
     assert _result(straight)["error_mean"] == _result(split)["error_mean"]
+
+
+CAPTION = [
+    "caption", "--synthetic-train", "40", "--synthetic-valid", "7", "--synthetic-test", "6",
+    "--synthetic-image-size", "32", "--hidden", "16", "--embedding-dim", "16", "--batch-size", "23", "--epochs", "2",
+    "--method", "psgld", "--burn-in", "1ep", "--thin", "3", "--beam", "2", "--max-caption-words", "6", "--show", "0",
+    "--no-progress", "--quiet", "--threads", "1",
+]  # fmt: skip
+
+
+def test_data_parallel_caption_equals_single_process(tmp_path):
+    """200 captions in batches of 23 = 12 + 11 (the last, of 16, 8 + 8); 35 validation captions split
+    18 + 17 for the perplexities. The ranks' gradients are weighted by their target tokens."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main([*CAPTION, "--dropout", "0", "--out", str(single)]) == 0
+    _ok(_torchrun(*CAPTION, "--dropout", "0", "--out", str(ddp)))
+    a, b = load_checkpoint(single / "psgld" / "checkpoint.pt"), load_checkpoint(ddp / "psgld" / "checkpoint.pt")
+    assert b["step"] == a["step"] == 2 * 9 and b["world_size"] == 2
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=2e-5, msg=k)
+    assert [r["step"] for r in b["curve"]] == [r["step"] for r in a["curve"]] == [12, 15, 18]
+    for ra, rb in zip(a["curve"], b["curve"], strict=True):
+        assert rb["valid_avg_ppl"] == pytest.approx(ra["valid_avg_ppl"], rel=1e-4)
+    la = json.loads((single / "psgld" / "log.json").read_text())["epochs"]
+    lb = json.loads((ddp / "psgld" / "log.json").read_text())["epochs"]
+    assert [e["train_ppl"] for e in lb] == pytest.approx([e["train_ppl"] for e in la], rel=1e-4)
+    assert _result(ddp)["num_samples"] == _result(single)["num_samples"] == 3
+
+
+def test_data_parallel_caption_resume_is_bit_exact(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = [*CAPTION, "--dropout", "0.3", "--dropconnect", "0.2"]
+    _ok(_torchrun(*args, "--out", str(straight)))
+    _ok(_torchrun(*args, "--out", str(split), "--stop-after-steps", "13"))
+    _ok(_torchrun("caption", "--resume", str(split), "--quiet", "--no-progress", "--threads", "1", "--show", "0"))
+    a, b = load_checkpoint(straight / "psgld" / "checkpoint.pt"), load_checkpoint(split / "psgld" / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["curve"] == b["curve"]
+    assert _result(straight)["average"] == _result(split)["average"]
 
 
 def test_too_many_processes_for_the_batch_is_a_clear_error(tmp_path):

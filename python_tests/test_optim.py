@@ -9,7 +9,7 @@ from conftest import DEVICES
 from step_cases import grad_sequence, make_params, run_optimizer
 from tolerances import assert_close
 
-from sgmcmc_fused.optim import PSGLD, SGLD
+from sgmcmc_fused.optim import PSGLD, SGLD, prior_weight_decay
 
 
 def small_model(seed=0, dtype=torch.float32):
@@ -54,6 +54,47 @@ def test_sgld_without_noise_is_sgd(impl):
     train(b, sgd, 10)
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=False):
         assert_close(p, q, rtol=1e-5, atol=1e-7, what=name)
+
+
+def test_per_group_prior_std_is_rmsprop_with_that_groups_weight_decay():
+    """prior_std σ in a group is the Gaussian prior N(0, σ²): weight decay 1/(N σ²) in mean-loss units.
+    Checked against torch.optim.RMSprop with that weight decay per group (sigma 0.1 and 0.5, N = 40:
+    2.5 and 0.1), and a group without a prior."""
+    a, b = small_model(), small_model()
+    first, second = list(a[0].parameters()), list(a[2].parameters())
+    opt = PSGLD([{"params": first, "prior_std": 0.1}, {"params": second[:1], "prior_std": 0.5},
+                 {"params": second[1:]}], lr=1e-2, num_data=40, alpha=0.9, add_noise=False)  # fmt: skip
+    assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([2.5, 0.1, 0.0], rel=1e-12)
+    assert prior_weight_decay(0.1, 40) == pytest.approx(2.5, rel=1e-12)
+    b_first, b_second = list(b[0].parameters()), list(b[2].parameters())
+    rms = torch.optim.RMSprop([{"params": b_first, "weight_decay": 2.5}, {"params": b_second[:1], "weight_decay": 0.1},
+                               {"params": b_second[1:]}], lr=1e-2, alpha=0.9, eps=1e-5)  # fmt: skip
+    train(a, opt, 10)
+    train(b, rms, 10)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert_close(p, q, rtol=1e-5, atol=1e-6, what=name)
+    # The prior reaches a loaded copy through the groups' weight_decay.
+    again = PSGLD(small_model().parameters(), lr=1e-2, num_data=40)
+    with pytest.raises(ValueError):  # three groups saved, one here
+        again.load_state_dict(opt.state_dict())
+    # With the constructor's default: every group.
+    opt = SGLD(small_model().parameters(), lr=0.1, num_data=10, prior_std=2.0)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1 / (10 * 4.0), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "groups, kwargs, match",
+    [
+        ([{"prior_std": 0.1, "weight_decay": 1e-3}], {}, "both are a Gaussian prior"),
+        ([{"prior_std": 0.1}], {"weight_decay": 1e-3}, "both are a Gaussian prior"),
+        ([{"prior_std": 0.0}], {}, "prior_std must be > 0"),
+        ([{"prior_std": float("nan")}], {}, "prior_std must be a finite number"),
+    ],
+)
+def test_bad_priors_are_refused(groups, kwargs, match):
+    params = list(small_model().parameters())
+    with pytest.raises(ValueError, match=match):
+        PSGLD([{"params": params, **g} for g in groups], lr=1e-3, num_data=10, **kwargs)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])

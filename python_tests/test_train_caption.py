@@ -12,10 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from sgmcmc_fused.bayes import split_rhat
 from sgmcmc_fused.data.scenes import make_scenes
 from sgmcmc_fused.train import main
+from sgmcmc_fused.train.caption.config import SYNTHETIC_DEFAULTS
+from sgmcmc_fused.train.caption.decode import StackedCaptionModels, decode_in_batches
 from sgmcmc_fused.train.caption.scores import score_captions
+from sgmcmc_fused.train.caption.sources import load_caption_data
+from sgmcmc_fused.train.chains import check_chains_world
+from sgmcmc_fused.train.distributed import World
+from sgmcmc_fused.train.options import ConfigError
 
 #: 40 training images x 5 captions = 200 pairs / batch 25 = 8 steps an epoch; burn-in 1 epoch, a sample
 #: every 4 steps: samples after steps 12, 16, ..., 24 in 3 epochs (4 of them).
@@ -147,3 +155,51 @@ def test_a_feature_file_with_a_row_missing_names_both_counts(tmp_path, capsys):
         main(["caption", "--captions", str(captions), "--features", str(feats), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "41" in err and "42" in err and "features.npy" in err
+
+
+def test_chains_pool_their_samples_for_decoding(tiny_run, tmp_path):
+    """--chains 2 (samples on disk): chain 0 is the single run with the same seed, bit for bit; the
+    pooled captions are those decoded with both chains' samples, read back from their files; the last
+    weights' scores are the chains' mean, and split-R-hat is that of the chains' per-sample validation
+    log-likelihoods."""
+    out, samples = tmp_path / "run", tmp_path / "samples"
+    argv = [*TINY, "--method", "psgld", "--chains", "2", "--samples-dir", str(samples), "--out", str(out)]
+    assert main(argv) == 0
+    (pooled,) = json.loads((out / "results.json").read_text())["methods"]
+    chain = [json.loads((out / "psgld" / f"chain-{k}" / "log.json").read_text()) for k in range(2)]
+    single = json.loads((tiny_run / "results.json").read_text())["methods"][1]
+    assert chain[0]["result"]["average"] == single["average"] and chain[0]["result"]["last"] == single["last"]
+    assert chain[1]["config"]["seed"] == chain[0]["config"]["seed"] + 1
+    assert chain[1]["result"]["last"] != chain[0]["result"]["last"]  # another initialisation and noise
+
+    assert pooled["chains"] == 2 and pooled["num_samples"] == 2 * TINY_SAMPLES
+    for m in METRICS:
+        assert pooled["last"][m] == pytest.approx(np.mean([c["result"]["last"][m] for c in chain]), abs=1e-12)
+    assert pooled["chain_average"] == [c["result"]["average"] for c in chain]
+    traces = [[-math.log(s["valid_ppl"]) for s in c["samples"]] for c in chain]
+    assert pooled["split_rhat"] == pytest.approx(split_rhat(traces), rel=1e-12)
+
+    # Decode with every sample file of both chains, independently of the pooling code.
+    files = sorted((samples / "psgld").glob("chain-*/sample_*.safetensors"))
+    assert len(files) == 2 * TINY_SAMPLES
+    states = [load_file(f) for f in files]
+    spec = {**SYNTHETIC_DEFAULTS, "num_train": 40, "num_valid": 8, "num_test": 10, "image_size": 32}
+    data = load_caption_data({"kind": "synthetic", "seed": 0, **spec})
+    ids = decode_in_batches(StackedCaptionModels(states), data.test.features, beam=2, max_len=8, batch_size=100)
+    expected = [" ".join(data.vocab.decode(c)) for c in ids]
+    assert [r["caption"] for r in _csv(out / "psgld" / "captions.csv")] == expected
+    refs = [[" ".join(r) for r in image] for image in data.test.references]
+    again = score_captions(refs, expected, metrics=("CIDEr-D",))
+    assert pooled["average"]["CIDEr-D"] == pytest.approx(again.corpus["CIDEr-D"], abs=1e-9)
+    # --show: the pooled caption, and the newest sample of each chain.
+    (shown,) = pooled["show"]
+    assert shown["average"] == expected[0]
+    assert [(s["chain"], s["step"]) for s in shown["samples"]] == [(0, 24), (1, 24)]
+
+
+def test_more_chains_than_processes_is_refused_clearly():
+    world = World(rank=0, size=3)
+    with pytest.raises(ConfigError, match="--chains 2 with 3 processes"):
+        check_chains_world(2, world)
+    check_chains_world(3, world)
+    check_chains_world(1, world)  # data parallel

@@ -636,3 +636,43 @@ def test_mixed_precision_runs_close_to_fp32_and_resumes_exactly(tmp_path, capsys
     assert main(["lm", "--resume", str(split), "--quiet", "--no-plot", "--threads", "1"]) == 0
     (c,) = json.loads((split / "results.json").read_text())["methods"]
     assert (c["test_ppl"], c["test_avg_ppl"]) == (b["test_ppl"], b["test_avg_ppl"])
+
+
+def test_prior_std_is_the_matching_weight_decay_and_per_part(tmp_path):
+    """--prior-std σ is the Gaussian prior N(0, σ²): weight decay 1/(N σ²) in mean-loss units (N = the
+    20000 training tokens). One σ for every part gives bit for bit the run with that --weight-decay;
+    per-part values reach the optimizer's groups (embedding, lstm, decoder), for the optimiser and the
+    sampler alike."""
+    common = ("--epochs", "1", "--method", "rmsprop", "psgld", "--burn-in", "100", "--thin", "50", "--no-plot")
+    prior = _run(tmp_path, "prior", *common, "--prior-std", "0.5")
+    decay = _run(tmp_path, "decay", *common, "--weight-decay", repr(1 / (20000 * 0.25)))
+    for method in ("rmsprop", "psgld"):
+        a = load_checkpoint(prior / method / "checkpoint.pt")
+        b = load_checkpoint(decay / method / "checkpoint.pt")
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (method, k)
+        assert [g["weight_decay"] for g in a["optimizer"]["param_groups"]] == [1 / (20000 * 0.25)] * 3
+    parts = _run(tmp_path, "parts", *common, "--prior-std", "embedding=0.1, output=2")
+    for method in ("rmsprop", "psgld"):
+        groups = load_checkpoint(parts / method / "checkpoint.pt")["optimizer"]["param_groups"]
+        assert [len(g["params"]) for g in groups] == [1, 4, 2]  # embedding; the LSTM layer's 4; decoder
+        assert [g["weight_decay"] for g in groups] == pytest.approx([1 / (20000 * 0.01), 0.0, 1 / (20000 * 4)])
+    assert json.loads((parts / "config.json").read_text())["prior_std"] == {"embedding": 0.1, "output": 2.0}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prior-std", "0.1", "--weight-decay", "1e-4"], "--prior-std and --weight-decay are both a Gaussian prior"),
+        (["--prior-std", "softmax=0.1"], "unknown part 'softmax'"),
+        (["--prior-std", "lstm=0.1,lstm=0.2"], "lstm is given twice"),
+        (["--prior-std", "-1"], "a standard deviation must be a finite number > 0"),
+        (["--prior-std", "lstm"], "expected one STD for every part, or PART=STD"),
+        (["--prior-std", "lstm=0.1,output"], "'output' is not PART=STD"),
+    ],
+)
+def test_bad_priors_are_usage_errors(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, "--out", str(tmp_path / "x"), *extra])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

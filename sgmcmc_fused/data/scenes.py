@@ -20,12 +20,11 @@ can tell them; the captions name them in most references and the positions in fe
 The caption grammar (each of the five references of an image is drawn independently; a draw equal to
 an earlier reference of the same image is redrawn, as annotators rarely agree word for word)::
 
-    caption    := list                                        20 %  "a red circle"
-                | ("there is" | "there are") list [on-bg]      20 %  "there is a big blue box and a small red disc"
-                | NUMBER GROUP ":" list                        20 %  "two shapes: a blue box and a green triangle"
-                | list ("on a" | "against a") BG "background"  15 %  "one small red ball on a white background"
-                | ("a picture of" | "an image of" | "a drawing of") list  15 %
-                | NUMBER GROUP "on a" BG "background"          10 %  "three objects on a grey background" (2+ shapes)
+    caption    := list                                        22 %  "a red circle"
+                | ("there is" | "there are") list [on-bg]      22 %  "there is a big blue box and a small red disc"
+                | NUMBER GROUP ":" list                        22 %  "two shapes: a blue box and a green triangle"
+                | list ("on a" | "against a") BG "background"  17 %  "one small red ball on a white background"
+                | ("a picture of" | "an image of" | "a drawing of") list  17 %
     on-bg      := "on a" BG "background"  (30 % of the "there" captions)
     list       := np | np "and" np | np "," np "and" np
     np         := DET [SIZE] COLOUR NOUN [POSITION]
@@ -37,6 +36,11 @@ an earlier reference of the same image is redrawn, as annotators rarely agree wo
                   (by thirds of the image; 15 % of the captions, never the summary)
     NUMBER     := "one" | "two" | "three";  GROUP := "shape(s)" | "object(s)" | "figure(s)"
     BG         := "white";  grey: "grey" | "gray"
+
+Every caption names every shape. A caption that names none ("three objects on a grey background")
+would be the safest guess for every image with that many shapes: it matched enough of the references'
+4-grams to score BLEU-4 28 against the references' own 43, so a model that learnt to say it scored as
+well on BLEU-4 as one that described the shapes.
 
 The shapes of a list are mentioned left to right (30 % of the captions) or in a random order. The raw
 sentence starts with a capital letter 70 % of the time and ends with a full stop half of the time; its
@@ -93,9 +97,7 @@ _COLOUR_WORDS = {c: ((c, 1.0),) for c in COLOURS} | {"purple": (("purple", 0.8),
 _BACKGROUND_WORDS = {"white": (("white", 1.0),), "grey": (("grey", 0.6), ("gray", 0.4))}
 _GROUPS = (("shape", 0.5), ("object", 0.3), ("figure", 0.2))
 _PICTURE = (("a picture of", 0.4), ("an image of", 0.35), ("a drawing of", 0.25))
-_TEMPLATES = (
-    ("list", 0.2), ("there", 0.2), ("count", 0.2), ("background", 0.15), ("picture", 0.15), ("summary", 0.1),
-)  # fmt: skip
+_TEMPLATES = (("list", 0.22), ("there", 0.22), ("count", 0.22), ("background", 0.17), ("picture", 0.17))
 _NUMBERS = ("zero", "one", "two", "three")
 _P_SIZE, _P_ONE, _P_POSITION, _P_LEFT_TO_RIGHT = 0.65, 0.15, 0.15, 0.3
 _P_CAPITAL, _P_STOP, _P_THERE_BACKGROUND = 0.7, 0.5, 0.3
@@ -239,12 +241,9 @@ def _caption(layout: SceneLayout, size: int, rng: np.random.Generator) -> str:
     """One raw caption of `layout` drawn from the grammar of the module docstring."""
     objects = list(layout.objects)
     n = len(objects)
-    templates = _TEMPLATES if n > 1 else tuple((t, p / 0.9) for t, p in _TEMPLATES if t != "summary")
-    template = _pick(rng, templates)
+    template = _pick(rng, _TEMPLATES)
     number, group = _NUMBERS[n], _pick(rng, _GROUPS) + ("s" if n > 1 else "")
     background = _pick(rng, _BACKGROUND_WORDS[layout.background])
-    if template == "summary":
-        return f"{number} {group} on a {background} background"
     with_size, with_one = rng.random() < _P_SIZE, rng.random() < _P_ONE
     with_position = rng.random() < _P_POSITION
     if rng.random() < _P_LEFT_TO_RIGHT:

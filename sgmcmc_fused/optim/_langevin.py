@@ -29,6 +29,31 @@ def _check_hyper(name: str, value: Any, *, positive: bool = False, below_one: bo
         raise ValueError(f"{name} must be < 1, got {value!r}")
 
 
+def prior_weight_decay(prior_std: float, num_data: int) -> float:
+    """The weight_decay of a Gaussian prior N(0, prior_std²) on each element, in the step's
+    mean-loss units (docs/spec.md#langevin-step): the prior precision 1/prior_std² divided by N.
+    It is the same for every temperature (the whole posterior, prior included, is tempered)."""
+    return 1.0 / (num_data * prior_std**2)
+
+
+def _apply_prior_std(group: dict[str, Any], given_decay: Any) -> None:
+    """A group with ``prior_std`` σ (not None) gets ``weight_decay = prior_weight_decay(σ, N)``.
+
+    Raises:
+        ValueError: σ is not a finite number > 0, or the group also has a weight_decay (two priors).
+    """
+    std = group.get("prior_std")
+    if std is None:
+        return
+    _check_hyper("prior_std", std, positive=True)
+    if given_decay:
+        raise ValueError(
+            f"a parameter group has prior_std={std!r} and weight_decay={given_decay!r}: both are a Gaussian prior; "
+            "give one"
+        )
+    group["weight_decay"] = prior_weight_decay(float(std), group["num_data"])
+
+
 class NonFiniteGradientError(FloatingPointError):
     """A gradient holds NaN or inf (nan_policy "raise"); no parameter was updated.
 
@@ -106,7 +131,9 @@ class LangevinOptimizer(Optimizer):
                     "it would be stepped twice, with the noise of two streams"
                 )
             seen[id(tensor)] = i
+        given_decay = param_group.get("weight_decay", self.defaults["weight_decay"])
         super().add_param_group(param_group)
+        _apply_prior_std(self.param_groups[-1], given_decay)
         for p in self.param_groups[-1]["params"]:
             if p.is_sparse:
                 raise ValueError("sparse parameters are not supported")

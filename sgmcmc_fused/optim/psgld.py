@@ -32,6 +32,10 @@ class PSGLD(LangevinOptimizer):
         alpha: RMS decay (default 0.99).
         eps: added **outside** the square root (the pSGLD paper's lambda; default 1e-5).
         weight_decay: Gaussian prior precision divided by N (mean-loss units).
+        prior_std: or the prior as a standard deviation σ (N(0, σ²) on each element):
+            weight_decay = 1 / (num_data · σ²) (`prior_weight_decay`). Usually given per
+            parameter group, e.g. ``[{"params": emb, "prior_std": 0.1}, {"params": rest,
+            "prior_std": 0.05}]``; a group with both prior_std and weight_decay is an error.
         temperature: 1 samples the posterior; < 1 a cold posterior; 0 no noise.
         add_noise: False turns the step into RMSprop (burn-in / optimisation).
         seed: 63-bit seed of the noise; default a draw from torch's default
@@ -63,9 +67,10 @@ class PSGLD(LangevinOptimizer):
         seed: int | None = None,
         impl: str = "auto",
         nan_policy: str = "raise",
+        prior_std: float | None = None,
     ) -> None:
         defaults = dict(
-            lr=lr, num_data=num_data, alpha=alpha, eps=eps, weight_decay=weight_decay,
+            lr=lr, num_data=num_data, alpha=alpha, eps=eps, weight_decay=weight_decay, prior_std=prior_std,
             temperature=temperature, add_noise=add_noise, seed=seed, impl=impl,
         )  # fmt: skip
         super().__init__(params, defaults, nan_policy=nan_policy)

@@ -36,9 +36,10 @@ class SGLD(LangevinOptimizer):
         seed: int | None = None,
         impl: str = "auto",
         nan_policy: str = "raise",
+        prior_std: float | None = None,
     ) -> None:
         defaults = dict(
-            lr=lr, num_data=num_data, weight_decay=weight_decay, temperature=temperature,
+            lr=lr, num_data=num_data, weight_decay=weight_decay, prior_std=prior_std, temperature=temperature,
             add_noise=add_noise, seed=seed, impl=impl,
         )  # fmt: skip
         super().__init__(params, defaults, nan_policy=nan_policy)

@@ -214,6 +214,11 @@ class Task(ABC):
             )
         changes: dict[str, Any] = {}
         if args.epochs is not None:
+            if cfg.schedule == "cyclical" and args.epochs != cfg.epochs:
+                raise ConfigError(
+                    f"--resume {out}: the cyclical schedule's cycles span the run's {cfg.epochs} epochs, so --epochs "
+                    "cannot change"
+                )
             changes["epochs"] = args.epochs
         if args.lr:
             changes["lr"] = {**cfg.lr, **given_learning_rates(args.lr, cfg.methods)}

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, TypeVar
 from ..kernels.registry import BACKENDS, LSTM_BACKENDS
 from .methods import METHODS
 from .options import NAN_POLICIES, PRECISIONS, ConfigError, need
+from .priors import check_prior_std, parse_prior_std
+from .schedule import SCHEDULES
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -151,6 +153,15 @@ class RunConfig:
     #: weights, the optimizer state and the predictive averages stay fp32 (added later: runs saved
     #: before it computed in fp32).
     precision: str = "fp32"
+    #: Gaussian prior N(0, σ²) by part of the model ({"embedding", "lstm", "output"} -> σ; `priors`), or
+    #: None: no prior beyond weight_decay (added later: runs saved before it had none).
+    prior_std: dict[str, float] | None = None
+    #: "decay" (the task's own learning rate by epoch, burn-in then samples every `thin` steps) or
+    #: "cyclical" (`sgmcmc_fused.train.schedule`: `cycles` cosine cycles, the first `explore_fraction`
+    #: of each without noise). Added later: runs saved before them used "decay".
+    schedule: str = "decay"
+    cycles: int = 4
+    explore_fraction: float = 0.8
 
     #: Fields that --resume may change: they do not alter the steps already taken (a run that
     #: diverged continues with a smaller lr, or skipping the bad steps).
@@ -169,6 +180,8 @@ class RunConfig:
             coerce(self, "temperature", Temperature.parse(self.temperature))
         if isinstance(self.methods, list):
             coerce(self, "methods", tuple(self.methods))
+        if isinstance(self.prior_std, str):  # the option's text
+            coerce(self, "prior_std", parse_prior_std(self.prior_std))
         self._check_types()
         self.check()
 
@@ -216,6 +229,14 @@ class RunConfig:
         )
         need(self.nan_policy in NAN_POLICIES, f"--nan-policy must be one of {', '.join(NAN_POLICIES)}")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
+        check_prior_std(self.prior_std)
+        need(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(_is_int(self.cycles) and self.cycles >= 1, f"--cycles must be >= 1, got {self.cycles}")
+        need(0 <= self.explore_fraction < 1, f"--explore-fraction must be in [0, 1), got {self.explore_fraction}")
+        need(
+            not (self.prior_std and self.weight_decay),
+            "--prior-std and --weight-decay are both a Gaussian prior on the weights: give one",
+        )
 
     # -- JSON ----------------------------------------------------------------------------------------
 
@@ -252,6 +273,10 @@ class RunConfig:
         """A copy with `changes`, checked like a new configuration."""
         return dataclasses.replace(self, **changes)
 
+    def chain(self: C, k: int) -> C:
+        """The configuration chain `k` of --chains trains with: seed + k."""
+        return self.replace(seed=self.seed + k)
+
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -269,6 +294,12 @@ _TYPE_CHECKS = {
     "str": (lambda v: isinstance(v, str), "a string"),
     "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "dict[str, Any]": (lambda v: isinstance(v, dict), "a JSON object"),
+    "dict[str, float] | None": (
+        lambda v: (
+            v is None or (isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()))
+        ),
+        "null or an object of numbers",
+    ),
     "dict[str, float]": (
         lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
         "an object of numbers",

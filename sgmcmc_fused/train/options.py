@@ -130,6 +130,29 @@ def add_method_arguments(group: argparse._ArgumentGroup, *, datum: str, lr_defau
         default=0.0,
         help="Gaussian prior precision / num_data (mean-loss units), all methods",
     )
+    group.add_argument(
+        "--prior-std",
+        metavar="STD|PART=STD,...",
+        help="Gaussian prior N(0, STD^2) on the weights, for every part or per part (embedding, lstm, output; "
+        "e.g. embedding=0.1,lstm=0.05,output=0.1; a part left out has none): weight decay 1/(N STD^2) for every "
+        "method, so the optimisers find the MAP of the same posterior (instead of --weight-decay)",
+    )
+    group.add_argument(
+        "--schedule",
+        choices=["decay", "cyclical"],
+        default="decay",
+        help="decay: the preset's learning rate by epoch, the noise after --burn-in (default); cyclical: "
+        "--cycles cosine cycles from the lr towards 0 (Zhang et al. 2020), the first --explore-fraction of each "
+        "without noise and the rest sampling, a sample every --thin steps back from each cycle's end",
+    )
+    group.add_argument("--cycles", type=int, default=4, metavar="M", help="cycles of --schedule cyclical (default 4)")
+    group.add_argument(
+        "--explore-fraction",
+        type=float,
+        default=0.8,
+        metavar="BETA",
+        help="noise-free share of each cycle of --schedule cyclical (default 0.8)",
+    )
     group.add_argument("--alpha", type=float, default=0.99, help="RMS decay of rmsprop/psgld")
     group.add_argument("--eps", type=float, default=1e-5, help="rmsprop/psgld eps, outside the square root")
     group.add_argument(
@@ -249,12 +272,22 @@ def learning_rates(
 
 
 def shared_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The `RunConfig` fields that every task takes from the same options."""
+    """The `RunConfig` fields that every task takes from the same options.
+
+    Raises:
+        ConfigError: options that do not go together.
+    """
+    if args.schedule == "cyclical" and getattr(args, "burn_in", None) is not None:
+        raise ConfigError(
+            "--burn-in does not apply to --schedule cyclical: the first --explore-fraction of each cycle runs "
+            "without noise instead"
+        )
     return {
         name: getattr(args, name)
         for name in (
             "dropconnect", "mask", "masked", "temperature", "weight_decay", "alpha", "eps", "average_optimizers",
-            "nan_policy", "seed", "step_impl", "lstm_impl", "precision",
+            "nan_policy", "seed", "step_impl", "lstm_impl", "precision", "prior_std", "schedule", "cycles",
+            "explore_fraction",
         )
     }  # fmt: skip
 

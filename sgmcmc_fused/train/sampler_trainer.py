@@ -6,7 +6,9 @@ Step numbering: step t (1-based) is the t-th parameter update. The samplers' noi
 steps t > burn_in; a sample is collected after step t = burn_in + k * thin, k >= 1 (the first after
 `thin` noisy steps), and the task evaluates it at once (`evaluate_sample`), folding its predictions
 into running averages, so that no parameters need be kept (docs/spec.md#posterior-averaging).
-sgd/rmsprop collect too with ``average_optimizers``.
+sgd/rmsprop collect too with ``average_optimizers``. Under ``schedule="cyclical"`` (`schedule`) the
+learning rate is set every step, the noise is on in each cycle's sampling stage, and the samples are
+taken there; the optimisers follow the same learning rates and sample steps without noise.
 
 With a distributed `world` the trainer is one of the data-parallel replicas: every rank calls every
 method, the collective ones (evaluation, checkpoint) at the same steps, and the parameters stay
@@ -42,8 +44,10 @@ from .config import RunConfig
 from .distributed import SINGLE, World, any_rank, replica_checkpoint_state, restore_replica_state, sum_ranks
 from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
 from .options import PRECISIONS, ConfigError
+from .priors import prior_param_groups
 from .run_control import Printer, Stop
 from .runlog import write_run_logs
+from .schedule import CyclicalSchedule
 
 
 class StepLoss(NamedTuple):
@@ -108,13 +112,16 @@ class SamplerTrainer(ABC):
         self.steps_per_epoch = steps_per_epoch
         self.burn_in = cfg.burn_in.steps(steps_per_epoch)
         self.thin = cfg.thin.steps(steps_per_epoch)
+        self.cyclical = _cyclical_schedule(cfg, steps_per_epoch, self.thin)
 
         # Same initialisation, dropout stream and data order for every method: all from `seed`. The
         # optimizer noise and the DropConnect masks share the seed as key; docs/spec.md#stream-words
         # gives them disjoint Philox stream ids, so they never collide.
         torch.manual_seed(seed)
         self.model = self.build_model(seed).to(device)
-        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        params: list[Any] = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if cfg.prior_std:
+            params = prior_param_groups(self.model, cfg.prior_std)
         self.optimizer = make_optimizer(
             method, params, lr=cfg.lr[method], num_data=num_data, seed=seed,
             temperature=cfg.temperature.at(num_data), weight_decay=cfg.weight_decay, alpha=cfg.alpha,
@@ -186,8 +193,27 @@ class SamplerTrainer(ABC):
         """The method's result, once every epoch is done (logs written by the task)."""
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of (0-based) `epoch`; constant unless a task decays it."""
+        """The learning rate of (0-based) `epoch` under the "decay" schedule; constant unless a task
+        decays it."""
         return self.cfg.lr[self.method]
+
+    def step_lr(self, step: int) -> float:
+        """The learning rate of (1-based) `step`: the epoch's, or the cyclical schedule's."""
+        if self.cyclical is not None:
+            return self.cfg.lr[self.method] * self.cyclical.lr_factor(step)
+        return self.lr_at((step - 1) // self.steps_per_epoch)
+
+    def noise_at(self, step: int) -> bool:
+        """Whether `step` adds the Langevin noise: a sampler past burn-in, or in a cycle's sampling stage."""
+        if not self.sampler:
+            return False
+        return not self.cyclical.explores(step) if self.cyclical is not None else step > self.burn_in
+
+    def collects_at(self, step: int) -> bool:
+        """Whether a sample (a snapshot, for the optimisers) is taken after `step`."""
+        if not self.collects:
+            return False
+        return self.cyclical.collects(step) if self.cyclical is not None else self.collector.should_collect(step)
 
     def progress_figures(self) -> dict[str, str]:
         """Figures shown on the progress bar every PROGRESS_EVERY steps."""
@@ -231,7 +257,7 @@ class SamplerTrainer(ABC):
         if self.epoch < epochs and (self.step or self.batch_in_epoch):
             self.say(f"{self.label}: resuming at epoch {self.epoch + 1}, step {self.step}")
         total = epochs * self.steps_per_epoch
-        if self.collects and self.step == 0 and self.burn_in + self.thin > total:
+        if self.collects and self.step == 0 and self.cyclical is None and self.burn_in + self.thin > total:
             what = (
                 "no noise and no sample: the sampler is its optimiser"
                 if self.sampler and self.burn_in >= total
@@ -304,7 +330,7 @@ class SamplerTrainer(ABC):
 
     def _train_epoch(self, stop_after: int | None, checkpoint_every: int, interrupted) -> None:
         model, opt, world = self.model, self.optimizer, self.world
-        lr = self.lr_at(self.epoch)
+        lr = self.step_lr(self.step + 1) if self.cyclical is not None else self.lr_at(self.epoch)
         set_lr(opt, lr)
         # Replay the epoch's data order from its start; the task skips what a checkpoint covered.
         self.data_rng.set_state(self.epoch_rng_state)
@@ -317,14 +343,17 @@ class SamplerTrainer(ABC):
         try:
             for batch in self.epoch_batches():
                 step = self.step + 1
-                noise = self.sampler and step > self.burn_in
+                if self.cyclical is not None:
+                    lr = self.step_lr(step)
+                    set_lr(opt, lr)
+                noise = self.noise_at(step)
                 if noise != bool(opt.param_groups[0]["add_noise"]):
                     set_noise(opt, noise)
                 diverged = self._step(batch, step)
                 self.step, self.batch_in_epoch = step, self.batch_in_epoch + 1
-                if self.collects and (
-                    self.collector.maybe_collect(step, model) if world.is_main else self.collector.should_collect(step)
-                ):
+                if self.collects_at(step):
+                    if world.is_main:  # the only rank that keeps samples
+                        self.collector.collect(step, model)
                     self._evaluate_sample()
                 bar.update(1)
                 if self.progress and step % self.PROGRESS_EVERY == 0 and not world.distributed:
@@ -480,3 +509,17 @@ class SamplerTrainer(ABC):
             v.load_state_dict(ck["averagers"][k])
         self.history, self.curve = list(ck["history"]), list(ck["curve"])
         self.restore_fields(ck)
+
+
+def _cyclical_schedule(cfg: RunConfig, steps_per_epoch: int, thin: int) -> CyclicalSchedule | None:
+    """The run's cyclical schedule (None for "decay").
+
+    Raises:
+        ConfigError: more cycles than training steps.
+    """
+    if cfg.schedule != "cyclical":
+        return None
+    total = cfg.epochs * steps_per_epoch
+    if cfg.cycles > total:
+        raise ConfigError(f"--cycles {cfg.cycles} exceeds the {total} training steps: each cycle needs a step")
+    return CyclicalSchedule(total, cfg.cycles, cfg.explore_fraction, thin)

@@ -34,7 +34,16 @@ against the others).
 
 Checkpoints (each epoch end, every --checkpoint-every steps, at --stop-after-steps and on Ctrl-C) hold
 everything the rest of the run depends on, the kept samples included, so ``--resume`` computes bit for
-bit what the uninterrupted run would have. The caption task runs in one process (no torchrun).
+bit what the uninterrupted run would have.
+
+    torchrun --nproc_per_node=2 -m sgmcmc_fused.train caption    # data parallel (DDP)
+    python -m sgmcmc_fused.train caption --chains 4 --method psgld  # 4 chains, their samples pooled
+
+Under torchrun with --chains 1 the run is data parallel: each rank takes a contiguous share of every
+batch's captions, DDP averages the gradients weighted by the ranks' target tokens, and the samplers'
+noise is the same on every rank. Rank 0 alone keeps the samples, decodes and writes. With --chains K > 1
+chain k (seed SEED + k) trains in METHOD/chain-k, on rank k mod WORLD_SIZE under torchrun; the test
+captions are then decoded with every chain's kept samples together (METHOD/pooled.json).
 """
 
 from __future__ import annotations
@@ -45,12 +54,14 @@ from typing import Any
 
 import torch
 
+from ..chains import chain_dir, check_chains_world, train_chains
 from ..command import Session, Task
-from ..distributed import World
+from ..distributed import SINGLE, World
 from ..options import RUN_CONTROL, ConfigError
 from ..run_folder import claim_samples_dir
 from ..runlog import write_csv, write_json
 from . import config
+from .chains import pool_caption_chains
 from .config import CaptionConfig
 from .data import CaptionData
 from .plots import plot_caption_runs
@@ -58,7 +69,9 @@ from .scores import most_frequent_caption, reference_agreement, score_captions
 from .sources import load_caption_data
 from .trainer import FINAL_METRICS, CaptionTrainer
 
-RESULT_COLUMNS = ["method", "model", "lr", "epochs", "steps", "num_samples", *FINAL_METRICS, "sec_per_epoch"]
+RESULT_COLUMNS = [
+    "method", "model", "lr", "epochs", "steps", "num_samples", *FINAL_METRICS, "sec_per_epoch", "chains", "split_rhat",
+]  # fmt: skip
 
 
 class CaptionTask(Task):
@@ -85,13 +98,12 @@ class CaptionTask(Task):
     def load_data(
         self, cfg: CaptionConfig, args: argparse.Namespace, world: World
     ) -> tuple[CaptionConfig, CaptionData]:
-        if world.distributed:
-            raise ConfigError("the caption task runs in one process: start it without torchrun")
         _check_show(args)
+        check_chains_world(cfg.chains, world)
         return cfg, load_caption_data(cfg.data, progress=bool(args.progress))
 
     def train(self, session: Session, data: CaptionData) -> int:
-        cfg, say = session.cfg, session.say
+        cfg, say, world = session.cfg, session.say, session.world
         say(f"data: {data.description}")
         for note in data.notes:
             say(note)
@@ -100,14 +112,25 @@ class CaptionTask(Task):
             f"features, {cfg.embedding_dim}-d embeddings, 1x{cfg.hidden} LSTM, dropout {cfg.dropout}, dropconnect "
             f"{cfg.dropconnect}, batch {cfg.batch_size}, {cfg.epochs} epochs, beam {cfg.beam}, {cfg.precision}; "
             f"device {session.device}, {torch.get_num_threads()} threads; output {session.out}"
-        )
+            + (f"; {world.size} processes" + (" (data parallel)" if cfg.chains == 1 else " (one chain each)")
+               if world.distributed else "")
+            + (f"; {cfg.chains} chains per method" if cfg.chains > 1 else "")
+        )  # fmt: skip
         results, histories, curves = [], {}, {}
         for method in cfg.methods:
-            trainer = CaptionTrainer(method, cfg, data, session.out / method, session.device, show=session.args.show,
-                                     **session.trainer_options())  # fmt: skip
-            results.append(trainer.train(**session.train_options()))
+            if cfg.chains == 1:
+                trainer = CaptionTrainer(method, cfg, data, session.out / method, session.device,
+                                         show=session.args.show, **session.trainer_options())  # fmt: skip
+                result = trainer.train(**session.train_options())
+            else:
+                trainer, result = _run_chains(method, session, data)
+            if not session.world.is_main:
+                continue
+            results.append(result)
             histories[method], curves[method] = trainer.history, trainer.curve
             plot_caption_runs(session.out / "scores.png", histories, curves, title=data.description)
+        if not session.world.is_main:
+            return 0
         refs = [[" ".join(r) for r in image] for image in data.test.references]
         baseline_caption = most_frequent_caption([[" ".join(r) for r in image] for image in data.train.references])
         baseline = score_captions(refs, [baseline_caption] * len(refs), metrics=FINAL_METRICS)
@@ -126,8 +149,32 @@ class CaptionTask(Task):
         for r in results:
             for shown in r["show"]:
                 say(format_show(r["method"], shown))
-        print(format_table(rows, data, cfg, baseline.corpus, baseline_caption, agreement.corpus, unavailable))
+        print(format_table(results, data, cfg, baseline.corpus, baseline_caption, agreement.corpus, unavailable))
         return 0
+
+
+def _run_chains(method: str, session: Session, data: CaptionData) -> tuple[CaptionTrainer | None, dict | None]:
+    """Train chains 0..K-1 of `method` (this rank's share: k = rank mod world size), then on rank 0 pool
+    them (`pool_caption_chains`). Returns (chain 0's trainer, for the plot; the pooled result) on rank
+    0, (None, None) on the others."""
+    cfg, world, out = session.cfg, session.world, session.out
+    options = {**session.trainer_options(), "world": SINGLE}  # each rank trains whole chains alone
+
+    def train_chain(k: int) -> CaptionTrainer:
+        trainer = CaptionTrainer(method, cfg.chain(k), data, chain_dir(out, method, k), session.device,
+                                 show=session.args.show, label=f"{method} chain {k}",
+                                 samples_subdir=str(chain_dir(Path(), method, k)), **options)  # fmt: skip
+        trainer.train(**session.train_options())
+        return trainer
+
+    first = train_chains(cfg.chains, world, train_chain)
+    if not world.is_main:
+        return None, None
+    result = pool_caption_chains(method, cfg, data, out, session.device, show=session.args.show)
+    rhat = "-" if result["split_rhat"] is None else f"{result['split_rhat']:.3f}"
+    session.say(f"{method}: {cfg.chains} chains, {result['num_samples']} samples pooled for decoding; split-R-hat "
+                f"of the validation log-likelihood {rhat}")  # fmt: skip
+    return first, result
 
 
 def _check_show(args: argparse.Namespace) -> None:
@@ -136,10 +183,12 @@ def _check_show(args: argparse.Namespace) -> None:
 
 
 def result_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of results.csv: per method, the model average (if it has samples) and the last weights."""
+    """Rows of results.csv: per method, the model average (if it has samples) and the last weights (with
+    --chains: the pooled average, and the mean over chains of the last weights' scores)."""
     rows = []
     for r in results:
         common = {k: r[k] for k in ("method", "lr", "epochs", "steps", "sec_per_epoch")}
+        common.update(chains=r.get("chains", 1), split_rhat=r.get("split_rhat"))
         if r["average"] is not None:
             rows.append({**common, "model": "average", "num_samples": r["num_samples"], **r["average"]})
         rows.append({**common, "model": "last", "num_samples": 1, **r["last"]})
@@ -153,13 +202,16 @@ def format_show(method: str, shown: dict[str, Any]) -> str:
     if shown["average"] is not None:
         lines.append(f"    model average  {shown['average']}")
     lines.append(f"    last weights   {shown['last']}")
-    lines += [f"    sample @{s['step']:<7} {s['caption']}" for s in shown["samples"]]
+    for s in shown["samples"]:
+        where = f"chain {s['chain']} @{s['step']}" if "chain" in s else f"sample @{s['step']}"
+        lines.append(f"    {where:<14} {s['caption']}")
     return "\n".join(lines)
 
 
-def format_table(rows, data: CaptionData, cfg: CaptionConfig, baseline, baseline_caption, agreement,
+def format_table(results, data: CaptionData, cfg: CaptionConfig, baseline, baseline_caption, agreement,
                  unavailable) -> str:  # fmt: skip
     """The final stdout table: every metric ×100 (CIDEr-D too, as the field reports it)."""
+    rows = result_rows(results)
 
     def cell(v: float | None) -> str:
         return f"{100 * v:>8.1f}" if v is not None else f"{'n/a':>8}"
@@ -176,6 +228,14 @@ def format_table(rows, data: CaptionData, cfg: CaptionConfig, baseline, baseline
     lines.append(f"{'most frequent caption':<24}" + "".join(cell(baseline[m]) for m in FINAL_METRICS))
     lines.append(f"{'references (1 vs rest)':<24}" + "".join(cell(agreement[m]) for m in FINAL_METRICS))
     lines.append(f"most frequent training caption: {baseline_caption!r}")
+    for r in results:
+        if r.get("chains", 1) > 1:
+            rhat = "-" if r["split_rhat"] is None else f"{r['split_rhat']:.3f}"
+            own = ", ".join("-" if a is None else f"{100 * a['CIDEr-D']:.1f}" for a in r["chain_average"])
+            lines.append(
+                f"{r['method']}: {r['chains']} chains pooled (last: mean over chains); split-R-hat of the validation "
+                f"log-likelihood {rhat}; each chain's own average CIDEr-D: {own}"
+            )
     for metric, why in unavailable.items():
         lines.append(f"{metric} unavailable: {why}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..chains import add_chains_argument
 from ..config import RunConfig
 from ..methods import RMS_DEFAULT_LR
 from ..options import (
@@ -83,9 +84,12 @@ class CaptionConfig(RunConfig):
     #: Parameter samples kept for decoding (the newest), in samples_dir/METHOD if set, else in memory.
     max_samples: int
     samples_dir: str | None
+    #: Independent chains per method (seeds seed .. seed + chains - 1), their samples pooled.
+    chains: int = 1
 
     POSITIVE_INTS: ClassVar[tuple[str, ...]] = (
         *RunConfig.POSITIVE_INTS, "embedding_dim", "max_train_words", "beam", "max_caption_words", "max_samples",
+        "chains",
     )  # fmt: skip
 
     def check(self) -> None:
@@ -144,6 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="samples kept (the newest) and averaged when decoding (default 20); perplexity averages take every one",
     )  # fmt: skip
     dec.add_argument("--samples-dir", metavar="DIR", help="keep the samples on disk in DIR/METHOD instead of memory")
+    add_chains_argument(meth)
 
     run = add_run_arguments(p, default_out="runs/caption-<data>-<time>")
     run.add_argument("--eval-batch-size", type=int, default=100, help="images per batch when evaluating (default 100)")
@@ -184,5 +189,5 @@ def resolve_config(args: argparse.Namespace) -> CaptionConfig:
         **shared_options(args), layers=1, max_train_words=args.max_train_words, beam=args.beam,
         max_caption_words=args.max_caption_words, max_samples=args.max_samples,
         samples_dir=os.path.abspath(args.samples_dir) if args.samples_dir else None,
-        eval_batch_size=args.eval_batch_size,
+        eval_batch_size=args.eval_batch_size, chains=args.chains,
     )  # fmt: skip

@@ -13,6 +13,8 @@ image step predicts nothing; the output after token t predicts token t + 1.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +44,13 @@ class CaptionModel(nn.Module):
     ``embedding.weight [V, E]``, ``lstm.{weight_ih_l0 [4H, E], weight_hh_l0 [4H, H], bias_ih_l0,
     bias_hh_l0 [4H]}``, ``output.{weight [V, H], bias [V]}``.
     """
+
+    #: The modules of each part of the model that --prior-std names (`sgmcmc_fused.train.priors`).
+    PRIOR_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "embedding": ("image_proj", "embedding"),
+        "lstm": ("lstm",),
+        "output": ("output",),
+    }
 
     def __init__(
         self,
@@ -109,7 +118,7 @@ def target_probabilities(
     was_training = model.training
     model.eval()
     try:
-        out = []
+        out = [torch.zeros(0, dtype=torch.float64)]  # none with no caption (a rank's empty share)
         for start in range(0, len(tokens), batch_size):
             tok = tokens[start : start + batch_size]
             width = int((tok != PAD).sum(1).max())

@@ -32,6 +32,7 @@ Metrics (all pycocoevalcap's classes, so the numbers are the COCO server's):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -389,9 +390,18 @@ class _MeteorProcess(Meteor):
             self._stderr.close()
 
 
+#: The METEOR process that scoring calls share: its start (a JVM loading METEOR's paraphrase tables,
+#: several seconds) costs far more than scoring a few thousand captions, and one run scores many times.
+#: METEOR keeps no state between EVAL requests, so sharing it changes no score.
+_shared_meteor: _MeteorProcess | None = None
+_shared_meteor_lock = threading.RLock()
+
+
 @contextlib.contextmanager
 def _meteor_session(wanted: bool):
-    """Yields (a running METEOR process or None, the reason it is None)."""
+    """Yields (a running METEOR process or None, the reason it is None). The process is started once
+    and reused by later calls (restarted if it died or failed), and stopped when Python exits."""
+    global _shared_meteor
     if not wanted:
         yield None, ""
         return
@@ -399,15 +409,18 @@ def _meteor_session(wanted: bool):
     if java is None:
         yield None, "no Java runtime ('java' not on PATH)"
         return
-    try:
-        process = _MeteorProcess(java)
-    except OSError as e:
-        yield None, f"METEOR did not start: {e}"
-        return
-    try:
-        yield process, ""
-    finally:
-        process.close()
+    with _shared_meteor_lock:
+        shared = _shared_meteor
+        if shared is None or shared.meteor_p.poll() is not None or shared.meteor_cmd[0] != java:
+            if shared is not None:
+                shared.close()
+            try:
+                _shared_meteor = _MeteorProcess(java)
+            except OSError as e:
+                yield None, f"METEOR did not start: {e}"
+                return
+            atexit.register(_shared_meteor.close)
+        yield _shared_meteor, ""
 
 
 # ---------------------------------------------------------------------------------------------------

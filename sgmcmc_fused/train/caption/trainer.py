@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from ...bayes import PredictiveAverager, exp_or_inf, perplexity
+from ..distributed import data_parallel, gather_dim, shard
 from ..sampler_trainer import SamplerTrainer, StepLoss
 from .config import CaptionConfig
-from .data import PAD, CaptionData, CaptionSplit, training_pairs
+from .data import PAD, CaptionData, CaptionSplit, Vocabulary, training_pairs
 from .decode import StackedCaptionModels, decode_in_batches
 from .model import CaptionModel, caption_loss, target_probabilities
 from .scores import score_captions, write_per_image_csv
@@ -41,6 +42,8 @@ class CaptionTrainer(SamplerTrainer):
 
     Args:
         show: test images (the first ones) whose captions by single samples are also decoded.
+        samples_subdir: the folder under --samples-dir of this trainer's samples (default: the method;
+            a chain's: ``METHOD/chain-k``).
     """
 
     CHECKPOINT_FORMAT = "sgmcmc_fused.train.caption/1"
@@ -50,7 +53,7 @@ class CaptionTrainer(SamplerTrainer):
     COUNTS = ("captions",)
 
     def __init__(self, method: str, cfg: CaptionConfig, data: CaptionData, run_dir: Path, device: torch.device, *,
-                 show: int = 0, **options: Any):  # fmt: skip
+                 show: int = 0, samples_subdir: str | None = None, **options: Any):  # fmt: skip
         self.data, self.data_fingerprint, self.show = data, data.fingerprint, show
         self.image_index, self.tokens, _ = training_pairs(data.train, data.vocab, cfg.max_train_words)
         # Validation captions whole (not cut to max_train_words): their perplexity is of the data.
@@ -59,7 +62,7 @@ class CaptionTrainer(SamplerTrainer):
         num_targets = int((self.tokens[:, 1:] != PAD).sum())
         num_valid_targets = int((self.valid_tokens[:, 1:] != PAD).sum())
         self.averagers = {"valid": PredictiveAverager(num_valid_targets)}
-        samples_dir = Path(cfg.samples_dir) / method if cfg.samples_dir else None
+        samples_dir = Path(cfg.samples_dir) / (samples_subdir or method) if cfg.samples_dir else None
         super().__init__(
             method, cfg, run_dir, device, seed=cfg.seed, num_data=num_targets,
             steps_per_epoch=math.ceil(len(self.tokens) / cfg.batch_size), max_samples=cfg.max_samples,
@@ -68,11 +71,13 @@ class CaptionTrainer(SamplerTrainer):
 
     def build_model(self, seed: int) -> torch.nn.Module:
         cfg = self.cfg
-        return CaptionModel(
+        model = CaptionModel(
             len(self.data.vocab), self.data.feature_dim, embedding_dim=cfg.embedding_dim, hidden_size=cfg.hidden,
             dropout=cfg.dropout, dropconnect=cfg.dropconnect, mask=cfg.mask, masked=cfg.masked, lstm_seed=seed,
             lstm_impl=cfg.lstm_impl,
         )  # fmt: skip
+        self.forward_model = data_parallel(model.to(self.device), self.world, self.device, seed)
+        return model
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -81,12 +86,25 @@ class CaptionTrainer(SamplerTrainer):
         return iter(torch.split(order, self.cfg.batch_size)[self.batch_in_epoch :])
 
     def train_step(self, idx: torch.Tensor) -> StepLoss:
+        world, batch_size = self.world, len(idx)
+        share = 1.0
+        if world.distributed:
+            # DDP averages the ranks' gradients: weight each rank's mean loss per token by its share
+            # of the batch's target tokens, so the average is the gradient of the whole batch's mean.
+            # A rank left without a caption still runs forward and backward, on one caption with
+            # weight 0, as DDP requires.
+            batch_targets = int((self.tokens[idx, 1:] != PAD).sum())
+            mine = idx[shard(batch_size, world)]
+            share = world.size * int((self.tokens[mine, 1:] != PAD).sum()) / batch_targets
+            idx = mine if len(mine) else idx[:1]
         tokens = self.tokens[idx]
         tokens = tokens[:, : int((tokens != PAD).sum(1).max())].to(self.device)
         features = self.data.train.features[self.image_index[idx]].to(self.device)
-        loss, count = caption_loss(self.model(features, tokens), tokens)
-        sums = {"loss_sum": loss.detach().double() * count, "targets": count.double()}
-        return StepLoss(loss, sums, {"captions": len(idx)})
+        loss, count = caption_loss(self.forward_model(features, tokens), tokens)
+        sums = {}
+        if share:  # this rank's captions; summed over ranks when the epoch pauses
+            sums = {"loss_sum": loss.detach().double() * count, "targets": count.double()}
+        return StepLoss(loss * share if world.distributed else loss, sums, {"captions": batch_size})
 
     def progress_figures(self) -> dict[str, str]:
         loss = self.totals["loss_sum"] + float(self.sums["loss_sum"])
@@ -96,8 +114,17 @@ class CaptionTrainer(SamplerTrainer):
     # -- evaluation ----------------------------------------------------------------------------------
 
     def _valid_probabilities(self) -> torch.Tensor:
-        features = self.data.valid.features[self.valid_images]
-        return target_probabilities(self.model, features, self.valid_tokens, self.cfg.eval_batch_size, self.device)
+        """p of every validation target token under the current weights (float64, CPU); data parallel,
+        each rank computes its share of the captions and all ranks receive the whole result."""
+        images, tokens = self.valid_images, self.valid_tokens
+        if self.world.distributed:
+            mine = shard(len(tokens), self.world)
+            images, tokens = images[mine], tokens[mine]
+        features = self.data.valid.features[images]
+        probs = target_probabilities(self.model, features, tokens, self.cfg.eval_batch_size, self.device)
+        if not self.world.distributed:
+            return probs
+        return gather_dim(probs.to(self.device), 0, self.world).cpu()
 
     def evaluate_sample(self, row: dict[str, Any]) -> None:
         probs = self._valid_probabilities()
@@ -116,34 +143,41 @@ class CaptionTrainer(SamplerTrainer):
 
     def captions(self, models: StackedCaptionModels, split: CaptionSplit) -> list[str]:
         """The captions `models` generate for every image of `split` (space-joined words)."""
-        ids = decode_in_batches(models, split.features, beam=self.cfg.beam, max_len=self.cfg.max_caption_words,
-                                batch_size=self.cfg.eval_batch_size)  # fmt: skip
-        return [" ".join(self.data.vocab.decode(c)) for c in ids]
+        return generate_captions(models, split.features, self.data.vocab, self.cfg)
 
     def epoch_row(self, lr: float) -> dict[str, Any]:
         with self.evaluating():
             valid = self._valid_probabilities()
-            models = self.models("average") or self.models("last")
-            scores = score_captions(_joined(self.data.valid), self.captions(models, self.data.valid),
-                                    metrics=EPOCH_METRICS)  # fmt: skip
+            # Rank 0 alone holds the samples: it decodes, the other ranks go on to the next step.
+            scores = self._valid_scores() if self.world.is_main else dict.fromkeys(EPOCH_METRICS)
         avg = self.averagers["valid"]
         return {
             "method": self.method, "epoch": self.epoch + 1, "step": self.step, "lr": lr,
             "noise": bool(self.optimizer.param_groups[0]["add_noise"]),
             "train_ppl": exp_or_inf(self.totals["loss_sum"] / max(self.totals["targets"], 1)),
             "valid_ppl": perplexity(valid), "valid_avg_ppl": avg.perplexity() if avg.num_samples else None,
-            "valid_bleu4": scores.corpus["BLEU-4"], "valid_cider": scores.corpus["CIDEr-D"],
+            "valid_bleu4": scores["BLEU-4"], "valid_cider": scores["CIDEr-D"],
             "num_samples": avg.num_samples, "epoch_time_s": round(self.train_time, 4),
             "eval_time_s": round(self.eval_time, 4), "skipped_steps": self.optimizer.skipped_steps,
         }  # fmt: skip
 
+    def _valid_scores(self) -> dict[str, float | None]:
+        """EPOCH_METRICS of the validation captions decoded with the kept samples (the last weights
+        before the first sample)."""
+        models = self.models("average") or self.models("last")
+        captions = self.captions(models, self.data.valid)
+        return score_captions(joined_references(self.data.valid), captions, metrics=EPOCH_METRICS).corpus
+
     def epoch_message(self, row: dict[str, Any]) -> str:
         n = row["num_samples"]
         avg = f" valid avg ppl {row['valid_avg_ppl']:.3f} ({n} samples)" if n else ""
+        scores = (
+            f"  valid BLEU-4 {100 * row['valid_bleu4']:.1f} CIDEr-D {100 * row['valid_cider']:.1f}"
+            if row["valid_bleu4"] is not None else ""
+        )  # fmt: skip
         return (
             f"{self.label:>8} epoch {row['epoch']:>3}/{self.cfg.epochs}  train ppl {row['train_ppl']:.3f}  valid ppl "
-            f"{row['valid_ppl']:.3f}{avg}  valid BLEU-4 {100 * row['valid_bleu4']:.1f} CIDEr-D "
-            f"{100 * row['valid_cider']:.1f}  {row['epoch_time_s']:.1f} s"
+            f"{row['valid_ppl']:.3f}{avg}{scores}  {row['epoch_time_s']:.1f} s"
         )
 
     # -- results -------------------------------------------------------------------------------------
@@ -151,8 +185,10 @@ class CaptionTrainer(SamplerTrainer):
     def final_result(self) -> dict[str, Any]:
         """The method's result row: test scores of the last weights and of the model average, the
         per-image captions (METHOD/captions.csv, of the average or else the last weights), and the
-        captions of single samples for the first `show` test images."""
-        test, refs = self.data.test, _joined(self.data.test)
+        captions of single samples for the first `show` test images. None on ranks other than 0."""
+        if not self.world.is_main:
+            return None
+        test, refs = self.data.test, joined_references(self.data.test)
         last_captions = self.captions(self.models("last"), test)
         last = score_captions(refs, last_captions, metrics=FINAL_METRICS)
         average = self.models("average")
@@ -183,9 +219,8 @@ class CaptionTrainer(SamplerTrainer):
         singles = []
         for i in picks:
             one = StackedCaptionModels([self.collector[i]], self.device)
-            ids = decode_in_batches(one, self.data.test.features[:n], beam=self.cfg.beam,
-                                    max_len=self.cfg.max_caption_words, batch_size=n)  # fmt: skip
-            singles.append((self.collector.steps[i], [" ".join(self.data.vocab.decode(c)) for c in ids]))
+            singles.append((self.collector.steps[i], generate_captions(one, self.data.test.features[:n],
+                                                                       self.data.vocab, self.cfg)))  # fmt: skip
         test = self.data.test
         return [
             {"filename": test.filenames[j], "references": [" ".join(r) for r in test.references[j]],
@@ -198,6 +233,15 @@ class CaptionTrainer(SamplerTrainer):
         return {"vocab_size": len(self.data.vocab)}
 
 
-def _joined(split: CaptionSplit) -> list[list[str]]:
+def generate_captions(models: StackedCaptionModels, features: torch.Tensor, vocab: Vocabulary,
+                      cfg: CaptionConfig) -> list[str]:  # fmt: skip
+    """The captions (space-joined words) that `models` decode for images `features` [M, F] with the
+    run's beam, length cap and evaluation batch size."""
+    ids = decode_in_batches(models, features, beam=cfg.beam, max_len=cfg.max_caption_words,
+                            batch_size=cfg.eval_batch_size)  # fmt: skip
+    return [" ".join(vocab.decode(c)) for c in ids]
+
+
+def joined_references(split: CaptionSplit) -> list[list[str]]:
     """The references of every image of `split` as space-joined strings."""
     return [[" ".join(r) for r in refs] for refs in split.references]

@@ -13,6 +13,7 @@ sentence's own last (forward) or first (reverse) token, whatever the length of t
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,13 @@ class SentenceClassifier(nn.Module):
         lstm_seed: key of the DropConnect mask stream (docs/spec.md#stream-words).
         lstm_impl: DropConnectLSTM backend.
     """
+
+    #: The modules of each part of the model that --prior-std names (`sgmcmc_fused.train.priors`).
+    PRIOR_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "embedding": ("embedding",),
+        "lstm": ("lstm",),
+        "output": ("output",),
+    }
 
     def __init__(
         self,

@@ -205,8 +205,10 @@ class ClassifierTrainer(SamplerTrainer):
         last = self.epoch_test_probs[e - 1]
         s = row["num_samples"]
         if self.collects and not s:
-            self.say(f"{self.label}: no sample by epoch {e} (burn-in {self.burn_in} + thin {self.thin} steps, "
-                     f"{self.step} steps taken): reporting the last weights")  # fmt: skip
+            when = ("the first cycle's sampling stage" if self.cyclical is not None
+                    else f"burn-in {self.burn_in} + thin {self.thin} steps")  # fmt: skip
+            self.say(f"{self.label}: no sample by epoch {e} ({when}, {self.step} steps taken): reporting the last "
+                     "weights")  # fmt: skip
         # The model average of the samples taken by the end of the selected epoch, or the last weights.
         stack = torch.stack(self.test_samples[:s]) if s else last[None]
         mean = stack.mean(0)

@@ -1,10 +1,6 @@
-"""Independent chains of one method (``--chains K``): their seeds, folders, and pooled result.
-
-Chain k is the run's configuration with seed SEED + k (`LMConfig.chain`): its own initialisation, data order, dropout,
-DropConnect masks and noise. It trains in ``OUT/METHOD/chain-k`` like a single run. Pooling reads what
-the chains left on disk (their final checkpoints and logs), so it works the same whether the chains ran
-one after another in this process or on different ranks, and after a resume.
-"""
+"""The pooled result of a language model's independent chains (``--chains K``; `..chains`): the
+perplexity of the average over every chain's samples, and the chains' agreement (split-R-hat). It reads
+what the chains left on disk (their final checkpoints and logs)."""
 
 from __future__ import annotations
 
@@ -15,12 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ...bayes import PredictiveAverager, split_rhat
+from ..chains import chain_dir
 from ..checkpoint import load_checkpoint
 from .config import LMConfig
-
-
-def chain_dir(out: Path, method: str, k: int) -> Path:
-    return Path(out) / method / f"chain-{k}"
 
 
 def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -> dict[str, Any]:

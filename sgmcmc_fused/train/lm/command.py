@@ -46,13 +46,14 @@ from typing import Any
 
 import torch
 
+from ..chains import chain_dir, check_chains_world, train_chains
 from ..command import Session, Task
-from ..distributed import SINGLE, World, barrier
+from ..distributed import SINGLE, World
 from ..options import RUN_CONTROL, ConfigError
 from ..run_folder import claim_samples_dir
 from ..runlog import write_csv, write_json
 from . import config
-from .chains import chain_dir, pool_chains
+from .chains import pool_chains
 from .config import LMConfig
 from .data import LMData, check_splits, load_lm_data
 from .plots import plot_lm_runs
@@ -131,14 +132,15 @@ def _run_chains(method: str, session: Session, data: LMData) -> tuple[LMTrainer 
     the others."""
     cfg, world, out = session.cfg, session.world, session.out
     options = {**session.trainer_options(), "world": SINGLE}  # each rank trains whole chains alone
-    first = None
-    for k in range(world.rank, cfg.chains, world.size):
+
+    def train_chain(k: int) -> LMTrainer:
         trainer = LMTrainer(method, cfg.chain(k), data, chain_dir(out, method, k), session.device,
                             label=f"{method} chain {k}", samples_subdir=str(chain_dir(Path(), method, k)),
                             **options)  # fmt: skip
         trainer.train(**session.train_options())
-        first = first or trainer
-    barrier(world)  # all chains done and checkpointed
+        return trainer
+
+    first = train_chains(cfg.chains, world, train_chain)
     if not world.is_main:
         return None, None
     result = pool_chains(method, cfg, out, LMTrainer.CHECKPOINT_FORMAT)
@@ -157,14 +159,8 @@ def _fmt(x: float | None) -> str:
 
 def _check_world(cfg: LMConfig, world: World) -> None:
     """Clear errors for a process count the run cannot use."""
-    if not world.distributed:
-        return
-    if cfg.chains > 1:
-        if cfg.chains < world.size:
-            raise ConfigError(
-                f"--chains {cfg.chains} with {world.size} processes: every process runs whole chains, so start at "
-                f"most {cfg.chains} processes (or use --chains 1 for data parallelism)"
-            )
+    check_chains_world(cfg.chains, world)
+    if not world.distributed or cfg.chains > 1:
         return
     for option, n in (("--batch-size", cfg.batch_size), ("--eval-batch-size", cfg.eval_batch_size)):
         if n < world.size:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..chains import add_chains_argument
 from ..config import RunConfig
 from ..methods import RMS_DEFAULT_LR
 from ..options import (
@@ -151,10 +152,6 @@ class LMConfig(RunConfig):
         """The learning rate of `method` in (0-based) `epoch`."""
         return self.lr[method] / self.lr_decay ** max(0, epoch + 1 - self.decay_after)
 
-    def chain(self, k: int) -> LMConfig:
-        """The configuration chain `k` of --chains trains with: seed + k."""
-        return self.replace(seed=self.seed + k)
-
 
 # ---------------------------------------------------------------------------------------------------
 # options
@@ -254,15 +251,7 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep the samples on disk in DIR/METHOD instead of in memory (and in checkpoints)",
     )
-    meth.add_argument(
-        "--chains",
-        type=int,
-        default=1,
-        metavar="K",
-        help="run K independent chains per sampler (seeds SEED..SEED+K-1; one after another, or one per "
-        "process under torchrun) and pool their samples for model averaging, reporting the split-R-hat of "
-        "the validation log-likelihood (default 1)",
-    )
+    add_chains_argument(meth)
 
 
 # ---------------------------------------------------------------------------------------------------

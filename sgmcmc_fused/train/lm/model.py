@@ -10,6 +10,7 @@ LSTM weights (recurrent by default), every parameter initialised U(-init_scale, 
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,13 @@ class LanguageModel(nn.Module):
         lstm_seed: key of the DropConnect mask stream (docs/spec.md#stream-words).
         lstm_impl: DropConnectLSTM backend ("auto", "cpu", "cuda", "triton", "eager").
     """
+
+    #: The modules of each part of the model that --prior-std names (`sgmcmc_fused.train.priors`).
+    PRIOR_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "embedding": ("embedding",),
+        "lstm": ("lstm",),
+        "output": ("decoder",),
+    }
 
     def __init__(
         self,

@@ -105,7 +105,7 @@ class LMTrainer(SamplerTrainer):
     def progress_figures(self) -> dict[str, str]:
         loss_sum = self.totals["loss_sum"] + float(self.sums["loss_sum"])
         ppl = exp_or_inf(loss_sum / max(self.totals["tokens"], 1))
-        return {"ppl": f"{ppl:.2f}", "lr": f"{self.lr_at(self.epoch):.3g}"}
+        return {"ppl": f"{ppl:.2f}", "lr": f"{self.optimizer.param_groups[0]['lr']:.3g}"}
 
     def step_skipped(self) -> None:
         self.hidden = None  # a diverged minibatch leaves a non-finite state: start the next from zero
@@ -125,7 +125,7 @@ class LMTrainer(SamplerTrainer):
         return gather_dim(local, 1, self.world).reshape(-1).cpu()
 
     def evaluate_sample(self, row: dict[str, Any]) -> None:
-        weight = self.lr_at(self.epoch) if self.cfg.sample_weights == "lr" else 1.0
+        weight = self.step_lr(self.step) if self.cfg.sample_weights == "lr" else 1.0
         row["weight"] = weight
         for split, data_tb in (("valid", self.valid_tb), ("test", self.test_tb)):
             probs = self._target_probabilities(data_tb)

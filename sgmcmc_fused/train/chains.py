@@ -1,0 +1,62 @@
+"""Independent chains of one method (``--chains K``): their folders, which process trains which, and
+the process count they can use. What a task pools from its finished chains is its own (`lm.chains`,
+`caption.chains`).
+
+Chain k is the run's configuration with seed SEED + k: its own initialisation, data order, dropout,
+DropConnect masks and noise. It trains in ``OUT/METHOD/chain-k`` like a single run, so pooling reads
+what the chains left on disk and works the same whether they ran one after another in this process,
+on different ranks, or across a resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from .distributed import World, barrier
+from .options import ConfigError
+
+T = TypeVar("T")
+
+
+def chain_dir(out: Path, method: str, k: int) -> Path:
+    """The folder of chain `k` of `method` in the run folder `out`."""
+    return Path(out) / method / f"chain-{k}"
+
+
+def add_chains_argument(group: argparse._ArgumentGroup) -> None:
+    """The --chains option (an int field ``chains`` of the task's configuration)."""
+    group.add_argument(
+        "--chains",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run K independent chains per sampler (seeds SEED..SEED+K-1; one after another, or one per "
+        "process under torchrun) and pool their samples for model averaging, reporting the split-R-hat of "
+        "the validation log-likelihood (default 1)",
+    )
+
+
+def check_chains_world(chains: int, world: World) -> None:
+    """Raise ConfigError if `world`'s processes cannot share `chains` chains (every process runs whole
+    chains, so each needs at least one)."""
+    if world.distributed and 1 < chains < world.size:
+        raise ConfigError(
+            f"--chains {chains} with {world.size} processes: every process runs whole chains, so start at "
+            f"most {chains} processes (or use --chains 1 for data parallelism)"
+        )
+
+
+def train_chains(chains: int, world: World, train_chain: Callable[[int], T]) -> T | None:
+    """Run ``train_chain(k)`` for this rank's chains, k = rank, rank + size, ... < `chains`, then wait
+    until every rank has finished (each chain trained and checkpointed). Returns the first chain's
+    return value on this rank (None if the rank had none)."""
+    first = None
+    for k in range(world.rank, chains, world.size):
+        out = train_chain(k)
+        if first is None:
+            first = out
+    barrier(world)
+    return first
