@@ -11,10 +11,14 @@ on different ranks, or across a resume.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from ..bayes import split_rhat
+from .checkpoint import load_checkpoint
 from .distributed import World, barrier
 from .options import ConfigError
 
@@ -60,3 +64,28 @@ def train_chains(chains: int, world: World, train_chain: Callable[[int], T]) -> 
             first = out
     barrier(world)
     return first
+
+
+def finished_chains(out: Path, method: str, chains: int, checkpoint_format: str) -> list[tuple[Any, dict[str, Any]]]:
+    """(the result in log.json, the final checkpoint) of each of `method`'s chains 0..chains-1.
+
+    Raises:
+        CheckpointError: a chain's checkpoint is missing or damaged.
+        ValueError: a chain has not finished (its log holds no result).
+    """
+    finished = []
+    for k in range(chains):
+        run_dir = chain_dir(out, method, k)
+        result = json.loads((run_dir / "log.json").read_text(encoding="utf-8")).get("result")
+        if result is None:
+            raise ValueError(f"chain {k} of {method} in {run_dir} has not finished")
+        finished.append((result, load_checkpoint(run_dir / "checkpoint.pt", checkpoint_format)))
+    return finished
+
+
+def validation_rhat(checkpoints: list[dict[str, Any]]) -> float | None:
+    """Split-R-hat (`sgmcmc_fused.bayes.split_rhat`) across chains of the per-sample mean validation
+    log-likelihood per token, -log(valid perplexity), from the checkpoints' sample curves; None with
+    fewer than 4 samples a chain."""
+    traces = [[-math.log(row["valid_ppl"]) for row in ck["curve"]] for ck in checkpoints]
+    return split_rhat(traces) if min(len(t) for t in traces) >= 4 else None

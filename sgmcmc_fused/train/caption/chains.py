@@ -5,17 +5,14 @@ over all their samples, and the chains' agreement (split-R-hat). It reads what t
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...bayes import PredictiveAverager, SampleCollector, split_rhat
-from ..chains import chain_dir
-from ..checkpoint import load_checkpoint
+from ...bayes import PredictiveAverager, SampleCollector
+from ..chains import chain_dir, finished_chains, validation_rhat
 from ..runlog import write_json
 from .config import CaptionConfig
 from .data import CaptionData
@@ -43,18 +40,13 @@ def pool_caption_chains(method: str, cfg: CaptionConfig, data: CaptionData, out:
         CheckpointError: a chain's checkpoint is missing or damaged.
         ValueError: a chain has not finished (its log holds no result).
     """
-    results, averagers, traces, collectors = [], [], [], []
-    for k in range(cfg.chains):
-        run_dir = chain_dir(out, method, k)
-        result = json.loads((run_dir / "log.json").read_text(encoding="utf-8")).get("result")
-        if result is None:
-            raise ValueError(f"chain {k} of {method} in {run_dir} has not finished")
-        results.append(result)
-        ck = load_checkpoint(run_dir / "checkpoint.pt", CaptionTrainer.CHECKPOINT_FORMAT)
+    finished = finished_chains(out, method, cfg.chains, CaptionTrainer.CHECKPOINT_FORMAT)
+    results = [result for result, _ in finished]
+    averagers, collectors = [], []
+    for k, (_, ck) in enumerate(finished):
         valid = PredictiveAverager(1)
         valid.load_state_dict(ck["averagers"]["valid"])
         averagers.append(valid)
-        traces.append([-math.log(row["valid_ppl"]) for row in ck["curve"]])
         collectors.append(_collector(ck["collector"], cfg, method, k))
     states = [state for c in collectors for state in c]
     test, refs = data.test, joined_references(data.test)
@@ -73,7 +65,7 @@ def pool_caption_chains(method: str, cfg: CaptionConfig, data: CaptionData, out:
         "average": None if average is None else average.corpus,
         "valid_avg_ppl": pooled_valid.perplexity() if pooled_valid.num_samples else None,
         "chains": cfg.chains,
-        "split_rhat": split_rhat(traces) if min(len(t) for t in traces) >= 4 else None,
+        "split_rhat": validation_rhat([ck for _, ck in finished]),
         "chain_average": [r["average"] for r in results],
     }  # fmt: skip
     pooled["show"] = _show(results, collectors, captions, data, cfg, device, show)
@@ -83,7 +75,7 @@ def pool_caption_chains(method: str, cfg: CaptionConfig, data: CaptionData, out:
 
 def _collector(state: dict[str, Any], cfg: CaptionConfig, method: str, k: int) -> SampleCollector:
     """Chain k's kept samples, from its checkpoint's collector state (and its sample files, if any)."""
-    directory = Path(cfg.samples_dir) / method / f"chain-{k}" if cfg.samples_dir else None
+    directory = chain_dir(Path(cfg.samples_dir), method, k) if cfg.samples_dir else None
     collector = SampleCollector(state["burn_in"], state["thin"], state["max_samples"], directory)
     collector.load_state_dict(state)
     return collector

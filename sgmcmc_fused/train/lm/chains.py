@@ -4,15 +4,12 @@ what the chains left on disk (their final checkpoints and logs)."""
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from ...bayes import PredictiveAverager, split_rhat
-from ..chains import chain_dir
-from ..checkpoint import load_checkpoint
+from ...bayes import PredictiveAverager
+from ..chains import finished_chains, validation_rhat
 from .config import LMConfig
 
 
@@ -30,19 +27,14 @@ def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -
         CheckpointError: a chain's checkpoint is missing or damaged.
         ValueError: a chain has not finished (its log holds no result).
     """
-    results, valid_avgs, test_avgs, traces = [], [], [], []
-    for k in range(cfg.chains):
-        run_dir = chain_dir(out, method, k)
-        log = json.loads((run_dir / "log.json").read_text())
-        if log.get("result") is None:
-            raise ValueError(f"chain {k} of {method} in {run_dir} has not finished")
-        results.append(log["result"])
-        ck = load_checkpoint(run_dir / "checkpoint.pt", checkpoint_format)
+    finished = finished_chains(out, method, cfg.chains, checkpoint_format)
+    results = [result for result, _ in finished]
+    valid_avgs, test_avgs = [], []
+    for _, ck in finished:
         for averagers, split in ((valid_avgs, "valid"), (test_avgs, "test")):
             a = PredictiveAverager(1)
             a.load_state_dict(ck["averagers"][split])
             averagers.append(a)
-        traces.append([-math.log(row["valid_ppl"]) for row in ck["curve"]])
     valid, test = PredictiveAverager.pooled(valid_avgs), PredictiveAverager.pooled(test_avgs)
     has_avg = test.num_samples > 0
     return {
@@ -54,7 +46,7 @@ def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -
         "num_samples": test.num_samples,
         "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in results),
         "chains": cfg.chains,
-        "split_rhat": split_rhat(traces) if min(len(t) for t in traces) >= 4 else None,
+        "split_rhat": validation_rhat([ck for _, ck in finished]),
         "chain_test_avg_ppl": [r["test_avg_ppl"] for r in results],
         "test_avg_ppl_by_samples": [],
     }  # fmt: skip
