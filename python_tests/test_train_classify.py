@@ -24,6 +24,7 @@ from sgmcmc_fused.data import download as dl
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
 from sgmcmc_fused.train.classify.data import encode_split, load_classify_data, make_synthetic_task
+from sgmcmc_fused.train.classify.trainer import near_boundary, shuffled_sentences
 
 #: 1350 training sentences / batch 50 = 27 steps per epoch; burn-in 2 epochs (54 steps), a sample every
 #: round(0.25 * 27) = 7 steps: samples after steps 61, 68, ..., 159 (15 of them) in 6 epochs (162 steps).
@@ -129,6 +130,23 @@ def test_synthetic_end_to_end_numbers_match_the_saved_predictions(tmp_path, caps
     mi = entropy_of(per_sample.mean(0)) - entropy_of(per_sample).mean(0)
     np.testing.assert_allclose([float(x["mutual_information"]) for x in rows], mi, rtol=0, atol=1e-9)
     assert psgld["mean_std"] == pytest.approx(std[np.arange(600), mean.argmax(1)].mean(), abs=1e-12)
+    # Near the decision boundary: the 150 sentences with the smallest margin between the two likeliest
+    # classes of the average; out of distribution: the test sentences with their words shuffled.
+    top2 = np.sort(mean, 1)[:, -2:]
+    boundary = np.argsort(top2[:, 1] - top2[:, 0], kind="stable")[:150]
+    assert psgld["boundary_mean_entropy"] == pytest.approx(entropy_of(mean)[boundary].mean(), abs=1e-9)
+    assert psgld["boundary_mean_mutual_information"] == pytest.approx(mi[boundary].mean(), abs=1e-9)
+    assert psgld["boundary_mean_entropy"] > psgld["mean_entropy"]  # the uncertain ones, by construction
+    ck = load_checkpoint(out / "psgld" / "checkpoint.pt")
+    shuffled = ck["shuffled_samples"].double().numpy()
+    assert shuffled.shape == per_sample.shape and not np.allclose(shuffled, per_sample)
+    shuffled_mi = entropy_of(shuffled.mean(0)) - entropy_of(shuffled).mean(0)
+    assert psgld["shuffled_mean_entropy"] == pytest.approx(entropy_of(shuffled.mean(0)).mean(), abs=1e-9)
+    assert psgld["shuffled_mean_mutual_information"] == pytest.approx(shuffled_mi.mean(), abs=1e-9)
+    # RMSprop's last weights: their own shuffled probabilities at the last epoch, one "sample".
+    last_shuffled = load_checkpoint(out / "rmsprop" / "checkpoint.pt")["epoch_shuffled_probs"][-1].double().numpy()
+    assert rms["shuffled_mean_entropy"] == pytest.approx(entropy_of(last_shuffled).mean(), abs=1e-9)
+    assert rms["shuffled_mean_mutual_information"] == 0
     # The online running average (PredictiveAverager) ends where the stacked samples' mean does.
     assert float(samples[-1]["test_avg_error"]) == pytest.approx(psgld["error_mean"], abs=1e-12)
     # Before burn-in the two methods are the same computation (same initialisation, data order, kernels).
@@ -137,6 +155,22 @@ def test_synthetic_end_to_end_numbers_match_the_saved_predictions(tmp_path, caps
     assert logs["rmsprop"][3]["train_loss"] != logs["psgld"][3]["train_loss"]
     assert "Bayes-optimal (the source)" in table and "majority class" in table
     assert [r["method"] for r in _csv(out / "results.csv")] == ["rmsprop", "psgld"]
+
+
+def test_shuffled_sentences_are_seeded_permutations_of_each_sentence():
+    sentences = [torch.arange(n) + 10 * n for n in (1, 5, 12, 30)]
+    a, b = shuffled_sentences(sentences, seed=3), shuffled_sentences(sentences, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(torch.sort(x).values, s) for x, s in zip(a, sentences, strict=True))
+    assert not torch.equal(a[3], sentences[3])
+    assert not all(torch.equal(x, y) for x, y in zip(a, shuffled_sentences(sentences, seed=4), strict=True))
+
+
+def test_near_boundary_takes_the_smallest_margins():
+    mean = torch.tensor([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    # margins 0, 0.85, 0.05, 0.5, 0.7: the two smallest are rows 0 and 2.
+    assert near_boundary(mean, 0.4).tolist() == [0, 2]
+    assert near_boundary(mean, 0.01).tolist() == [0]
 
 
 def test_kfold_covers_every_sentence_once(tmp_path):

@@ -57,8 +57,14 @@ from .trainer import FOLD_COLUMNS, ClassifierTrainer, prediction_columns
 
 RESULT_COLUMNS = [
     "method", "lr", "epochs", "folds", "error_mean", "error_std", "last_error_mean", "last_error_std", "ece_mean",
-    "ece_std", "nll_mean", "mean_entropy", "mean_mutual_information", "mean_std", "num_samples", "sec_per_epoch",
+    "ece_std", "nll_mean", "mean_entropy", "mean_mutual_information", "mean_std", "boundary_mean_entropy",
+    "boundary_mean_mutual_information", "shuffled_mean_entropy", "shuffled_mean_mutual_information", "num_samples",
+    "sec_per_epoch",
 ]  # fmt: skip
+#: The uncertainty figures that the table prints below the methods, by where they are measured.
+UNCERTAINTY = (("test", "mean_entropy", "mean_mutual_information"),
+               ("near the boundary", "boundary_mean_entropy", "boundary_mean_mutual_information"),
+               ("shuffled words", "shuffled_mean_entropy", "shuffled_mean_mutual_information"))  # fmt: skip
 
 
 class ClassifyTask(Task):
@@ -156,6 +162,8 @@ def summarize(method: str, runs: list[dict[str, Any]], cfg: ClassifyConfig) -> d
         "last_error_std": std("last_error"), "ece_mean": mean("ece"), "ece_std": std("ece"), "nll_mean": mean("nll"),
         "mean_entropy": mean("mean_entropy"), "mean_mutual_information": mean("mean_mutual_information"),
         "mean_std": mean("mean_std"), "num_samples": mean("num_samples"),
+        **{key: mean(key) for key in ("boundary_mean_entropy", "boundary_mean_mutual_information",
+                                      "shuffled_mean_entropy", "shuffled_mean_mutual_information")},
         "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in runs),
         "errors": [r["error"] for r in runs],
     }  # fmt: skip
@@ -197,4 +205,13 @@ def format_table(results: list[dict[str, Any]], data: ClassifyData, cfg: Classif
         "entropy: mean predictive entropy; MI: mean mutual information (nats); std: mean std across samples of "
         "the predicted class's probability"
     )
+
+    def nats(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    lines.append("entropy / MI (nats) where: " + "; ".join(where for where, _, _ in UNCERTAINTY)
+                 + " (the quarter of the test sentences with the smallest margin between the two likeliest classes; "
+                 "the test sentences with their words in random order)")  # fmt: skip
+    for r in results:
+        lines.append(f"{r['method']:<9} " + "   ".join(f"{nats(r[h])} / {nats(r[m])}" for _, h, m in UNCERTAINTY))
     return "\n".join(lines)

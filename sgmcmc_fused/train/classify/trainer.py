@@ -34,9 +34,13 @@ SAMPLE_COLUMNS = ["method", "fold", "sample", "step", "epoch", "valid_error", "v
 #: Columns of folds.csv: the row `ClassifierTrainer.train` returns for one method on one split.
 FOLD_COLUMNS = [
     "method", "fold", "lr", "epochs", "steps", "selected_epoch", "num_train", "num_valid", "num_test", "error",
-    "last_error", "ece", "nll", "mean_entropy", "mean_mutual_information", "mean_std", "valid_error", "num_samples",
-    "majority_error", "sec_per_epoch",
+    "last_error", "ece", "nll", "mean_entropy", "mean_mutual_information", "mean_std", "boundary_mean_entropy",
+    "boundary_mean_mutual_information", "shuffled_mean_entropy", "shuffled_mean_mutual_information", "valid_error",
+    "num_samples", "majority_error", "sec_per_epoch",
 ]  # fmt: skip
+#: The share of the test sentences, those with the smallest margin between the model average's two most
+#: probable classes, whose uncertainty is reported as "near the decision boundary".
+BOUNDARY_FRACTION = 0.25
 
 
 def prediction_columns(num_classes: int) -> list[str]:
@@ -56,7 +60,9 @@ class ClassifierTrainer(SamplerTrainer):
     share of every minibatch's sentences and of the evaluation sentences. A sample's class
     probabilities on valid and test are folded into running means (`PredictiveAverager`); the test
     ones are also kept ([S, N, C], in the checkpoint too) for the predictive std and the mutual
-    information. No parameters are kept.
+    information, and so are those of the test sentences with their words shuffled
+    (`shuffled_sentences`: the same words, no sentence structure; out of distribution for a model
+    that reads word order). No parameters are kept.
     """
 
     CHECKPOINT_FORMAT = "sgmcmc_fused.train.classify/1"
@@ -78,7 +84,12 @@ class ClassifierTrainer(SamplerTrainer):
         if data.valid is not None:
             self.averagers["valid"] = PredictiveAverager(len(data.valid))
         self.test_samples: list[torch.Tensor] = []  # per collected sample: test class probabilities [N, C]
+        self.shuffled_test = shuffled_sentences(data.test, seed=cfg.seed * 1_000_003 + self.fold)
+        # Per collected sample: of the shuffled test sentences (None: a resumed run whose checkpoint
+        # predates them, so the ones before it are missing).
+        self.shuffled_samples: list[torch.Tensor] | None = []
         self.epoch_test_probs: list[torch.Tensor] = []  # per epoch end: the last weights' test probabilities
+        self.epoch_shuffled_probs: list[torch.Tensor] | None = []  # and of the shuffled test sentences
         label = f"{method} fold {self.fold}" if self.fold else method
         options.setdefault("run_root", run_dir.parent.parent if self.fold else run_dir.parent)
         super().__init__(
@@ -152,6 +163,8 @@ class ClassifierTrainer(SamplerTrainer):
             row[f"{split}_avg_error"] = error_rate(avg.mean, labels)
             if split == "test":
                 self.test_samples.append(probs)
+        if self.shuffled_samples is not None:
+            self.shuffled_samples.append(self._probabilities(self.shuffled_test))
         row["sample"] = self.averagers["test"].num_samples
 
     def epoch_row(self, lr: float) -> dict[str, Any]:
@@ -159,6 +172,9 @@ class ClassifierTrainer(SamplerTrainer):
             test = self._probabilities(self.data.test)
             valid = None if self.data.valid is None else self._probabilities(self.data.valid)
         self.epoch_test_probs.append(test)
+        if self.epoch_shuffled_probs is not None:
+            with self.evaluating():
+                self.epoch_shuffled_probs.append(self._probabilities(self.shuffled_test))
         n = self.averagers["test"].num_samples
         has_valid = valid is not None
         seen = max(self.totals["seen"], 1)
@@ -217,6 +233,10 @@ class ClassifierTrainer(SamplerTrainer):
         mi = mutual_information(stack)
         labels = self.test_labels
         pred = mean.argmax(1)
+        boundary = near_boundary(mean, BOUNDARY_FRACTION)
+        shuffled = self._shuffled_stack(s, e)
+        shuffled_entropy = None if shuffled is None else float(predictive_entropy(shuffled.mean(0)).mean())
+        shuffled_mi = None if shuffled is None else float(mutual_information(shuffled).mean())
         counts = torch.bincount(self.train_labels, minlength=self.num_classes)
         result = {
             "method": self.method, "fold": self.fold, "lr": self.cfg.lr[self.method], "epochs": self.epoch,
@@ -227,6 +247,9 @@ class ClassifierTrainer(SamplerTrainer):
             "nll": float(-torch.log(mean.gather(1, labels[:, None])).mean()),
             "mean_entropy": float(entropy.mean()), "mean_mutual_information": float(mi.mean()),
             "mean_std": float(std.gather(1, pred[:, None]).mean()),
+            "boundary_mean_entropy": float(entropy[boundary].mean()),
+            "boundary_mean_mutual_information": float(mi[boundary].mean()),
+            "shuffled_mean_entropy": shuffled_entropy, "shuffled_mean_mutual_information": shuffled_mi,
             "valid_error": row["valid_avg_error"] if row["valid_avg_error"] is not None else row["valid_error"],
             "num_samples": s,
             "majority_error": float((labels != counts.argmax()).double().mean()),
@@ -243,6 +266,14 @@ class ClassifierTrainer(SamplerTrainer):
         self.write_logs(result)
         return result, rows
 
+    def _shuffled_stack(self, samples: int, epoch: int) -> torch.Tensor | None:
+        """The shuffled test sentences' probabilities [S, N, C] of the first `samples` samples, or [1, N, C]
+        of the last weights at `epoch` (1-based) when there are none; None where a run resumed from a
+        checkpoint written before they were recorded lacks them."""
+        if samples:
+            return None if self.shuffled_samples is None else torch.stack(self.shuffled_samples[:samples])
+        return None if self.epoch_shuffled_probs is None else self.epoch_shuffled_probs[epoch - 1][None]
+
     # -- logs and checkpoints ------------------------------------------------------------------------
 
     def log_fields(self) -> dict[str, Any]:
@@ -253,7 +284,10 @@ class ClassifierTrainer(SamplerTrainer):
         return {
             "fold": self.fold,
             "test_samples": torch.stack(self.test_samples) if self.test_samples else None,
+            "shuffled_samples": torch.stack(self.shuffled_samples) if self.shuffled_samples else None,
+            "shuffled_recorded": self.shuffled_samples is not None and self.epoch_shuffled_probs is not None,
             "epoch_test_probs": torch.stack(self.epoch_test_probs) if self.epoch_test_probs else None,
+            "epoch_shuffled_probs": torch.stack(self.epoch_shuffled_probs) if self.epoch_shuffled_probs else None,
         }
 
     def check_checkpoint_owner(self, ck: dict[str, Any]) -> None:
@@ -265,8 +299,31 @@ class ClassifierTrainer(SamplerTrainer):
     def restore_fields(self, ck: dict[str, Any]) -> None:
         self.test_samples = [] if ck["test_samples"] is None else list(ck["test_samples"])
         self.epoch_test_probs = [] if ck["epoch_test_probs"] is None else list(ck["epoch_test_probs"])
+        # Checkpoints written before the shuffled sentences were evaluated lack them: that run then
+        # reports no shuffled figures (the ones before the checkpoint are missing).
+        if not ck.get("shuffled_recorded", False):
+            self.shuffled_samples, self.epoch_shuffled_probs = None, None
+            return
+        self.shuffled_samples = [] if ck["shuffled_samples"] is None else list(ck["shuffled_samples"])
+        self.epoch_shuffled_probs = [] if ck["epoch_shuffled_probs"] is None else list(ck["epoch_shuffled_probs"])
 
 
 def error_rate(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax (the first on ties) is not the label: probs [N, C], labels [N]."""
     return float((probs.argmax(1) != labels.to(probs.device)).double().mean())
+
+
+def shuffled_sentences(sentences: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Each sentence (int64 [L] ids) with its words in a random order (a seeded permutation per
+    sentence, the same for every method of a run): the words of the test set without its syntax."""
+    g = torch.Generator().manual_seed(seed % 2**63)
+    return [s[torch.randperm(len(s), generator=g)] for s in sentences]
+
+
+def near_boundary(mean: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the ceil(fraction · N) rows of `mean` [N, C] with the smallest margin between their two
+    largest probabilities (ties: the lower index first)."""
+    top2 = mean.topk(2, dim=1).values
+    margin = top2[:, 0] - top2[:, 1]
+    n = max(1, math.ceil(fraction * len(mean)))
+    return torch.sort(torch.argsort(margin, stable=True)[:n]).values
