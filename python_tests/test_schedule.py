@@ -141,6 +141,13 @@ def test_bad_cyclical_options_are_usage_errors(tmp_path, capsys, extra, message)
     assert message in err, err
 
 
+def test_cycle_options_without_the_cyclical_schedule_are_refused(tmp_path, capsys):
+    decay = [a for a in LM if a not in ("--schedule", "cyclical")]
+    with pytest.raises(SystemExit):
+        main([*decay, *BOTH, "--out", str(tmp_path / "x")])
+    assert "--cycles and --explore-fraction shape(s) the cycles of --schedule cyclical" in capsys.readouterr().err
+
+
 def test_a_cyclical_run_keeps_its_epochs_on_resume(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*LM, *BOTH, "--out", str(out), "--stop-after-steps", "10"]) == 0

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..kernels.registry import BACKENDS, LSTM_BACKENDS
 from .methods import METHODS
-from .options import NAN_POLICIES, PRECISIONS, ConfigError, need
+from .options import CYCLICAL_DEFAULTS, NAN_POLICIES, PRECISIONS, ConfigError, need
 from .priors import check_prior_std, parse_prior_std
 from .schedule import SCHEDULES
 
@@ -160,8 +160,8 @@ class RunConfig:
     #: "cyclical" (`sgmcmc_fused.train.schedule`: `cycles` cosine cycles, the first `explore_fraction`
     #: of each without noise). Added later: runs saved before them used "decay".
     schedule: str = "decay"
-    cycles: int = 4
-    explore_fraction: float = 0.8
+    cycles: int = CYCLICAL_DEFAULTS["cycles"]
+    explore_fraction: float = CYCLICAL_DEFAULTS["explore_fraction"]
 
     #: Fields that --resume may change: they do not alter the steps already taken (a run that
     #: diverged continues with a smaller lr, or skipping the bad steps).

@@ -50,6 +50,10 @@ class PresetField:
 
 
 #: The preset fields of the sampling schedule, the same in every task.
+#: The defaults of the cyclical schedule's options (Zhang et al. 2020 used 4 cycles; β = 0.8 their
+#: CIFAR setting).
+CYCLICAL_DEFAULTS = {"cycles": 4, "explore_fraction": 0.8}
+
 SCHEDULE_FIELDS = (
     PresetField("burn_in", str, "steps (N) or epochs (Nep) before the samplers' noise and the sample collection start"),
     PresetField("thin", str, "steps (N) or epochs (Nep, may be fractional) between collected samples"),
@@ -145,13 +149,14 @@ def add_method_arguments(group: argparse._ArgumentGroup, *, datum: str, lr_defau
         "--cycles cosine cycles from the lr towards 0 (Zhang et al. 2020), the first --explore-fraction of each "
         "without noise and the rest sampling, a sample every --thin steps back from each cycle's end",
     )
-    group.add_argument("--cycles", type=int, default=4, metavar="M", help="cycles of --schedule cyclical (default 4)")
+    group.add_argument(
+        "--cycles", type=int, metavar="M", help=f"cycles of --schedule cyclical (default {CYCLICAL_DEFAULTS['cycles']})"
+    )
     group.add_argument(
         "--explore-fraction",
         type=float,
-        default=0.8,
         metavar="BETA",
-        help="noise-free share of each cycle of --schedule cyclical (default 0.8)",
+        help=f"noise-free share of each cycle of --schedule cyclical (default {CYCLICAL_DEFAULTS['explore_fraction']})",
     )
     group.add_argument("--alpha", type=float, default=0.99, help="RMS decay of rmsprop/psgld")
     group.add_argument("--eps", type=float, default=1e-5, help="rmsprop/psgld eps, outside the square root")
@@ -282,13 +287,16 @@ def shared_options(args: argparse.Namespace) -> dict[str, Any]:
             "--burn-in does not apply to --schedule cyclical: the first --explore-fraction of each cycle runs "
             "without noise instead"
         )
+    cyclical = {name: getattr(args, name) for name in CYCLICAL_DEFAULTS}
+    if args.schedule != "cyclical" and any(v is not None for v in cyclical.values()):
+        given = " and ".join("--" + k.replace("_", "-") for k, v in cyclical.items() if v is not None)
+        raise ConfigError(f"{given} shape(s) the cycles of --schedule cyclical: add --schedule cyclical")
     return {
-        name: getattr(args, name)
-        for name in (
+        **{name: getattr(args, name) for name in (
             "dropconnect", "mask", "masked", "temperature", "weight_decay", "alpha", "eps", "average_optimizers",
-            "nan_policy", "seed", "step_impl", "lstm_impl", "precision", "prior_std", "schedule", "cycles",
-            "explore_fraction",
-        )
+            "nan_policy", "seed", "step_impl", "lstm_impl", "precision", "prior_std", "schedule",
+        )},
+        **{name: CYCLICAL_DEFAULTS[name] if v is None else v for name, v in cyclical.items()},
     }  # fmt: skip
 
 
