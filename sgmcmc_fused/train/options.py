@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .methods import METHODS, default_lr, parse_lrs
+from .schedule import SCHEDULES
 
 DEFAULT_METHODS = ("rmsprop", "psgld")
 #: --precision: the dtype of the forward passes (autocast), by name.
@@ -143,7 +144,7 @@ def add_method_arguments(group: argparse._ArgumentGroup, *, datum: str, lr_defau
     )
     group.add_argument(
         "--schedule",
-        choices=["decay", "cyclical"],
+        choices=list(SCHEDULES),
         default="decay",
         help="decay: the preset's learning rate by epoch, the noise after --burn-in (default); cyclical: "
         "--cycles cosine cycles from the lr towards 0 (Zhang et al. 2020), the first --explore-fraction of each "
