@@ -15,12 +15,15 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..bayes import split_rhat
 from .checkpoint import load_checkpoint
-from .distributed import World, barrier
+from .distributed import SINGLE, World, barrier
 from .options import ConfigError
+
+if TYPE_CHECKING:
+    from .command import Session
 
 T = TypeVar("T")
 
@@ -53,15 +56,20 @@ def check_chains_world(chains: int, world: World) -> None:
         )
 
 
-def train_chains(chains: int, world: World, train_chain: Callable[[int], T]) -> T | None:
-    """Run ``train_chain(k)`` for this rank's chains, k = rank, rank + size, ... < `chains`, then wait
-    until every rank has finished (each chain trained and checkpointed). Returns the first chain's
-    return value on this rank (None if the rank had none)."""
+def train_chains(method: str, session: Session, make_trainer: Callable[..., T]) -> T | None:
+    """Train `method`'s chains k = rank, rank + size, ... < --chains of this rank, each with
+    ``make_trainer(cfg.chain(k), run_dir, label=..., samples_subdir=..., **session options)`` (every
+    rank trains whole chains alone), then wait until every rank has finished (each chain trained and
+    checkpointed). Returns this rank's first chain's trainer (None if the rank had none)."""
+    cfg, world = session.cfg, session.world
+    options = {**session.trainer_options(), "world": SINGLE}
     first = None
-    for k in range(world.rank, chains, world.size):
-        out = train_chain(k)
+    for k in range(world.rank, cfg.chains, world.size):
+        trainer = make_trainer(cfg.chain(k), chain_dir(session.out, method, k), label=f"{method} chain {k}",
+                               samples_subdir=str(chain_dir(Path(), method, k)), **options)  # fmt: skip
+        trainer.train(**session.train_options())
         if first is None:
-            first = out
+            first = trainer
     barrier(world)
     return first
 

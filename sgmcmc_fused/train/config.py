@@ -286,6 +286,10 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_number_dict(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items())
+
+
 #: Annotation (as written) -> (check, what the message says is expected).
 _TYPE_CHECKS = {
     "int": (_is_int, "an integer"),
@@ -294,16 +298,8 @@ _TYPE_CHECKS = {
     "str": (lambda v: isinstance(v, str), "a string"),
     "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "dict[str, Any]": (lambda v: isinstance(v, dict), "a JSON object"),
-    "dict[str, float] | None": (
-        lambda v: (
-            v is None or (isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()))
-        ),
-        "null or an object of numbers",
-    ),
-    "dict[str, float]": (
-        lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
-        "an object of numbers",
-    ),
+    "dict[str, float] | None": (lambda v: v is None or _is_number_dict(v), "null or an object of numbers"),
+    "dict[str, float]": (_is_number_dict, "an object of numbers"),
     "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v), "a list of strings"),
 }
 

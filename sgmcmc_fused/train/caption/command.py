@@ -54,9 +54,9 @@ from typing import Any
 
 import torch
 
-from ..chains import chain_dir, check_chains_world, train_chains
+from ..chains import check_chains_world, train_chains
 from ..command import Session, Task
-from ..distributed import SINGLE, World
+from ..distributed import World
 from ..options import RUN_CONTROL, ConfigError
 from ..run_folder import claim_samples_dir
 from ..runlog import write_csv, write_json
@@ -67,7 +67,7 @@ from .data import CaptionData
 from .plots import plot_caption_runs
 from .scores import most_frequent_caption, reference_agreement, score_captions
 from .sources import load_caption_data
-from .trainer import FINAL_METRICS, CaptionTrainer
+from .trainer import FINAL_METRICS, CaptionTrainer, joined_references
 
 RESULT_COLUMNS = [
     "method", "model", "lr", "epochs", "steps", "num_samples", *FINAL_METRICS, "sec_per_epoch", "chains", "split_rhat",
@@ -131,8 +131,8 @@ class CaptionTask(Task):
             plot_caption_runs(session.out / "scores.png", histories, curves, title=data.description)
         if not session.world.is_main:
             return 0
-        refs = [[" ".join(r) for r in image] for image in data.test.references]
-        baseline_caption = most_frequent_caption([[" ".join(r) for r in image] for image in data.train.references])
+        refs = joined_references(data.test)
+        baseline_caption = most_frequent_caption(joined_references(data.train))
         baseline = score_captions(refs, [baseline_caption] * len(refs), metrics=FINAL_METRICS)
         agreement = reference_agreement(refs, metrics=FINAL_METRICS)
         rows = result_rows(results)
@@ -158,16 +158,8 @@ def _run_chains(method: str, session: Session, data: CaptionData) -> tuple[Capti
     them (`pool_caption_chains`). Returns (chain 0's trainer, for the plot; the pooled result) on rank
     0, (None, None) on the others."""
     cfg, world, out = session.cfg, session.world, session.out
-    options = {**session.trainer_options(), "world": SINGLE}  # each rank trains whole chains alone
-
-    def train_chain(k: int) -> CaptionTrainer:
-        trainer = CaptionTrainer(method, cfg.chain(k), data, chain_dir(out, method, k), session.device,
-                                 show=session.args.show, label=f"{method} chain {k}",
-                                 samples_subdir=str(chain_dir(Path(), method, k)), **options)  # fmt: skip
-        trainer.train(**session.train_options())
-        return trainer
-
-    first = train_chains(cfg.chains, world, train_chain)
+    first = train_chains(method, session, lambda chain_cfg, run_dir, **options: CaptionTrainer(
+        method, chain_cfg, data, run_dir, session.device, show=session.args.show, **options))  # fmt: skip
     if not world.is_main:
         return None, None
     result = pool_caption_chains(method, cfg, data, out, session.device, show=session.args.show)

@@ -46,9 +46,9 @@ from typing import Any
 
 import torch
 
-from ..chains import chain_dir, check_chains_world, train_chains
+from ..chains import check_chains_world, train_chains
 from ..command import Session, Task
-from ..distributed import SINGLE, World
+from ..distributed import World
 from ..options import RUN_CONTROL, ConfigError
 from ..run_folder import claim_samples_dir
 from ..runlog import write_csv, write_json
@@ -131,16 +131,8 @@ def _run_chains(method: str, session: Session, data: LMData) -> tuple[LMTrainer 
     them. Returns (chain 0's trainer, for the plot; the pooled result row) on rank 0, (None, None) on
     the others."""
     cfg, world, out = session.cfg, session.world, session.out
-    options = {**session.trainer_options(), "world": SINGLE}  # each rank trains whole chains alone
-
-    def train_chain(k: int) -> LMTrainer:
-        trainer = LMTrainer(method, cfg.chain(k), data, chain_dir(out, method, k), session.device,
-                            label=f"{method} chain {k}", samples_subdir=str(chain_dir(Path(), method, k)),
-                            **options)  # fmt: skip
-        trainer.train(**session.train_options())
-        return trainer
-
-    first = train_chains(cfg.chains, world, train_chain)
+    first = train_chains(method, session, lambda chain_cfg, run_dir, **options: LMTrainer(
+        method, chain_cfg, data, run_dir, session.device, **options))  # fmt: skip
     if not world.is_main:
         return None, None
     result = pool_chains(method, cfg, out, LMTrainer.CHECKPOINT_FORMAT)
