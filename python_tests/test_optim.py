@@ -119,6 +119,21 @@ def test_psgld_continues_a_torch_rmsprop_state(weight_decay):
     assert [opt.state[p]["stream_id"] for p in a.parameters()] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("rmsprop_weight_decay", [0.0, 1e-2])
+def test_a_group_with_a_prior_keeps_it_when_continuing_a_torch_rmsprop_state(rmsprop_weight_decay):
+    """The prior is the sampler's: loading RMSprop's state carries lr and V over, not its weight decay."""
+    model = small_model()
+    params = list(model.parameters())
+    groups = [{"params": params[:2]}, {"params": params[2:]}]
+    rms = torch.optim.RMSprop(groups, lr=1e-2, weight_decay=rmsprop_weight_decay)
+    train(model, rms, 2)
+    opt = PSGLD([{"params": params[:2], "prior_std": 0.1}, {"params": params[2:]}], lr=1e-3, num_data=100)
+    opt.load_state_dict(rms.state_dict())
+    with_prior, without = opt.param_groups
+    assert (with_prior["lr"], with_prior["prior_std"], with_prior["weight_decay"]) == (1e-2, 0.1, 1 / (100 * 0.1**2))
+    assert (without["lr"], without["weight_decay"]) == (1e-2, rmsprop_weight_decay)
+
+
 def test_sgld_continues_a_torch_sgd_state():
     a, b = small_model(), small_model()
     sgd_a, sgd_b = (torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=1e-3) for m in (a, b))

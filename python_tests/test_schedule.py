@@ -15,6 +15,10 @@ import torch
 
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
+from sgmcmc_fused.train.lm.config import LMConfig
+from sgmcmc_fused.train.lm.data import load_lm_data
+from sgmcmc_fused.train.lm.trainer import LMTrainer
+from sgmcmc_fused.train.options import ConfigError
 from sgmcmc_fused.train.schedule import CyclicalSchedule
 
 
@@ -58,6 +62,17 @@ def test_stages_and_samples():
     assert [k for k in range(1, 11) if s.collects(k)] == [3, 6, 10]
     # No exploration: every step samples.
     assert [k for k in range(1, 9) if CyclicalSchedule(8, 2, 0.0, 1).collects(k)] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("total, cycles, beta", [(16, 4, 0.8), (20, 4, 0.8), (21, 4, 0.8), (30, 3, 0.9), (29, 3, 0.9)])
+def test_every_cycle_samples_iff_each_cycle_collects_a_step(total, cycles, beta):
+    s = CyclicalSchedule(total, cycles, beta, 1)
+    ends = {s.cycle_end(k) for k in range(1, total + 1)}
+    sampled_ends = {s.cycle_end(k) for k in range(1, total + 1) if s.collects(k)}
+    assert s.every_cycle_samples() == (sampled_ends == ends)
+    # Cycles of 4 steps end at r = 3/4 < 0.8, cycles of 5 at r = 0.8: the boundary of the docstring.
+    if (total, cycles, beta) in {(16, 4, 0.8), (20, 4, 0.8)}:
+        assert s.every_cycle_samples() == (total == 20)
 
 
 @pytest.mark.parametrize(
@@ -154,3 +169,16 @@ def test_a_cyclical_run_keeps_its_epochs_on_resume(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["lm", "--resume", str(out), "--epochs", "3", "--quiet"])
     assert "the cyclical schedule's cycles span the run's 2 epochs" in capsys.readouterr().err
+    # A trainer built from the API refuses it too: 3 epochs would move the cycles of the steps taken.
+    cfg = LMConfig.from_json(json.loads((out / "config.json").read_text()))
+    with pytest.raises(ConfigError, match=r"another configuration \(differs in \['epochs'\]\)"):
+        LMTrainer("rmsprop", cfg.replace(epochs=3), load_lm_data(cfg.data), out / "rmsprop", torch.device("cpu"))
+    LMTrainer("rmsprop", cfg, load_lm_data(cfg.data), out / "rmsprop", torch.device("cpu"))  # as saved: resumes
+
+
+def test_cycles_too_short_to_sample_are_said(tmp_path, capsys):
+    # 80 steps in 20 cycles of 4: each ends at r = 3/4, inside the exploration stage of β = 0.8.
+    args = [*LM, "--method", "psgld", "--cycles", "20", "--explore-fraction", "0.8", "--out", str(tmp_path / "x")]
+    assert main(args) == 0  # the later --cycles and --explore-fraction win
+    out = capsys.readouterr().out
+    assert "psgld: warning: cycles of 4 steps explore to their end with --explore-fraction 0.8" in out

@@ -293,7 +293,8 @@ class LangevinOptimizer(Optimizer):
         """The state of the torch.optim counterpart (RMSprop for PSGLD, SGD for SGLD) as this
         optimizer's: its hyperparameters (lr, weight_decay, and alpha, eps) and RMSprop's square_avg
         (the same V) carry over; the Langevin fields (num_data, temperature, seed, add_noise, impl)
-        stay this optimizer's, and the noise counters start at 0.
+        stay this optimizer's, and the noise counters start at 0. A group with a ``prior_std`` keeps
+        the weight decay of its prior: the prior is part of the posterior being sampled, like num_data.
 
         Raises:
             ValueError: another optimizer's state, or a feature this one does not have (momentum, a
@@ -318,7 +319,8 @@ class LangevinOptimizer(Optimizer):
         carried = ("lr", "weight_decay") + (("alpha", "eps") if self.PRECONDITIONED else ())
         groups = []
         for g, sg in zip(self.param_groups, state_dict["param_groups"], strict=False):
-            groups.append({**{k: v for k, v in g.items() if k != "params"}, **{k: sg[k] for k in carried},
+            keys = [k for k in carried if not (k == "weight_decay" and g.get("prior_std") is not None)]
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, **{k: sg[k] for k in keys},
                            "params": sg["params"]})  # fmt: skip
         index_to_param = {i: p for sg, g in zip(state_dict["param_groups"], self.param_groups, strict=False)
                           for i, p in zip(sg["params"], g["params"], strict=False)}  # fmt: skip

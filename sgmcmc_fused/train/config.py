@@ -166,6 +166,12 @@ class RunConfig:
     #: Fields that --resume may change: they do not alter the steps already taken (a run that
     #: diverged continues with a smaller lr, or skipping the bad steps).
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({"epochs", "lr", "nan_policy"})
+
+    def resumable_fields(self) -> frozenset[str]:
+        """RESUMABLE, less `epochs` under the cyclical schedule: its cycles span the run's epochs, so
+        other epochs would move the cycle boundaries of the steps already taken."""
+        return self.RESUMABLE - {"epochs"} if self.schedule == "cyclical" else self.RESUMABLE
+
     #: Fields that must be positive integers.
     POSITIVE_INTS: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "eval_batch_size", "hidden", "layers")
 

@@ -268,6 +268,14 @@ class SamplerTrainer(ABC):
                 f"training: {what} (shorten --burn-in or --thin, or train longer)",
                 force=True,
             )
+        if self.collects and self.step == 0 and self.cyclical is not None and not self.cyclical.every_cycle_samples():
+            shortest = total // self.cyclical.cycles
+            self.say(
+                f"{self.label}: warning: cycles of {shortest} steps explore to their end with --explore-fraction "
+                f"{self.cyclical.explore_fraction}: they add no noise and no sample (use fewer --cycles, or train "
+                "longer)",
+                force=True,
+            )
         while self.epoch < epochs:
             if stop_after is not None and self.step >= stop_after:
                 raise self._stop("stopped after step {step} (--stop-after-steps);", 0)
@@ -487,8 +495,8 @@ class SamplerTrainer(ABC):
                 f"{self.checkpoint_path}: the data differ from the data this run was trained on "
                 f"({ck['data_fingerprint']} vs {self.data_fingerprint})"
             )
-        saved = type(self.cfg).from_json(ck["config"]).to_json()
-        check_same_config(self.checkpoint_path, saved, self.cfg.to_json(), self.cfg.RESUMABLE)
+        saved = type(self.cfg).from_json(ck["config"])
+        check_same_config(self.checkpoint_path, saved.to_json(), self.cfg.to_json(), saved.resumable_fields())
         self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg.nan_policy
         )

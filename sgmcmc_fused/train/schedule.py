@@ -11,10 +11,11 @@ position r(k) = (k − 1 − s) / L, in [0, 1), and its step size is
 
 a cosine from the initial lr at the start of each cycle towards 0 at its end. During the first β of a
 cycle (r(k) < β, exploration) the samplers run without noise; after it (sampling) with noise, and a
-sample is taken every `thin` steps counted back from the cycle's last step, so each cycle's last,
-smallest-step weights are always among the samples. The optimisers with the same schedule and
-``--average-optimizers`` take snapshots at the same steps: the snapshot ensembles of Huang et al.
-(2017), the noise-free control of the sampler.
+sample is taken every `thin` steps counted back from the cycle's last step, so a cycle's last,
+smallest-step weights are among the samples. A cycle of L steps has a sampling stage only if its last
+step, at r = (L − 1) / L, is at or past β: with β = 0.8, cycles of 5 steps or more. The optimisers
+with the same schedule and ``--average-optimizers`` take snapshots at the same steps: the snapshot
+ensembles of Huang et al. (2017), the noise-free control of the sampler.
 
 The default schedule, "decay", is each task's own: its learning rate by epoch (constant, or the
 language model's division after --decay-after epochs), the noise on after --burn-in steps, and a sample
@@ -77,6 +78,11 @@ class CyclicalSchedule:
         """The last step of `step`'s cycle."""
         start, length = self._cycle(step)
         return start + length
+
+    def every_cycle_samples(self) -> bool:
+        """Whether every cycle has a sampling stage (its shortest, floor(K / M) steps, does)."""
+        shortest = self.total_steps // self.cycles
+        return (shortest - 1) / shortest >= self.explore_fraction
 
     def collects(self, step: int) -> bool:
         """Whether a sample is taken after `step`: in a sampling stage, every `thin` steps back from

@@ -39,7 +39,8 @@ FOLD_COLUMNS = [
     "num_samples", "majority_error", "sec_per_epoch",
 ]  # fmt: skip
 #: The share of the test sentences, those with the smallest margin between the model average's two most
-#: probable classes, whose uncertainty is reported as "near the decision boundary".
+#: probable classes, whose uncertainty is reported as "near the decision boundary". Each method picks its
+#: own quarter from its own predictions (with two classes: its highest-entropy quarter).
 BOUNDARY_FRACTION = 0.25
 
 
