@@ -123,6 +123,15 @@ def test_synthetic_end_to_end_numbers_match_the_saved_predictions(tmp_path, caps
     mean, std, _ = _predictive(rows, res["num_classes"])
     np.testing.assert_allclose(mean, per_sample.mean(0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(std, per_sample.std(0, ddof=0), rtol=0, atol=1e-12)
+    # The last weights' figures, beside the average's, recomputed from their test probabilities [N, C].
+    assert (rms["last_ece_mean"], rms["last_nll_mean"]) == (rms["ece_mean"], rms["nll_mean"])
+    run = next(r for r in res["runs"] if r["method"] == "psgld")
+    last = load_checkpoint(out / "psgld" / "checkpoint.pt")["epoch_test_probs"][run["selected_epoch"] - 1].double()
+    labels = _predictive(rows, res["num_classes"])[2]
+    assert psgld["last_error_mean"] == pytest.approx(np.mean(last.numpy().argmax(1) != labels), abs=1e-12)
+    assert psgld["last_ece_mean"] == pytest.approx(_ece(last.numpy(), labels), abs=1e-9)
+    assert psgld["last_nll_mean"] == pytest.approx(-np.log(last.numpy()[np.arange(600), labels]).mean(), rel=1e-9)
+    assert psgld["last_nll_mean"] != pytest.approx(psgld["nll_mean"], rel=1e-3)
 
     def entropy_of(p):
         return -(p * np.log(np.clip(p, 1e-300, None))).sum(-1)

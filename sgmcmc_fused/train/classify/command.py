@@ -3,8 +3,8 @@
 Trains embedding → dropout → bidirectional DropConnectLSTM → dropout → linear classifiers
 (`sgmcmc_fused.train.classify.model`) with one or more methods (sgd, rmsprop, sgld, psgld;
 `sgmcmc_fused.train.methods`), one after another from the same initialisation and data order, and
-reports per method the test error, its calibration (ECE) and the predictive uncertainty of every test
-sentence. The samplers' predictions are the Bayesian model average
+reports per method the test error, calibration (ECE) and NLL of its predictions and of its last weights
+alone, and the predictive uncertainty of every test sentence. The samplers' predictions are the Bayesian model average
 (docs/spec.md#posterior-averaging): after burn-in, a sample
 every `thin` steps; the class probabilities of the samples are averaged.
 
@@ -57,9 +57,9 @@ from .trainer import FOLD_COLUMNS, ClassifierTrainer, prediction_columns
 
 RESULT_COLUMNS = [
     "method", "lr", "epochs", "folds", "error_mean", "error_std", "last_error_mean", "last_error_std", "ece_mean",
-    "ece_std", "nll_mean", "mean_entropy", "mean_mutual_information", "mean_std", "boundary_mean_entropy",
-    "boundary_mean_mutual_information", "shuffled_mean_entropy", "shuffled_mean_mutual_information", "num_samples",
-    "sec_per_epoch",
+    "ece_std", "last_ece_mean", "nll_mean", "last_nll_mean", "mean_entropy", "mean_mutual_information", "mean_std",
+    "boundary_mean_entropy", "boundary_mean_mutual_information", "shuffled_mean_entropy",
+    "shuffled_mean_mutual_information", "num_samples", "sec_per_epoch",
 ]  # fmt: skip
 #: The uncertainty figures that the table prints below the methods, by where they are measured.
 UNCERTAINTY = (("test", "mean_entropy", "mean_mutual_information"),
@@ -159,7 +159,8 @@ def summarize(method: str, runs: list[dict[str, Any]], cfg: ClassifyConfig) -> d
     return {
         "method": method, "lr": cfg.lr[method], "epochs": cfg.epochs, "folds": len(runs),
         "error_mean": mean("error"), "error_std": std("error"), "last_error_mean": mean("last_error"),
-        "last_error_std": std("last_error"), "ece_mean": mean("ece"), "ece_std": std("ece"), "nll_mean": mean("nll"),
+        "last_error_std": std("last_error"), "ece_mean": mean("ece"), "ece_std": std("ece"),
+        "last_ece_mean": mean("last_ece"), "nll_mean": mean("nll"), "last_nll_mean": mean("last_nll"),
         "mean_entropy": mean("mean_entropy"), "mean_mutual_information": mean("mean_mutual_information"),
         "mean_std": mean("mean_std"), "num_samples": mean("num_samples"),
         **{key: mean(key) for key in ("boundary_mean_entropy", "boundary_mean_mutual_information",
@@ -178,8 +179,8 @@ def format_table(results: list[dict[str, Any]], data: ClassifyData, cfg: Classif
         f"{cfg.layers}x{cfg.hidden} {'bidirectional ' if cfg.bidirectional else ''}LSTM, {cfg.epochs} "
         f"epochs, {cfg.precision}, select {cfg.select}; error and ECE in % ({over}); 'last' = the last weights alone",
         "",
-        f"{'method':<9} {'lr':>7} {'error':>14} {'last':>7} {'ECE':>12} {'NLL':>7} {'entropy':>8} {'MI':>8} "
-        f"{'std':>7} {'samples':>8} {'s/epoch':>8}",
+        f"{'method':<9} {'lr':>7} {'error':>14} {'ECE':>12} {'NLL':>7} {'last':>7} {'last ECE':>8} {'last NLL':>8} "
+        f"{'entropy':>8} {'MI':>8} {'std':>7} {'samples':>8} {'s/epoch':>8}",
     ]
 
     def pm(m: float | None, s: float | None) -> str:
@@ -190,15 +191,16 @@ def format_table(results: list[dict[str, Any]], data: ClassifyData, cfg: Classif
     for r in results:
         lines.append(
             f"{r['method']:<9} {r['lr']:>7.3g} {pm(r['error_mean'], r['error_std']):>14} "
-            f"{100 * r['last_error_mean']:>7.2f} {pm(r['ece_mean'], r['ece_std']):>12} {r['nll_mean']:>7.4f} "
-            f"{r['mean_entropy']:>8.4f} {r['mean_mutual_information']:>8.4f} {r['mean_std']:>7.4f} "
-            f"{r['num_samples']:>8.3g} {r['sec_per_epoch']:>8.2f}"
+            f"{pm(r['ece_mean'], r['ece_std']):>12} {r['nll_mean']:>7.4f} {100 * r['last_error_mean']:>7.2f} "
+            f"{100 * r['last_ece_mean']:>8.2f} {r['last_nll_mean']:>8.4f} {r['mean_entropy']:>8.4f} "
+            f"{r['mean_mutual_information']:>8.4f} {r['mean_std']:>7.4f} {r['num_samples']:>8.3g} "
+            f"{r['sec_per_epoch']:>8.2f}"
         )
     lines.append(f"{'majority class (training counts)':<33} {100 * majority:>6.2f}")
     if data.bayes is not None:
         b = data.bayes
         lines.append(
-            f"{'Bayes-optimal (the source)':<33} {100 * b['realized_error']:>6.2f} {'':>7} {'':>12} {b['nll']:>7.4f}"
+            f"{'Bayes-optimal (the source)':<33} {100 * b['realized_error']:>6.2f} {'':>12} {b['nll']:>7.4f}"
             f"   (expected error {100 * b['expected_error']:.2f} ± {100 * b['error_std']:.2f} over label draws)"
         )
     lines.append(

@@ -34,9 +34,9 @@ SAMPLE_COLUMNS = ["method", "fold", "sample", "step", "epoch", "valid_error", "v
 #: Columns of folds.csv: the row `ClassifierTrainer.train` returns for one method on one split.
 FOLD_COLUMNS = [
     "method", "fold", "lr", "epochs", "steps", "selected_epoch", "num_train", "num_valid", "num_test", "error",
-    "last_error", "ece", "nll", "mean_entropy", "mean_mutual_information", "mean_std", "boundary_mean_entropy",
-    "boundary_mean_mutual_information", "shuffled_mean_entropy", "shuffled_mean_mutual_information", "valid_error",
-    "num_samples", "majority_error", "sec_per_epoch",
+    "last_error", "ece", "last_ece", "nll", "last_nll", "mean_entropy", "mean_mutual_information", "mean_std",
+    "boundary_mean_entropy", "boundary_mean_mutual_information", "shuffled_mean_entropy",
+    "shuffled_mean_mutual_information", "valid_error", "num_samples", "majority_error", "sec_per_epoch",
 ]  # fmt: skip
 #: The share of the test sentences, those with the smallest margin between the model average's two most
 #: probable classes, whose uncertainty is reported as "near the decision boundary". Each method picks its
@@ -244,8 +244,8 @@ class ClassifierTrainer(SamplerTrainer):
             "steps": self.step, "selected_epoch": e, "num_train": self.num_train,
             "num_valid": 0 if self.data.valid is None else len(self.data.valid), "num_test": len(self.data.test),
             "error": error_rate(mean, labels), "last_error": error_rate(last, labels),
-            "ece": expected_calibration_error(mean, labels),
-            "nll": float(-torch.log(mean.gather(1, labels[:, None])).mean()),
+            "ece": expected_calibration_error(mean, labels), "last_ece": expected_calibration_error(last, labels),
+            "nll": negative_log_likelihood(mean, labels), "last_nll": negative_log_likelihood(last, labels),
             "mean_entropy": float(entropy.mean()), "mean_mutual_information": float(mi.mean()),
             "mean_std": float(std.gather(1, pred[:, None]).mean()),
             "boundary_mean_entropy": float(entropy[boundary].mean()),
@@ -307,6 +307,11 @@ class ClassifierTrainer(SamplerTrainer):
             return
         self.shuffled_samples = [] if ck["shuffled_samples"] is None else list(ck["shuffled_samples"])
         self.epoch_shuffled_probs = [] if ck["epoch_shuffled_probs"] is None else list(ck["epoch_shuffled_probs"])
+
+
+def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-probability (nats) of the true labels [N] under the class probabilities [N, C]."""
+    return float(-torch.log(probs.gather(1, labels[:, None])).mean())
 
 
 def error_rate(probs: torch.Tensor, labels: torch.Tensor) -> float:
