@@ -1,9 +1,11 @@
 """DropConnectLSTM under torch.autocast, as nn.LSTM: outputs in the autocast dtype, errors against
-fp32 of nn.LSTM's own size (measured here, on the same weights), the same DropConnect masks as in
+fp32 of nn.LSTM's own size (measured here, on the same weights; nn.LSTM in bf16 where torch cannot run
+it under CPU autocast), the same DropConnect masks as in
 fp32, gradients in the fp32 master weights; a compiled autocast step as eager; GradScaler with
 PSGLD and SGLD, including a skipped step."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -52,6 +54,28 @@ def _max_error(outputs, grads, ref_outputs, ref_grads):
     return out, grad
 
 
+@functools.cache
+def _nn_lstm_runs_under_autocast(device: str, dtype: torch.dtype) -> bool:
+    """Whether torch's own nn.LSTM runs under autocast here. On CPU autocast sends it to oneDNN, which
+    has no reduced-precision LSTM on CPUs without AVX-512 ("could not create a primitive descriptor")."""
+    lstm = torch.nn.LSTM(2, 2, device=device)
+    try:
+        with torch.autocast(device, dtype=dtype), torch.no_grad():
+            lstm(torch.zeros(1, 1, 2, device=device))
+    except RuntimeError:
+        return False
+    return True
+
+
+def _nn_lstm_in_reduced_precision(lstm, device, dtype):
+    """(module, input, autocast dtype) with which `lstm` computes in `dtype` on the fp32 input `x`: under
+    autocast where torch runs it so; else a copy of its weights in `dtype` on `x` cast to `dtype`, the same
+    reduced-precision GEMMs without the fp32 master weights."""
+    if _nn_lstm_runs_under_autocast(device, dtype):
+        return lstm, (lambda x: x), dtype
+    return copy.deepcopy(lstm).to(dtype), (lambda x: x.to(dtype)), None
+
+
 def _skip_unavailable(impl, device):
     from sgmcmc_fused.kernels.registry import LSTM_BACKENDS
 
@@ -69,7 +93,9 @@ def test_outputs_errors_and_gradients_as_nn_lstm_under_autocast(impl, device, dt
     ours_fp32 = _run(module, x, device)
     ours = _run(module, x, device, dtype)
     theirs_fp32 = _run(lstm, x, device)
-    theirs = _run(lstm, x, device, dtype)
+    reference, cast, autocast_dtype = _nn_lstm_in_reduced_precision(lstm, device, dtype)
+    outputs, grads = _run(reference, cast(x), device, autocast_dtype)
+    theirs = outputs, {n: g.float() for n, g in grads.items()}
     assert [t.dtype for t in ours[0]] == [t.dtype for t in theirs[0]] == [dtype] * 3
     assert all(g.dtype == torch.float32 for g in ours[1].values())  # the fp32 master weights' gradients
     ours_out, ours_grad = _max_error(*ours, *ours_fp32)
@@ -105,12 +131,13 @@ def test_a_state_carried_from_an_autocast_call_is_accepted(impl, device, dtype):
     module = _module(impl, device).eval()
     lstm = module.to_lstm()
     x = torch.randn(2, T, B, I, generator=torch.Generator().manual_seed(5)).to(device)
-    with torch.autocast(device, dtype=dtype), torch.no_grad():
-        outputs = []
-        for m in (module, lstm):
-            _, state = m(x[0])
-            y, _ = m(x[1], state)
-            outputs.append(y)
+    reference, cast, autocast_dtype = _nn_lstm_in_reduced_precision(lstm, device, dtype)
+    outputs = []
+    for m, m_cast, m_dtype in ((module, lambda x: x, dtype), (reference, cast, autocast_dtype)):
+        with torch.autocast(device, dtype=dtype, enabled=m_dtype is not None), torch.no_grad():
+            _, state = m(m_cast(x[0]))
+            y, _ = m(m_cast(x[1]), state)
+        outputs.append(y)
     assert outputs[0].dtype == outputs[1].dtype == dtype
     assert float((outputs[0].float() - outputs[1].float()).abs().max()) < 0.05
 
