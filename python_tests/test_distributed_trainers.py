@@ -179,8 +179,11 @@ def test_data_parallel_caption_equals_single_process(tmp_path):
     _ok(_torchrun(*CAPTION, "--dropout", "0", "--out", str(ddp)))
     a, b = load_checkpoint(single / "psgld" / "checkpoint.pt"), load_checkpoint(ddp / "psgld" / "checkpoint.pt")
     assert b["step"] == a["step"] == 2 * 9 and b["world_size"] == 2
+    # Rounding differs (a batch of 23 against 12 + 11, and GEMM blockings by CPU), and the RMS
+    # preconditioner enlarges it where a gradient is near 0: up to 3e-5 after the 18 steps. Weighting
+    # the ranks' losses equally instead of by their tokens moves the weights by 1e-2 to 1e-1.
     for k in a["model"]:
-        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=2e-5, msg=k)
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-4, msg=k)
     assert [r["step"] for r in b["curve"]] == [r["step"] for r in a["curve"]] == [12, 15, 18]
     for ra, rb in zip(a["curve"], b["curve"], strict=True):
         assert rb["valid_avg_ppl"] == pytest.approx(ra["valid_avg_ppl"], rel=1e-4)
