@@ -146,7 +146,7 @@ def test_caption_loss_and_target_probabilities_by_hand():
     logp = torch.log_softmax(logits.detach().double(), -1)
     picked = [float(logp[t, b, tokens[b, t + 1]]) for b in range(3) for t in range(4) if tokens[b, t + 1] != PAD]
     assert int(count) == len(picked) == 9
-    assert float(loss) == pytest.approx(-sum(picked) / 9, rel=1e-5)
+    assert loss.item() == pytest.approx(-sum(picked) / 9, rel=1e-5)
     probs = target_probabilities(model, features, tokens, batch_size=2, device="cpu")
     torch.testing.assert_close(probs, torch.tensor(picked, dtype=torch.float64).exp(), rtol=1e-5, atol=1e-7)
 
