@@ -1,8 +1,7 @@
 """DropConnectLSTM under torch.autocast, as nn.LSTM: outputs in the autocast dtype, errors against
-fp32 of nn.LSTM's own size (measured here, on the same weights; nn.LSTM in bf16 where torch cannot run
-it under CPU autocast), the same DropConnect masks as in
-fp32, gradients in the fp32 master weights; a compiled autocast step as eager; GradScaler with
-PSGLD and SGLD, including a skipped step."""
+fp32 of nn.LSTM's own size (measured here, on the same weights; nn.LSTM in bf16 where torch cannot
+run it under CPU autocast), the same DropConnect masks as in fp32, gradients in the fp32 master
+weights; a compiled autocast step as eager; GradScaler with PSGLD and SGLD, including a skipped step."""
 
 import copy
 import functools
@@ -68,9 +67,9 @@ def _nn_lstm_runs_under_autocast(device: str, dtype: torch.dtype) -> bool:
 
 
 def _nn_lstm_in_reduced_precision(lstm, device, dtype):
-    """(module, input, autocast dtype) with which `lstm` computes in `dtype` on the fp32 input `x`: under
-    autocast where torch runs it so; else a copy of its weights in `dtype` on `x` cast to `dtype`, the same
-    reduced-precision GEMMs without the fp32 master weights."""
+    """(module, cast of the fp32 input, autocast dtype or None) with which `lstm` computes in `dtype`:
+    itself under autocast where torch runs it so; else a copy of its weights in `dtype`, on the input
+    cast to `dtype`: the same reduced-precision GEMMs without the fp32 master weights."""
     if _nn_lstm_runs_under_autocast(device, dtype):
         return lstm, (lambda x: x), dtype
     return copy.deepcopy(lstm).to(dtype), (lambda x: x.to(dtype)), None

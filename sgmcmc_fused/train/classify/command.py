@@ -4,9 +4,9 @@ Trains embedding → dropout → bidirectional DropConnectLSTM → dropout → l
 (`sgmcmc_fused.train.classify.model`) with one or more methods (sgd, rmsprop, sgld, psgld;
 `sgmcmc_fused.train.methods`), one after another from the same initialisation and data order, and
 reports per method the test error, calibration (ECE) and NLL of its predictions and of its last weights
-alone, and the predictive uncertainty of every test sentence. The samplers' predictions are the Bayesian model average
-(docs/spec.md#posterior-averaging): after burn-in, a sample
-every `thin` steps; the class probabilities of the samples are averaged.
+alone, and the predictive uncertainty of every test sentence. The samplers' predictions are the
+Bayesian model average (docs/spec.md#posterior-averaging): after burn-in, a sample every `thin`
+steps; the class probabilities of the samples are averaged.
 
     python -m sgmcmc_fused.train classify          # embedded default: a synthetic task of known
                                                    # Bayes error, tiny model, rmsprop vs psgld, ~1 min
