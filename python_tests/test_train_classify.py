@@ -117,17 +117,17 @@ def test_synthetic_end_to_end_numbers_match_the_saved_predictions(tmp_path, caps
     assert [int(s["step"]) for s in samples] == [54 + 7 * k for k in range(1, TINY_SAMPLES + 1)]
     # Each sentence's predictive mean, std and mutual information, recomputed in numpy from the
     # samples' class probabilities that the checkpoint keeps ([S, N, C]).
-    per_sample = load_checkpoint(out / "psgld" / "checkpoint.pt")["test_samples"].double().numpy()
+    checkpoint = load_checkpoint(out / "psgld" / "checkpoint.pt")
+    per_sample = checkpoint["test_samples"].double().numpy()
     assert per_sample.shape == (TINY_SAMPLES, 600, res["num_classes"])
     rows = _csv(out / "psgld" / "predictions.csv")
-    mean, std, _ = _predictive(rows, res["num_classes"])
+    mean, std, labels = _predictive(rows, res["num_classes"])
     np.testing.assert_allclose(mean, per_sample.mean(0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(std, per_sample.std(0, ddof=0), rtol=0, atol=1e-12)
     # The last weights' figures, beside the average's, recomputed from their test probabilities [N, C].
     assert (rms["last_ece_mean"], rms["last_nll_mean"]) == (rms["ece_mean"], rms["nll_mean"])
     run = next(r for r in res["runs"] if r["method"] == "psgld")
-    last = load_checkpoint(out / "psgld" / "checkpoint.pt")["epoch_test_probs"][run["selected_epoch"] - 1].double()
-    labels = _predictive(rows, res["num_classes"])[2]
+    last = checkpoint["epoch_test_probs"][run["selected_epoch"] - 1].double()
     assert psgld["last_error_mean"] == pytest.approx(np.mean(last.numpy().argmax(1) != labels), abs=1e-12)
     assert psgld["last_ece_mean"] == pytest.approx(_ece(last.numpy(), labels), abs=1e-9)
     assert psgld["last_nll_mean"] == pytest.approx(-np.log(last.numpy()[np.arange(600), labels]).mean(), rel=1e-9)
@@ -146,8 +146,7 @@ def test_synthetic_end_to_end_numbers_match_the_saved_predictions(tmp_path, caps
     assert psgld["boundary_mean_entropy"] == pytest.approx(entropy_of(mean)[boundary].mean(), abs=1e-9)
     assert psgld["boundary_mean_mutual_information"] == pytest.approx(mi[boundary].mean(), abs=1e-9)
     assert psgld["boundary_mean_entropy"] > psgld["mean_entropy"]  # the uncertain ones, by construction
-    ck = load_checkpoint(out / "psgld" / "checkpoint.pt")
-    shuffled = ck["shuffled_samples"].double().numpy()
+    shuffled = checkpoint["shuffled_samples"].double().numpy()
     assert shuffled.shape == per_sample.shape and not np.allclose(shuffled, per_sample)
     shuffled_mi = entropy_of(shuffled.mean(0)) - entropy_of(shuffled).mean(0)
     assert psgld["shuffled_mean_entropy"] == pytest.approx(entropy_of(shuffled.mean(0)).mean(), abs=1e-9)
