@@ -126,6 +126,44 @@ def test_word_corpus_latin1_fallback(tmp_path):
     assert c.vocab.itos[:2] == ["<eos>", "café"]
 
 
+def test_word_corpus_reads_every_line_ending_alike(tmp_path):
+    """LF, CRLF and a lone CR (classic Mac OS) end lines, as Python's universal newlines read them."""
+    text = "a b\nc\n\nd e f\n"
+    corpora = []
+    for name, newline in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        path = _write(tmp_path / f"{name}.txt", text.replace("\n", newline))
+        corpora.append(load_word_corpus(path, path, path))
+    for c in corpora:
+        assert c.vocab.decode(c.train) == "a b <eos> c <eos> <eos> d e f <eos>".split()
+    bad = _write(tmp_path / "bad.txt", "a\rb\rc \x01d\r")
+    with pytest.raises(ValueError, match=r"bad\.txt:3: control character '\\x01'.*column 3"):
+        load_word_corpus(bad, bad, bad)
+
+
+def test_a_bom_and_a_byte_that_is_not_utf8_name_the_byte_and_drop_the_bom(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbfthe first\r\n\xe9t\xe9 next\r\n")
+    with pytest.warns(UnicodeWarning, match=r"t\.txt:2: not valid UTF-8 \(byte 0xe9 at offset 14\)"):
+        c = load_word_corpus(path, path, path)
+    assert c.vocab.decode(c.train) == ["the", "first", "<eos>", "\xe9t\xe9", "next", "<eos>"]
+
+
+def test_word_files_without_words_and_splits_that_are_not_files_are_named(tmp_path):
+    ok = _write(tmp_path / "ok.txt", "a b\n")
+    blank = _write(tmp_path / "blank.txt", "\n \n\t\n")
+    with pytest.raises(ValueError, match=r"blank\.txt: no words, only 3 blank line\(s\)"):
+        load_word_corpus(blank, ok, ok)
+    with pytest.raises(ValueError, match=r"blank\.txt: no words"):
+        load_word_corpus(ok, ok, blank)
+    d = tmp_path / "ptb"
+    d.mkdir()
+    (d / "ptb.train.txt").mkdir()
+    (d / "ptb.valid.txt").symlink_to(d / "gone.txt")
+    _write(d / "ptb.test.txt", "a\n")
+    with pytest.raises(FileNotFoundError, match=r"\(ptb\.train\.txt is a folder; ptb\.valid\.txt is a broken link\)"):
+        load_word_corpus_dir(d)
+
+
 # -- character corpus -----------------------------------------------------------------------------
 
 
@@ -347,6 +385,11 @@ def test_labelled_sentences(tmp_path):
         read_labelled_sentences(gaps, label_only="error")
     with pytest.raises(ValueError, match="no 'LABEL sentence' lines"):
         load_labelled_sentences(_write(tmp_path / "blank.txt", "\n\n"))
+    with pytest.raises(ValueError, match=r"big\.txt:2: label 2147483648 is too large for a class index"):
+        load_labelled_sentences(_write(tmp_path / "big.txt", "0 a\n2147483648 b\n"))
+    # A lone CR ends a line (universal newlines): the labels stay labels.
+    labels, sents = load_labelled_sentences(_write(tmp_path / "cr.txt", "1 a good film\r0 bad\r"))
+    assert labels.tolist() == [1, 0] and sents == [["a", "good", "film"], ["bad"]]
 
 
 def test_labelled_sentences_latin1(tmp_path):
@@ -396,6 +439,9 @@ def test_word2vec_text(tmp_path):
             load_word2vec_text(bad, vocab)
     skipped = _write(tmp_path / "other.txt", "dog nan 1 2\ncat 4 5 6\n")  # not a vocabulary word: not parsed
     assert load_word2vec_text(skipped, vocab)[1] == 1
+    for text in ("the 1 2\ncat 3 4\n", "2 2\nthe 1 2\ncat 3 4\n"):  # a BOM, before a word or a header
+        emb, found = load_word2vec_text(_write(tmp_path / "bom.txt", "\ufeff" + text), vocab)
+        assert found == 2 and emb[0].tolist() == [1.0, 2.0]
 
 
 # -- download --------------------------------------------------------------------------------------

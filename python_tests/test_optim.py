@@ -390,3 +390,127 @@ def test_huge_but_finite_gradients_are_not_reported_as_nan():
     p.grad = torch.full((4,), 3e19)  # its squares overflow fp32, the values do not
     SGLD([p], lr=1e-20, num_data=10, add_noise=False).step()
     assert torch.allclose(p.detach(), torch.full((4,), -0.3))
+
+
+def _params_and_state(model, opt):
+    """A comparable snapshot: the parameters, and each parameter's step count and V."""
+    return [
+        (p.detach().clone(), opt.state[p].get("step"), opt.state[p].get("square_avg", torch.zeros(0)).clone())
+        for p in model.parameters()
+    ]
+
+
+def _assert_same(a, b):
+    for (p, step, v), (q, step2, v2) in zip(a, b, strict=True):
+        assert torch.equal(p, q) and step == step2 and torch.equal(v, v2)
+
+
+@pytest.mark.parametrize("cls", [PSGLD, SGLD])
+def test_deepcopy_and_pickle_give_an_optimizer_that_continues_bit_for_bit(cls):
+    model = small_model()
+    opt = cls(model.parameters(), lr=1e-3, num_data=50, seed=3, nan_policy="skip")
+    train(model, opt, 3)
+    opt.skipped_steps = 2
+    buffer = io.BytesIO()
+    torch.save((model, opt), buffer)  # pickles the optimizer whole
+    buffer.seek(0)
+    copies = [copy.deepcopy((model, opt)), torch.load(buffer, weights_only=False)]
+    train(model, opt, 4, seed=8)
+    for model_copy, opt_copy in copies:
+        assert (opt_copy.nan_policy, opt_copy.skipped_steps) == ("skip", 2)
+        train(model_copy, opt_copy, 4, seed=8)
+        _assert_same(_params_and_state(model, opt), _params_and_state(model_copy, opt_copy))
+
+
+@pytest.mark.parametrize(
+    "group,error,match",
+    [
+        (dict(prior_std=0.1, weight_decay=1e-3), ValueError, "both are a Gaussian prior"),
+        (dict(lr=-1e-3), ValueError, r"parameter group 1: lr must be >= 0"),
+        (dict(temperature=float("nan")), ValueError, r"parameter group 1: temperature must be a finite number"),
+        (dict(alpha=1.5), ValueError, r"parameter group 1: alpha must be < 1"),
+        (dict(eps=0.0), ValueError, r"parameter group 1: eps must be > 0"),
+        (dict(num_data=0), ValueError, r"parameter group 1: num_data must be an int >= 1"),
+        (dict(lr=torch.tensor(1e-3)), TypeError, r"parameter group 1: lr must be a Python number"),
+    ],
+)
+def test_a_refused_parameter_group_leaves_the_optimizer_as_it_was(group, error, match):
+    model, reference = small_model(), small_model()
+    extra = torch.nn.Parameter(torch.ones(3))
+    opt = PSGLD(model.parameters(), lr=1e-3, num_data=50, seed=2)
+    with pytest.raises(error, match=match):
+        opt.add_param_group({"params": [extra], **group})
+    assert len(opt.param_groups) == 1
+    train(model, opt, 2)  # steps as if the group had never been offered
+    ref_opt = PSGLD(reference.parameters(), lr=1e-3, num_data=50, seed=2)
+    train(reference, ref_opt, 2)
+    _assert_same(_params_and_state(model, opt), _params_and_state(reference, ref_opt))
+
+
+def test_a_sparse_parameter_group_is_refused_before_it_is_registered():
+    opt = SGLD(small_model().parameters(), lr=1e-3, num_data=50)
+    sparse = torch.nn.Parameter(torch.eye(3).to_sparse())
+    with pytest.raises(ValueError, match=r"parameter group 1: sparse parameters are not supported"):
+        opt.add_param_group({"params": [sparse]})
+    assert len(opt.param_groups) == 1 and sparse not in opt._stream_ids
+
+
+@pytest.mark.parametrize("cls", [PSGLD, SGLD])
+def test_a_bad_hyperparameter_set_after_construction_fails_the_step_before_any_update(cls):
+    model, reference = small_model(), small_model()
+    params = list(model.parameters())
+    opt = cls([{"params": params[:2]}, {"params": params[2:]}], lr=1e-3, num_data=50, seed=4)
+    ref_params = list(reference.parameters())
+    ref_opt = cls([{"params": ref_params[:2]}, {"params": ref_params[2:]}], lr=1e-3, num_data=50, seed=4)
+    train(model, opt, 2)
+    train(reference, ref_opt, 2)
+    opt.param_groups[1]["lr"] = float("nan")  # e.g. a scheduler gone wrong
+    with pytest.raises(ValueError, match=r"parameter group 1: lr must be a finite number, got nan"):
+        train(model, opt, 1, seed=8)
+    _assert_same(_params_and_state(model, opt), _params_and_state(reference, ref_opt))  # group 0 untouched too
+    opt.param_groups[1]["lr"] = 1e-3
+    train(model, opt, 3, seed=9)
+    train(reference, ref_opt, 3, seed=9)
+    _assert_same(_params_and_state(model, opt), _params_and_state(reference, ref_opt))
+
+
+def test_sets_of_parameters_are_refused_as_their_order_changes_between_runs():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    for make in (
+        lambda: PSGLD({a, b}, lr=1e-3, num_data=10),
+        lambda: SGLD([{"params": {a, b}}], lr=1e-3, num_data=10),
+        lambda: SGLD([a], lr=1e-3, num_data=10).add_param_group({"params": frozenset([b])}),
+    ):
+        with pytest.raises(TypeError, match="not a set: the order gives each parameter its noise stream"):
+            make()
+
+
+def test_load_state_dict_runs_the_registered_hooks():
+    model = small_model()
+    opt = PSGLD(model.parameters(), lr=1e-3, num_data=50)
+    train(model, opt, 1)
+    saved = opt.state_dict()
+    fresh = PSGLD(model.parameters(), lr=1e-3, num_data=50)
+    calls = []
+
+    def pre_hook(optimizer, state_dict):
+        calls.append("pre")
+        state_dict = copy.deepcopy(state_dict)
+        state_dict["param_groups"][0]["lr"] = 5e-4
+        return state_dict
+
+    fresh.register_load_state_dict_pre_hook(pre_hook)
+    fresh.register_load_state_dict_post_hook(lambda optimizer: calls.append(optimizer.param_groups[0]["lr"]))
+    fresh.load_state_dict(saved)
+    assert calls == ["pre", 5e-4]
+    assert saved["param_groups"][0]["lr"] == 1e-3
+
+
+def test_a_psgld_state_is_refused_by_sgld():
+    model = small_model()
+    psgld = PSGLD(model.parameters(), lr=1e-3, num_data=50)
+    train(model, psgld, 1)
+    sgld = SGLD(model.parameters(), lr=1e-3, num_data=50)
+    with pytest.raises(ValueError, match="is a PSGLD state"):
+        sgld.load_state_dict(psgld.state_dict())
+    assert not sgld.state and "alpha" not in sgld.param_groups[0]

@@ -103,7 +103,7 @@ def test_an_out_folder_of_other_files_or_a_file_is_refused(tmp_path, capsys):
     (other / "notes.txt").write_text("mine")
     err = _usage_error(capsys, [*TINY, "--out", str(other)])
     assert f"--out {other} is a folder of other files (notes.txt): a new run needs a new or empty folder" in err
-    assert sorted(p.name for p in other.iterdir()) == [LOCK_NAME, "notes.txt"]
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]  # not even a lock file left there
     assert (other / "notes.txt").read_text() == "mine"
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -113,6 +113,34 @@ def test_an_out_folder_of_other_files_or_a_file_is_refused(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([*TINY, "--out", str(empty)]) == 0  # an empty folder is fine
+
+
+def test_a_run_whose_data_do_not_load_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = ["lm", "--word-corpus", str(tmp_path / "missing"), "--quiet", "--threads", "1"]
+    _usage_error(capsys, [*missing, "--out", str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists()
+    _usage_error(capsys, missing)  # the default folder, runs/NAME-TIME
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_a_resume_refused_by_its_checkpoint_leaves_config_json_as_it_was(tmp_path, capsys):
+    corpus = tmp_path / "ptb"
+    corpus.mkdir()
+    words = "the cat sat on a mat and the dog ran to the park".split()
+    for split, lines in (("train", 60), ("valid", 12), ("test", 12)):
+        text = "".join(" ".join(words[(i + j) % len(words)] for j in range(9)) + "\n" for i in range(lines))
+        (corpus / f"ptb.{split}.txt").write_text(text)
+    run = tmp_path / "run"
+    argv = ["lm", "--word-corpus", str(corpus), "--hidden", "8", "--batch-size", "4", "--bptt", "5",
+            "--epochs", "1", "--quiet", "--no-plot", "--threads", "1", "--method", "rmsprop"]  # fmt: skip
+    assert main([*argv, "--out", str(run)]) == 0
+    before = (run / "config.json").read_bytes()
+    with (corpus / "ptb.train.txt").open("a") as f:
+        f.write("a new line\n")
+    err = _usage_error(capsys, ["lm", "--resume", str(run), "--epochs", "2", "--quiet", "--threads", "1"])
+    assert "the data differ from the data this run was trained on" in err
+    assert (run / "config.json").read_bytes() == before
 
 
 def test_a_samples_folder_belongs_to_one_run(tmp_path, capsys):

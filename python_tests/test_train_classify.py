@@ -353,6 +353,10 @@ def _with_vectors(tmp_path: Path, vectors: str, *extra: str) -> list[str]:
             lambda p: ["--train", _bad_file(p, "0 a\n3 b\n0 c\n3 d\n"), "--folds", "2"],
             r"class\(es\) \[1, 2\] of 0\.\.3 never occur \(renumber the labels 0\.\.K-1\)",
         ),
+        (  # a stray huge label: a short message, not a list of a million classes
+            lambda p: ["--train", _bad_file(p, "0 a\n1 b\n0 c\n1000000 d\n"), "--folds", "2"],
+            r"class\(es\) \[2, 3, 4, 5, 6, \.\.\.\] \(999998 classes\) of 0\.\.1000000 never occur",
+        ),
         (lambda p: _with_vectors(p, "A 1 2\nB 1 2\n"), r"vec\.txt: none of the 3 training words has a vector"),
         (
             lambda p: _with_vectors(p, "a 1 2\n", "--embedding-dim", "5"),

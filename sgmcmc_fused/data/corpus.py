@@ -10,11 +10,13 @@ split contiguously into train/valid/test (90/5/5 by default).
 
 Text files are read as UTF-8 (a leading BOM is ignored); a file that is not valid UTF-8 is read as
 Latin-1 instead (every byte is a character there, so it never fails) with a warning that says so
-and where the first bad byte was. Malformed content raises ValueError naming ``file:line``.
+and where the first bad byte was. Lines end with LF, CRLF or a lone CR, as Python's universal
+newlines read them. Malformed content raises ValueError naming ``file:line``.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import warnings
@@ -49,42 +51,56 @@ UNK = "<unk>"
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f]")
 
 
+#: Line breaks as Python's universal newlines read them: CRLF (Windows), LF, and a lone CR (classic
+#: Mac OS). Not str.splitlines' others (\x85, \x1c..), which are characters in Latin-1 text.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+
+
+def _line_number(text: str | bytes, offset: int) -> int:
+    """The 1-based line of position `offset` in `text`, lines ending as `_lines` ends them."""
+    pattern = _LINE_BREAK_BYTES if isinstance(text, bytes) else _LINE_BREAK
+    return len(pattern.findall(text, 0, offset)) + 1
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The whole file as str: UTF-8 (BOM stripped), or Latin-1 with a warning if it is not UTF-8.
 
     The warning names the file and the line of the first byte that is not UTF-8. Latin-1 maps
     every byte to one character, so this never raises a decoding error (the MR sentence files
-    are Latin-1). Raises FileNotFoundError / IsADirectoryError as ``open`` does.
+    are Latin-1). A UTF-8 BOM is dropped in both cases. Raises FileNotFoundError /
+    IsADirectoryError as ``open`` does.
     """
     data = Path(path).read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        offset = bom + e.start
         warnings.warn(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            f"{path}:{_line_number(data, offset)}: not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
             "reading the whole file as Latin-1 instead",
             UnicodeWarning,
             stacklevel=2,
         )
-        return data.decode("latin-1")
+        return data[bom:].decode("latin-1")
 
 
 def _lines(text: str) -> list[str]:
-    """Lines split on "\\n" only (str.splitlines also splits on \\x85, \\x1c.., which are
-    characters in Latin-1 text), a trailing "\\r" removed, no empty entry after a final newline."""
-    lines = text.split("\n")
+    """The lines of `text` without their line breaks (CRLF, LF or a lone CR: `_LINE_BREAK`), and no
+    empty entry after a final line break."""
+    lines = _LINE_BREAK.split(text)
     if lines and lines[-1] == "":
         lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    return lines
 
 
 def check_no_control(path: str | os.PathLike, text: str) -> None:
     """Raise ValueError ``file:line`` at the first C0 control character other than whitespace."""
     m = _CONTROL.search(text)
     if m is not None:
-        line = text.count("\n", 0, m.start()) + 1
-        col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+        line = _line_number(text, m.start())
+        col = m.start() - max(text.rfind("\n", 0, m.start()), text.rfind("\r", 0, m.start()))
         raise ValueError(
             f"{path}:{line}: control character {m.group()!r} in the text (column {col}); "
             "is this a binary or corrupted file?"
@@ -235,6 +251,8 @@ def _word_tokens(path: str | os.PathLike) -> list[str]:
         tokens.append(EOS)
     if not tokens:
         raise ValueError(f"{path}: the file is empty (no lines)")
+    if all(t == EOS for t in tokens):
+        raise ValueError(f"{path}: no words, only {len(tokens)} blank line(s)")
     return tokens
 
 
@@ -249,7 +267,7 @@ def load_word_corpus(
 
     Raises:
         ValueError ``file:line`` for a control character (binary file) or a literal "<eos>" in a
-        line, and for an empty file.
+        line, and for a file that is empty or holds blank lines only.
     """
     train_tokens = _word_tokens(train)
     vocab = Vocabulary.build(train_tokens, unk=UNK, min_count=min_count)
@@ -278,9 +296,16 @@ def load_word_corpus_dir(directory: str | os.PathLike, *, min_count: int = 1) ->
         paths = [d / pattern.format(s) for s in ("train", "valid", "test")]
         if all(p.is_file() for p in paths):
             return load_word_corpus(*paths, min_count=min_count)
+    # Name what is wrong with a split that is there but is not a file (a folder, a broken link).
+    odd = [
+        f"{p.name} is {'a folder' if p.is_dir() else 'a broken link' if p.is_symlink() else 'not a regular file'}"
+        for pattern in ("ptb.{}.txt", "{}.txt")
+        for p in (d / pattern.format(s) for s in ("train", "valid", "test"))
+        if (p.exists() or p.is_symlink()) and not p.is_file()
+    ]
     raise FileNotFoundError(
         f"{d}: expected ptb.train.txt, ptb.valid.txt and ptb.test.txt (or train.txt, valid.txt, test.txt); "
-        f"found {sorted(p.name for p in d.iterdir())}"
+        f"found {sorted(p.name for p in d.iterdir())}" + (f" ({'; '.join(odd)})" if odd else "")
     )
 
 

@@ -6,6 +6,7 @@ one example a line, an integer class label (0, 1, ...), whitespace, the tokenise
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import warnings
@@ -70,6 +71,8 @@ def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -
             ) from None
         if label < 0:
             raise ValueError(f"{path}:{lineno}: labels must be non-negative class indices, got {label}")
+        if label > MAX_LABEL:
+            raise ValueError(f"{path}:{lineno}: label {label} is too large for a class index (at most {MAX_LABEL})")
         if len(fields) < 2:
             if label_only == "error":
                 raise ValueError(f"{path}:{lineno}: label {label} has no sentence after it")
@@ -80,6 +83,11 @@ def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -
     if not labels:
         raise ValueError(f"{path}: no 'LABEL sentence' lines (the file is empty or blank)")
     return LabelledFile(torch.tensor(labels, dtype=torch.long), sentences, label_only_lines)
+
+
+#: The largest class index a sentence file may hold (labels become int64 tensors, and a classifier
+#: has one output per class up to the largest).
+MAX_LABEL = 2**31 - 1
 
 
 def describe_label_only_lines(path: str | os.PathLike, lines: list[int]) -> str:
@@ -144,6 +152,8 @@ def load_word2vec_text(
     fell_back = None
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]  # a BOM is no part of the first word (or the header)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:

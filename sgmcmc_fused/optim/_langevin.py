@@ -5,6 +5,8 @@ selection, and a state_dict that keeps fp32 state for low-precision params.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,11 +19,18 @@ from ..kernels.langevin.reference import opmath_dtype
 from ..kernels.registry import BACKENDS, select_backend
 from ..kernels.stream import MAX_STREAM_ID, draw_seed
 
+_SET_OF_PARAMETERS = (
+    "optimizer parameters must be in an ordered collection (a list, or a generator such as "
+    "model.parameters()), not a set: the order gives each parameter its noise stream and its place "
+    "in the state_dict, and a set's order changes between runs"
+)
+
 
 def _check_hyper(name: str, value: Any, *, positive: bool = False, below_one: bool = False) -> None:
     if isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a Python number, got a tensor")
-    if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+    # numbers.Real takes NumPy's scalars too (a schedule computed with NumPy).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
@@ -36,22 +45,23 @@ def prior_weight_decay(prior_std: float, num_data: int) -> float:
     return 1.0 / (num_data * prior_std**2)
 
 
-def _apply_prior_std(group: dict[str, Any], given_decay: Any) -> None:
-    """A group with ``prior_std`` σ (not None) gets ``weight_decay = prior_weight_decay(σ, N)``.
+def _prior_decay(group: dict[str, Any], given_decay: Any) -> float | None:
+    """The weight_decay `prior_weight_decay(σ, N)` of a group with ``prior_std`` σ (not None), else
+    None (the group keeps its own weight_decay).
 
     Raises:
         ValueError: σ is not a finite number > 0, or the group also has a weight_decay (two priors).
     """
     std = group.get("prior_std")
     if std is None:
-        return
+        return None
     _check_hyper("prior_std", std, positive=True)
     if given_decay:
         raise ValueError(
             f"a parameter group has prior_std={std!r} and weight_decay={given_decay!r}: both are a Gaussian prior; "
             "give one"
         )
-    group["weight_decay"] = prior_weight_decay(float(std), group["num_data"])
+    return prior_weight_decay(float(std), group["num_data"])
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -81,24 +91,13 @@ class LangevinOptimizer(Optimizer):
     PRECONDITIONED: bool = False
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], nan_policy: str = "raise") -> None:
-        _check_hyper("lr", defaults["lr"])
-        _check_hyper("weight_decay", defaults["weight_decay"])
-        _check_hyper("temperature", defaults["temperature"])
-        num_data = defaults["num_data"]
-        if num_data is None:
+        if defaults["num_data"] is None:
             raise TypeError("num_data is required: the number of training data (tokens or sentences)")
-        if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
-            raise ValueError(f"num_data must be an int >= 1 (the training-set size), got {num_data!r}")
-        if self.PRECONDITIONED:
-            _check_hyper("alpha", defaults["alpha"], below_one=True)
-            _check_hyper("eps", defaults["eps"], positive=True)
         if defaults["seed"] is None:
             defaults["seed"] = draw_seed()
-        seed = defaults["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
-        if defaults["impl"] != "auto" and defaults["impl"] not in BACKENDS:
-            raise ValueError(f"unknown impl {defaults['impl']!r}; choose 'auto' or one of {sorted(BACKENDS)}")
+        self._check_hyperparameters(defaults)
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(_SET_OF_PARAMETERS)
         if nan_policy not in ("raise", "skip", "propagate"):
             raise ValueError(f"nan_policy must be 'raise', 'skip' or 'propagate', got {nan_policy!r}")
         #: What a NaN/inf gradient does: "raise", "skip" the whole step, or "propagate" (no check).
@@ -109,18 +108,47 @@ class LangevinOptimizer(Optimizer):
         self._stream_ids: dict[torch.Tensor, int] = {}
         super().__init__(params, defaults)
 
+    def _check_hyperparameters(self, group: dict[str, Any], where: str = "") -> None:
+        """Raises TypeError/ValueError, prefixed with `where`, for a hyperparameter of `group` (the
+        defaults or a parameter group) that the step would refuse or misread."""
+        try:
+            _check_hyper("lr", group["lr"])
+            _check_hyper("weight_decay", group["weight_decay"])
+            _check_hyper("temperature", group["temperature"])
+            num_data = group["num_data"]
+            if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
+                raise ValueError(f"num_data must be an int >= 1 (the training-set size), got {num_data!r}")
+            if self.PRECONDITIONED:
+                _check_hyper("alpha", group["alpha"], below_one=True)
+                _check_hyper("eps", group["eps"], positive=True)
+            seed = group["seed"]
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+                raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
+            if group["impl"] != "auto" and group["impl"] not in BACKENDS:
+                raise ValueError(f"unknown impl {group['impl']!r}; choose 'auto' or one of {sorted(BACKENDS)}")
+        except (TypeError, ValueError) as e:
+            if not where:
+                raise
+            raise type(e)(f"{where}{e}") from None
+
     # -- parameters and their noise streams ------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch.optim.Optimizer.add_param_group; new parameters get the next stream ids.
 
         Raises:
-            ValueError: a parameter listed twice in the group (it would be stepped twice), or a
-                sparse parameter.
+            TypeError: the parameters are a set (its order, and so the noise streams, change
+                between runs), or a hyperparameter of the wrong type.
+            ValueError: a parameter listed twice in the group (it would be stepped twice), a
+                sparse parameter, or a hyperparameter out of range. A refused group leaves the
+                optimizer as it was.
         """
         params = param_group["params"]
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(_SET_OF_PARAMETERS)
         params = [params] if isinstance(params, torch.Tensor) else list(params)
         param_group = {**param_group, "params": params}
+        where = f"parameter group {len(self.param_groups)}: "
         seen: dict[int, int] = {}
         for i, entry in enumerate(params):
             tensor = entry[1] if isinstance(entry, tuple) else entry  # (name, tensor) from named_parameters()
@@ -131,14 +159,19 @@ class LangevinOptimizer(Optimizer):
                     "it would be stepped twice, with the noise of two streams"
                 )
             seen[id(tensor)] = i
-        given_decay = param_group.get("weight_decay", self.defaults["weight_decay"])
+            if isinstance(tensor, torch.Tensor) and tensor.is_sparse:
+                raise ValueError(f"{where}sparse parameters are not supported")
+        if self._next_stream_id + len(params) > MAX_STREAM_ID + 1:
+            raise ValueError(f"more than {MAX_STREAM_ID + 1} parameters")
+        # Everything is checked before torch registers the group, so a refused group leaves the
+        # optimizer as it was (torch's own checks, too, raise before registering).
+        merged = {**self.defaults, **param_group}
+        self._check_hyperparameters(merged, where)
+        decay = _prior_decay(merged, merged["weight_decay"])
         super().add_param_group(param_group)
-        _apply_prior_std(self.param_groups[-1], given_decay)
+        if decay is not None:
+            self.param_groups[-1]["weight_decay"] = decay
         for p in self.param_groups[-1]["params"]:
-            if p.is_sparse:
-                raise ValueError("sparse parameters are not supported")
-            if self._next_stream_id > MAX_STREAM_ID:
-                raise ValueError(f"more than {MAX_STREAM_ID + 1} parameters")
             self._stream_ids[p] = self._next_stream_id
             self._next_stream_id += 1
 
@@ -183,12 +216,15 @@ class LangevinOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = []
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
+            # A scheduler or the user may have changed a group since it was added; a bad value
+            # found here, before any update, leaves every parameter and state as it was.
+            self._check_hyperparameters(group, f"parameter group {i}: ")
             for params in self._buckets(group):
                 backend = select_backend(group["impl"], params[0].device, [params[0].dtype])
                 work.append((group, params, backend))
         # Every gradient is checked before anything is updated, so a bad one
-        # leaves all parameters and state as they were.
+        # leaves all parameters and state as they were, too.
         if not self._gradients_are_finite(work):
             self.skipped_steps += 1
             return loss
@@ -277,7 +313,29 @@ class LangevinOptimizer(Optimizer):
             for s in states:
                 s["step"] += 1
 
-    # -- checkpoints ---------------------------------------------------------------
+    # -- copies and checkpoints ------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle and copy.deepcopy: torch's fields plus the NaN policy, the skipped-step count
+        and the noise streams (as ids in the order of each group's parameters, so that a copy maps
+        them onto its own copies of the parameters)."""
+        state = super().__getstate__()
+        state["nan_policy"] = self.nan_policy
+        state["skipped_steps"] = self.skipped_steps
+        state["_next_stream_id"] = self._next_stream_id
+        state["_stream_id_lists"] = [[self._stream_ids[p] for p in g["params"]] for g in self.param_groups]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        stream_id_lists = state.pop("_stream_id_lists", None)
+        super().__setstate__(state)
+        if stream_id_lists is not None:
+            self._stream_ids = {
+                p: i
+                for g, ids in zip(self.param_groups, stream_id_lists, strict=True)
+                for p, i in zip(g["params"], ids, strict=True)
+            }
 
     def state_dict(self) -> dict[str, Any]:
         """As torch.optim.Optimizer.state_dict, plus the count of skipped steps."""
@@ -347,9 +405,18 @@ class LangevinOptimizer(Optimizer):
             ValueError: the groups, parameter counts or state shapes do not match, or the state is
                 another optimizer's.
         """
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            returned = pre_hook(self, state_dict)
+            if returned is not None:
+                state_dict = returned
         groups = self.param_groups
         if any("num_data" not in sg for sg in state_dict["param_groups"]):
             state_dict = self._from_torch_optimizer(state_dict)
+        elif not self.PRECONDITIONED and any("alpha" in sg for sg in state_dict["param_groups"]):
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the state_dict is a PSGLD state (its groups have alpha and "
+                "eps, its parameters square_avg); SGLD has no preconditioner to continue"
+            )
         saved_groups = state_dict["param_groups"]
         if len(groups) != len(saved_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, the optimizer {len(groups)}")
@@ -380,6 +447,10 @@ class LangevinOptimizer(Optimizer):
         for g, sg in zip(groups, saved_groups, strict=False):
             merged = dict(sg)
             merged["params"] = g["params"]
+            if "param_names" in g and "param_names" not in merged:
+                merged["param_names"] = g["param_names"]
             new_groups.append(merged)
         self.__setstate__({"state": new_state, "param_groups": new_groups})
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)

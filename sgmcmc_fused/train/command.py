@@ -26,7 +26,7 @@ from .distributed import World, barrier, gather_objects, run_in_world
 from .options import RUN_CONTROL, ConfigError, cpu_threads, given_learning_rates
 from .run_control import InterruptFlag, Printer, Stop, resolve_device
 from .run_folder import RunFolder
-from .runlog import write_json
+from .runlog import write_json, write_text_atomic
 
 
 @dataclass
@@ -138,10 +138,15 @@ class Task(ABC):
         _check_backends(cfg, device)
         folder = RunFolder(out, "--resume" if args.resume else "--out")
         self._take(folder, cfg, args, world)
+        began = False
         try:
             cfg, data = self.load_data(cfg, args, world)
+            # A resume that the checkpoints refuse (other data, a damaged file) leaves config.json as
+            # it was: it may only change --epochs of a run that goes on.
+            saved_config = (out / "config.json").read_text(encoding="utf-8") if args.resume and world.is_main else None
             if world.is_main:
                 write_json(out / "config.json", cfg.to_json())
+            began = True
             barrier(world)
             progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
             say = Printer(args.quiet, silent=not world.is_main)
@@ -152,8 +157,15 @@ class Task(ABC):
                 except Stop as stop:
                     say(str(stop), force=True)
                     return stop.status
+                except (ConfigError, CheckpointError):
+                    if saved_config is not None:
+                        write_text_atomic(out / "config.json", saved_config)
+                    raise
         finally:
-            folder.release()
+            if began:
+                folder.release()
+            else:  # a new run whose data would not load leaves no folder behind
+                folder.discard()
 
     def _take(self, folder: RunFolder, cfg: RunConfig, args: argparse.Namespace, world: World) -> None:
         """Rank 0 takes the run's folder (and whatever `claim` takes) for the life of the command: a
@@ -175,7 +187,7 @@ class Task(ABC):
                     )
                 self.claim(cfg, out, resumed=bool(args.resume))
             except ConfigError as e:
-                folder.release()
+                folder.discard()
                 problem = str(e)
         problem = gather_objects(problem, world)[0]
         if problem is not None:

@@ -9,6 +9,7 @@ network file systems: two hosts writing into one shared folder are not detected 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,6 +34,8 @@ class RunFolder:
         self.path = Path(path)
         self.option = option
         self._fd: int | None = None
+        #: What `acquire` made, so that `discard` removes exactly that: the folder, the lock file.
+        self._made_folder = self._made_lock = False
 
     def acquire(self) -> None:
         """Create the folder if needed and take its lock.
@@ -42,7 +45,9 @@ class RunFolder:
                 cannot be made or written (a file of that name, no permission).
         """
         try:
+            made_folder = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
+            made_lock = not (self.path / LOCK_NAME).exists()
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise ConfigError(f"{self.option} {self.path}: cannot use it as a run folder ({e.strerror})") from None
@@ -59,6 +64,7 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
+        self._made_folder, self._made_lock = made_folder, made_lock
 
     def release(self) -> None:
         """Give the folder up (the lock file stays: removing it would race with a new holder)."""
@@ -66,6 +72,18 @@ class RunFolder:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Give the folder up and remove what `acquire` made (the lock file; the folder itself if
+        nothing else is in it): for a command refused or failed before its run began, so that it
+        leaves no trace (no lock file in a folder of other files, no empty run folder). Removing the
+        lock file while holding it is safe: no process waits for it (`acquire` does not block)."""
+        if self._fd is not None and self._made_lock:
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
+            if self._made_folder:
+                with contextlib.suppress(OSError):  # not empty: a file written meanwhile stays
+                    self.path.rmdir()
+        self.release()
 
     def foreign_entries(self) -> list[str]:
         """The names in the folder other than the lock file, sorted."""

@@ -9,6 +9,7 @@ vocabulary built from that split's training sentences alone.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,12 +250,15 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
     present = {
         int(c) for sp in splits for s in (sp.train, sp.valid, sp.test) if s is not None for c in s.labels.unique()
     }
-    absent = sorted(set(range(num_classes)) - present)
-    if absent:
+    if len(present) < num_classes:
+        # The first few absent classes, without listing range(K): K may be a stray 10**12.
+        absent = list(itertools.islice((c for c in range(num_classes) if c not in present), 5))
+        missing = num_classes - len(present)
         hint = "labels counted from 1? subtract 1" if absent[0] == 0 else "renumber the labels 0..K-1"
+        shown = str(absent) if missing <= len(absent) else f"{str(absent)[:-1]}, ...] ({missing} classes)"
         raise ConfigError(
-            f"{spec['train']}: labels must be the class indices 0..K-1, but class(es) {absent} of 0..{num_classes - 1} "
-            f"never occur ({hint})"
+            f"{spec['train']}: labels must be the class indices 0..K-1, but class(es) {shown} of "
+            f"0..{num_classes - 1} never occur ({hint})"
         )
     for sp in splits:
         seen = set(sp.train.labels.tolist())
