@@ -425,6 +425,7 @@ def test_bad_input_errors():
         ({"dropout": 1.5}, ValueError, r"dropout must be a number in \[0, 1\]"),
         ({"num_layers": 0}, ValueError, "num_layers must be an int > 0"),
         ({"hidden_size": 0}, ValueError, "hidden_size must be an int > 0"),
+        ({"proj_size": 3}, ValueError, r"does not support proj_size; got proj_size=3 \(0 is none\)"),
     ],
 )
 def test_bad_construction_errors(kwargs, error, match):
@@ -453,3 +454,68 @@ def test_auto_impl_matches_eager_in_training():
             close(out, ref, torch.float32, "output")
             close(h_n, h_ref, torch.float32, "h_n")
             close(c_n, c_ref, torch.float32, "c_n")
+
+
+# ---- autograd beyond backward, torch.compile, nn.LSTM attributes -----------------------------------
+
+
+def _pair(impl="auto", **kwargs):
+    """nn.LSTM and a DropConnectLSTM with its weights (fp64, DropConnect off)."""
+    torch.manual_seed(21)
+    lstm = nn.LSTM(I, H, 2, bidirectional=True, dtype=torch.float64, **kwargs)
+    return lstm, DropConnectLSTM.from_lstm(lstm, impl=impl)
+
+
+def test_torch_func_forward_mode_transforms_match_nn_lstm():
+    """jvp and jacfwd see the layer as torch ops (the kernels have backward rules only)."""
+    lstm, module = _pair()
+    x = torch.randn(4, 3, I, dtype=torch.float64)
+    tangent = torch.randn_like(x)
+    _, want = torch.func.jvp(lambda a: lstm(a)[0], (x,), (tangent,))
+    _, got = torch.func.jvp(lambda a: module(a)[0], (x,), (tangent,))
+    assert want.abs().sum() > 0
+    close(got, want, torch.float64, "jvp tangent")
+    close(torch.func.jacfwd(lambda a: module(a)[0])(x), torch.func.jacfwd(lambda a: lstm(a)[0])(x),
+          torch.float64, "jacfwd")  # fmt: skip
+    named = DropConnectLSTM.from_lstm(lstm, impl="cpu")
+    if not functional.not_supported_reasons("cpu", torch.device("cpu"), torch.float64):
+        with pytest.raises(ValueError, match=r"impl='cpu' cannot run under a torch.func transform"):
+            torch.func.jvp(lambda a: named(a)[0], (x,), (tangent,))
+
+
+def test_double_backward_is_refused_by_the_kernels_and_works_with_eager():
+    x = torch.randn(4, 3, I, dtype=torch.float64, requires_grad=True)
+
+    def gradient_penalty(model):
+        (g,) = torch.autograd.grad(model(x)[0].pow(2).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        return gg
+
+    lstm, eager = _pair(impl="eager")
+    close(gradient_penalty(eager), gradient_penalty(lstm), torch.float64, "double backward")
+    _, compiled = _pair(impl="cpu")
+    if not functional.not_supported_reasons("cpu", torch.device("cpu"), torch.float64):
+        with pytest.raises(RuntimeError, match=r"no double backward .* build the module with impl='eager'"):
+            gradient_penalty(compiled)
+
+
+def test_torch_compile_traces_the_whole_module():
+    lstm, module = _pair()
+    x = torch.randn(4, 3, I, dtype=torch.float64)
+    compiled = torch.compile(module, fullgraph=True, backend="eager")  # Dynamo's tracing alone
+    out, (h, c) = compiled(x)
+    want, (h_want, c_want) = lstm(x)
+    close(out, want, torch.float64, "output")
+    close(h, h_want, torch.float64, "h_n")
+    close(c, c_want, torch.float64, "c_n")
+
+
+def test_nn_lstm_attributes():
+    lstm, module = _pair(bias=False)
+    assert (module.proj_size, module.mode) == (lstm.proj_size, lstm.mode) == (0, "LSTM")
+    assert [[tuple(w.shape) for w in ws] for ws in module.all_weights] == [
+        [tuple(w.shape) for w in ws] for ws in lstm.all_weights
+    ]
+    assert all(torch.equal(a, b) for ws, vs in zip(module.all_weights, lstm.all_weights, strict=True)
+               for a, b in zip(ws, vs, strict=True))  # fmt: skip
+    assert DropConnectLSTM(I, H, proj_size=0).proj_size == 0

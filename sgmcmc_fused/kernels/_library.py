@@ -48,14 +48,29 @@ LOADED, LOAD_ERROR = _load()
 STALE_REASON = _stale_reason() if LOADED else None
 
 
-def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether sgmcmc_fused::<op> has a kernel registered for dispatch_key ("CPU", "CUDA")."""
+def _query_kernel(op: str, dispatch_key: str) -> bool:
     if not LOADED:
         return False
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"sgmcmc_fused::{op}", dispatch_key)
     except RuntimeError:  # the op does not exist: _C is older than the sources that define it
         return False
+
+
+#: has_kernel's answers. The registrations do not change once _C is loaded, and a dict lookup is
+#: what torch.compile can trace (the dispatcher query is not): the backend choice of every layer call
+#: inside a compiled model reads this table, so the queries the registries make are answered here
+#: at import time.
+_HAS_KERNEL: dict[tuple[str, str], bool] = {
+    (op, key): _query_kernel(op, key) for op in ("psgld_step_", "dropconnect_lstm_layer") for key in ("CPU", "CUDA")
+}
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether sgmcmc_fused::<op> has a kernel registered for dispatch_key ("CPU", "CUDA")."""
+    if (op, dispatch_key) not in _HAS_KERNEL:
+        _HAS_KERNEL[op, dispatch_key] = _query_kernel(op, dispatch_key)
+    return _HAS_KERNEL[op, dispatch_key]
 
 
 def cuda_unavailable_reason() -> str | None:

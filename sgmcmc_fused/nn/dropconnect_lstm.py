@@ -112,8 +112,11 @@ class DropConnectLSTM(nn.Module):
         seed: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        proj_size: int = 0,
     ) -> None:
         super().__init__()
+        if proj_size != 0:  # nn.LSTM's default, taken so that code passing it through works
+            raise ValueError(f"DropConnectLSTM does not support proj_size; got proj_size={proj_size!r} (0 is none)")
         if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 0:
             raise ValueError(f"input_size must be an int >= 0, got {input_size!r}")
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
@@ -143,6 +146,9 @@ class DropConnectLSTM(nn.Module):
         self.mask = mask
         self.masked = masked
         self.impl = impl
+        #: As nn.LSTM's attributes, for code that reads them.
+        self.proj_size = 0
+        self.mode = "LSTM"
 
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
@@ -182,6 +188,15 @@ class DropConnectLSTM(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """As nn.LSTM.all_weights: per layer and direction, [weight_ih, weight_hh(, bias_ih, bias_hh)]."""
+        return [
+            [w for w in self._layer_weights(layer, direction) if w is not None]
+            for layer in range(self.num_layers)
+            for direction in range(self.num_directions)
+        ]
+
     def _layer_weights(self, layer: int, direction: int):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         w_ih = getattr(self, "weight_ih" + suffix)
@@ -201,7 +216,16 @@ class DropConnectLSTM(nn.Module):
             raise TypeError(f"from_lstm expects a torch.nn.LSTM, got {type(lstm).__name__}")
         if lstm.proj_size:
             raise ValueError(f"DropConnectLSTM does not support proj_size; the LSTM has proj_size={lstm.proj_size}")
-        structural = {"input_size", "hidden_size", "num_layers", "bias", "bidirectional", "device", "dtype"}
+        structural = {
+            "input_size",
+            "hidden_size",
+            "num_layers",
+            "bias",
+            "bidirectional",
+            "device",
+            "dtype",
+            "proj_size",
+        }
         if structural & kwargs.keys():
             raise TypeError(
                 f"from_lstm takes {', '.join(sorted(structural & kwargs.keys()))} from the LSTM; "

@@ -54,5 +54,15 @@ def dropconnect_lstm_layer(
     """
     bias = None if b_ih is None else b_ih + b_hh
     masks = dropconnect if dropconnect is not None and dropconnect.active() else None
+    # The kernels have backward rules only, so torch.func's forward-mode transforms (jvp, jacfwd,
+    # hessian) would see zero tangents through them: under any torch.func transform the layer runs
+    # as torch ops (the eager reference), which every transform differentiates.
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        if impl not in ("auto", "eager"):
+            raise ValueError(
+                f"impl={impl!r} cannot run under a torch.func transform (jvp, jacfwd, grad, vmap): its kernels "
+                "have no forward-mode rule; use impl='auto' or 'eager'"
+            )
+        impl = "eager"
     backend = select_lstm_backend(impl, input.device, [input.dtype])
     return backend.layer(input, h0, c0, w_ih, w_hh, bias, lengths, reverse, masks)
