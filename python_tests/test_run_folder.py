@@ -13,6 +13,7 @@ import pytest
 
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
+from sgmcmc_fused.train.run_control import InterruptFlag
 from sgmcmc_fused.train.run_folder import LOCK_NAME, RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +144,17 @@ def test_a_resume_refused_by_its_checkpoint_leaves_config_json_as_it_was(tmp_pat
     assert (run / "config.json").read_bytes() == before
 
 
+def test_config_json_keeps_the_epochs_a_method_has_trained_to_when_a_later_one_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TINY, "--method", "rmsprop", "psgld", "--out", str(run)]) == 0
+    damaged = run / "psgld" / "checkpoint.pt"
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    err = _usage_error(capsys, ["lm", "--resume", str(run), "--epochs", "2", "--quiet", "--threads", "1"])
+    assert "psgld/checkpoint.pt" in err
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2  # rmsprop went on to epoch 2
+    assert load_checkpoint(run / "rmsprop" / "checkpoint.pt", None)["epoch"] == 2
+
+
 def test_a_samples_folder_belongs_to_one_run(tmp_path, capsys):
     samples = tmp_path / "samples"
     first, second = tmp_path / "first", tmp_path / "second"
@@ -157,9 +169,30 @@ def test_a_samples_folder_belongs_to_one_run(tmp_path, capsys):
     assert not (second / "config.json").exists()
     # The run it belongs to resumes into it.
     assert main(["lm", "--resume", str(first), "--quiet", "--no-plot", "--threads", "1"]) == 0
+    # Moved or renamed, the run takes its samples folder along; another run still cannot have it.
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert main(["lm", "--resume", str(moved), "--quiet", "--no-plot", "--threads", "1"]) == 0
+    assert json.loads((samples / "run.json").read_text()) == {"run": str(moved.resolve())}
+    err = _usage_error(capsys, [*TINY, *args, "--out", str(tmp_path / "fourth")])
+    assert f"--samples-dir {samples} holds the samples of the run in {moved.resolve()}" in err
     # A non-empty folder that names no run is refused to a new run.
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "weights.bin").write_bytes(b"\0")
     err = _usage_error(capsys, [*TINY, *args[:-1], str(stray), "--out", str(tmp_path / "third")])
     assert f"--samples-dir {stray} is not empty and belongs to no run" in err
+
+
+def test_a_second_signal_stops_at_once_with_that_signals_status(capsys):
+    """The first SIGTERM asks for a checkpoint at the next step; a second one stops the process at
+    once, with status 143 (not a KeyboardInterrupt traceback and 130)."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop, InterruptFlag() as interrupted:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupted and interrupted.status == 143
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # not reached: the handler raises as soon as the signal arrives
+    assert stop.value.code == 143
+    assert "SIGTERM again: stopping now, without a checkpoint; the last one stays" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler in place before the block

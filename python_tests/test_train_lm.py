@@ -26,10 +26,11 @@ from sgmcmc_fused.data import batchify
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint, write_checkpoint
 from sgmcmc_fused.train.lm.command import RESULT_COLUMNS
-from sgmcmc_fused.train.lm.config import DEFAULT_SAMPLES_ON_DISK
+from sgmcmc_fused.train.lm.config import DEFAULT_SAMPLES_ON_DISK, LMConfig
 from sgmcmc_fused.train.lm.data import load_lm_data
 from sgmcmc_fused.train.lm.model import LanguageModel, target_probabilities
-from sgmcmc_fused.train.lm.trainer import EPOCH_COLUMNS, SAMPLE_COLUMNS
+from sgmcmc_fused.train.lm.trainer import EPOCH_COLUMNS, SAMPLE_COLUMNS, LMTrainer
+from sgmcmc_fused.train.run_control import Stop
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A tiny configuration: 20000 tokens / (batch 10 x bptt 10) = 200 steps per epoch.
@@ -428,7 +429,10 @@ def test_bad_arguments_are_usage_errors(tmp_path, capsys, argv, message):
 def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
     out = _run(tmp_path, "r", "--method", "rmsprop", "--epochs", "1", "--no-plot")
     for argv, message in [
-        (["lm", "--resume", str(out), "--hidden", "64"], "--hidden cannot be changed"),
+        (["lm", "--resume", str(out), "--hidden", "64"], "--hidden cannot be given"),
+        (["lm", "--resume", str(out), "--hidden", "32"], "--hidden cannot be given"),  # even the saved value
+        (["lm", "--resume", str(out), "--method", "psgld"], "--method cannot be given"),
+        (["lm", "--resume", str(out), "--out", str(tmp_path / "y")], "--out cannot be given with it"),
         (["lm", "--resume", str(tmp_path / "none")], "no run there"),
         ([*TINY, "--out", str(out)], "already holds a run"),
     ]:
@@ -436,6 +440,32 @@ def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
             main(argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+
+
+def test_an_interrupt_before_a_method_begins_claims_no_checkpoint(tmp_path):
+    out = _run(tmp_path, "i", "--method", "rmsprop", "--epochs", "1", "--no-plot")
+    cfg = LMConfig.from_json(json.loads((out / "config.json").read_text()))
+
+    class SigTerm:  # an InterruptFlag whose signal arrived before this method's first step
+        name, status = "SIGTERM", 143
+
+        def __bool__(self):
+            return True
+
+    fresh = out / "not-begun"  # a method folder without a checkpoint, as for the second method of a run
+    trainer = LMTrainer("rmsprop", cfg, load_lm_data(cfg.data), fresh, torch.device("cpu"), run_root=out)
+    with pytest.raises(Stop) as stop:
+        trainer.train(interrupted=SigTerm())
+    want = f"rmsprop: interrupted (SIGTERM) before its first step; nothing to save, continue with --resume {out}"
+    assert str(stop.value) == want
+    assert stop.value.status == 143 and not (fresh / "checkpoint.pt").exists()
+
+
+def test_resume_takes_every_given_nan_policy(tmp_path):
+    out = _run(tmp_path, "n", "--method", "rmsprop", "--epochs", "1", "--no-plot", "--nan-policy", "skip")
+    assert main(["lm", "--resume", str(out), "--nan-policy", "raise", "--quiet"]) == 0  # the default value
+    assert json.loads((out / "config.json").read_text())["nan_policy"] == "raise"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

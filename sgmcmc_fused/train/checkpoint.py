@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,29 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             pass
         os.link(path, tmp_link)
         os.replace(tmp_link, prev)
-    with atomic_write(path) as f:
-        torch.save({**state, DIGEST_KEY: content_digest(state)}, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save({**state, DIGEST_KEY: content_digest(state)}, f)
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a full disk as a RuntimeError of its zip writer, with the OSError
+        # (ENOSPC, EDQUOT, EIO) as its context: name the OSError and what the run folder still holds.
+        cause = next((c for c in _exception_chain(e) if isinstance(c, OSError)), None)
+        if cause is None:
+            raise
+        kept = f"{path} is the last checkpoint, whole" if path.is_file() else "no checkpoint was written"
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint ({cause.strerror or cause}); {kept}. Free space (or fix the "
+            "folder) and continue the run with --resume"
+        ) from e
+
+
+def _exception_chain(e: BaseException) -> Iterator[BaseException]:
+    """`e`, then its causes and contexts (what "During handling ..." tracebacks show), each once."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def load_checkpoint(path: str | os.PathLike, expected_format: str | None = None) -> dict[str, Any]:

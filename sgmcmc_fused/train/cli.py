@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 #: Modules of sgmcmc_fused.train that register a subcommand, in the order of the help text.
 SUBCOMMANDS: tuple[str, ...] = ("lm", "classify", "caption", "caption_features", "download")
@@ -26,7 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser` (and its subcommands' parsers) changed to leave out every option not on the command line."""
+    parser._defaults = {}
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _without_defaults(subparser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns its exit status."""
+    """Parse `argv` (default sys.argv[1:]) and run the subcommand; returns its exit status.
+
+    ``args.given`` holds the dests of the options on the command line, whatever their values (a
+    resumed run refuses options it cannot change even when they repeat the default)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.given = frozenset(vars(_without_defaults(build_parser()).parse_args(argv))) - {"command"}
     return int(args.func(args) or 0)

@@ -141,9 +141,10 @@ class Task(ABC):
         began = False
         try:
             cfg, data = self.load_data(cfg, args, world)
-            # A resume that the checkpoints refuse (other data, a damaged file) leaves config.json as
-            # it was: it may only change --epochs of a run that goes on.
+            # A resume that the checkpoints refuse (other data, a damaged file) before any of them
+            # moves on leaves config.json as it was: it may only change --epochs of a run that goes on.
             saved_config = (out / "config.json").read_text(encoding="utf-8") if args.resume and world.is_main else None
+            checkpoints = _checkpoint_times(out) if saved_config is not None else None
             if world.is_main:
                 write_json(out / "config.json", cfg.to_json())
             began = True
@@ -158,7 +159,7 @@ class Task(ABC):
                     say(str(stop), force=True)
                     return stop.status
                 except (ConfigError, CheckpointError):
-                    if saved_config is not None:
+                    if saved_config is not None and _checkpoint_times(out) == checkpoints:
                         write_text_atomic(out / "config.json", saved_config)
                     raise
         finally:
@@ -213,15 +214,15 @@ class Task(ABC):
         except ConfigError as e:
             raise ConfigError(f"--resume {out}: {path}: {e}") from None
         parser: argparse.ArgumentParser = args.parser
-        changed = sorted(
-            k for k, v in vars(args).items()
-            if k not in self.run_control and k not in cfg.RESUMABLE and v != parser.get_default(k)
-        )  # fmt: skip
+        given = _given_options(args)
+        if "out" in given:
+            raise ConfigError(f"--resume continues the run in its own folder, {out}; --out cannot be given with it")
+        changed = frozenset(k for k in given if k not in self.run_control and k not in cfg.RESUMABLE)
         if changed:
-            names = ", ".join("--" + k.replace("_", "-") for k in changed)
-            accepted = ", ".join(sorted(_option_names(parser, self.run_control - {"resume"})))
+            names = ", ".join(sorted(_option_names(parser, changed) or ("--" + k.replace("_", "-") for k in changed)))
+            accepted = ", ".join(sorted(_option_names(parser, self.run_control - {"resume", "out"})))
             raise ConfigError(
-                f"--resume continues the run with its saved configuration; {names} cannot be changed "
+                f"--resume continues the run with its saved configuration; {names} cannot be given "
                 f"(only --epochs, --lr, --nan-policy and the run options {accepted})"
             )
         changes: dict[str, Any] = {}
@@ -234,7 +235,7 @@ class Task(ABC):
             changes["epochs"] = args.epochs
         if args.lr:
             changes["lr"] = {**cfg.lr, **given_learning_rates(args.lr, cfg.methods)}
-        if args.nan_policy != parser.get_default("nan_policy"):
+        if "nan_policy" in given:
             changes["nan_policy"] = args.nan_policy
         return cfg.replace(**changes) if changes else cfg
 
@@ -253,6 +254,19 @@ def _check_backends(cfg: RunConfig, device: torch.device) -> None:
             select(impl, device, [torch.float32])
         except ValueError as e:
             raise ConfigError(f"{option} {impl} on {device}: {e}") from None
+
+
+def _checkpoint_times(out: Path) -> dict[Path, int]:
+    """The modification time (ns) of every checkpoint in the run folder `out` (methods, chains)."""
+    return {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+
+
+def _given_options(args: argparse.Namespace) -> frozenset[str]:
+    """The dests of the options on the command line: ``args.given`` from `cli.main`, else (a
+    namespace built by hand) those whose value differs from the parser's default."""
+    if hasattr(args, "given"):
+        return args.given
+    return frozenset(k for k, v in vars(args).items() if v != args.parser.get_default(k))
 
 
 def _option_names(parser: argparse.ArgumentParser, dests: frozenset[str]) -> list[str]:

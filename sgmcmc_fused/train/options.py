@@ -23,7 +23,7 @@ NAN_POLICIES = ("raise", "skip")
 #: Options that only steer how a run executes, not what it computes: --resume accepts them.
 RUN_CONTROL = frozenset({
     "out", "resume", "device", "threads", "checkpoint_every", "stop_after_steps", "progress", "quiet",
-    "func", "parser", "command",
+    "func", "parser", "command", "given",
 })  # fmt: skip
 
 

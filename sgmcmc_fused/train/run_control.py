@@ -56,8 +56,8 @@ class Printer:
 class InterruptFlag:
     """Within the block, the first Ctrl-C (SIGINT) or SIGTERM (what cluster schedulers send before they
     kill a job) sets a flag: the training loop checkpoints at the next step boundary and stops, with
-    exit status 128 + the signal's number. A second signal interrupts at once. A no-op outside the main
-    thread."""
+    exit status 128 + the signal's number. A second signal stops the process at once, with the status
+    of that signal and no traceback. A no-op outside the main thread."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -77,9 +77,14 @@ class InterruptFlag:
     def name(self) -> str:
         return signal.Signals(self.signum or signal.SIGINT).name
 
-    def _handler(self, signum, frame):
+    def _handler(self, signum, _frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            # Unwinds at once (BaseException: no `except Exception` holds it); files are written
+            # atomically, so the last checkpoint stays whole.
+            sys.stderr.write(
+                f"{signal.Signals(signum).name} again: stopping now, without a checkpoint; the last one stays\n"
+            )
+            raise SystemExit(128 + signum)
         self.signum = signum
 
     def __enter__(self):

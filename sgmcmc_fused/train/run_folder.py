@@ -99,7 +99,8 @@ def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
 
     A samples folder belongs to one run: `SAMPLES_OWNER` records the run's folder. Another run's
     folder is refused; so is a non-empty folder that names no run, for a new run (a run saved
-    before the record existed claims its own folder when it resumes).
+    before the record existed claims its own folder when it resumes). A resumed run whose recorded
+    folder holds no run any more was moved there from it, and takes the samples folder along.
 
     Raises:
         ConfigError: the folder is another run's, or not empty, or cannot be written.
@@ -109,7 +110,10 @@ def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
     try:
         if owner_file.is_file():
             owner = json.loads(owner_file.read_text()).get("run")
-            if owner != me:
+            moved = resumed and isinstance(owner, str) and not (Path(owner) / "config.json").exists()
+            if owner != me and moved:  # the run's folder was moved or renamed: the samples follow it
+                write_json(owner_file, {"run": me})
+            elif owner != me:
                 raise ConfigError(
                     f"--samples-dir {folder} holds the samples of the run in {owner}: give each run its own "
                     "samples folder"

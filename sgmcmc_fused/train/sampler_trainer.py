@@ -288,6 +288,8 @@ class SamplerTrainer(ABC):
     def _interrupted(self, interrupted) -> Stop:
         """The Stop of a run interrupted by a signal (on another rank, perhaps: then as by SIGINT)."""
         name, status = getattr(interrupted, "name", "SIGINT"), getattr(interrupted, "status", 130)
+        if self.step == 0 and not self.checkpoint_path.exists():  # interrupted before this method began
+            return self._stop(f"interrupted ({name}) before its first step; nothing to save,", status)
         return self._stop(f"interrupted ({name}) at step {{step}}; checkpoint saved,", status)
 
     def autocast(self) -> contextlib.AbstractContextManager:
