@@ -23,6 +23,11 @@ __all__ = [
 ]  # fmt: skip
 
 
+#: The largest class index a sentence file may hold (labels become int64 tensors, and a classifier
+#: has one output per class up to the largest).
+MAX_LABEL = 2**31 - 1
+
+
 @dataclass
 class LabelledFile:
     """The examples of a "LABEL sentence" file.
@@ -83,11 +88,6 @@ def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -
     if not labels:
         raise ValueError(f"{path}: no 'LABEL sentence' lines (the file is empty or blank)")
     return LabelledFile(torch.tensor(labels, dtype=torch.long), sentences, label_only_lines)
-
-
-#: The largest class index a sentence file may hold (labels become int64 tensors, and a classifier
-#: has one output per class up to the largest).
-MAX_LABEL = 2**31 - 1
 
 
 def describe_label_only_lines(path: str | os.PathLike, lines: list[int]) -> str:
