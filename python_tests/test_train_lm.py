@@ -462,6 +462,16 @@ def test_an_interrupt_before_a_method_begins_claims_no_checkpoint(tmp_path):
     assert stop.value.status == 143 and not (fresh / "checkpoint.pt").exists()
 
 
+def test_a_new_lr_for_a_finished_method_leaves_its_results_as_trained(tmp_path, capsys):
+    out = _run(tmp_path, "f", "--method", "rmsprop", "--epochs", "1", "--no-plot")
+    before = json.loads((out / "results.json").read_text())["methods"][0]
+    assert main(["lm", "--resume", str(out), "--lr", "rmsprop=0.1", "--no-plot", "--threads", "1"]) == 0
+    assert "rmsprop: finished its 1 epochs at lr 0.01; --lr 0.1 changes nothing for it" in capsys.readouterr().out
+    after = json.loads((out / "results.json").read_text())["methods"][0]
+    assert after["lr"] == before["lr"] == 0.01 and after["test_ppl"] == before["test_ppl"]
+    assert json.loads((out / "rmsprop" / "log.json").read_text())["config"]["lr"]["rmsprop"] == 0.01
+
+
 def test_resume_takes_every_given_nan_policy(tmp_path):
     out = _run(tmp_path, "n", "--method", "rmsprop", "--epochs", "1", "--no-plot", "--nan-policy", "skip")
     assert main(["lm", "--resume", str(out), "--nan-policy", "raise", "--quiet"]) == 0  # the default value

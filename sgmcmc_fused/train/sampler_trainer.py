@@ -504,6 +504,12 @@ class SamplerTrainer(ABC):
         )
         if self.epoch > self.cfg.epochs:
             raise ConfigError(f"{self.checkpoint_path} is at epoch {self.epoch}, past --epochs {self.cfg.epochs}")
+        trained_lr, lr = saved.lr.get(self.method), self.cfg.lr[self.method]
+        if self.epoch == self.cfg.epochs and trained_lr is not None and trained_lr != lr:
+            # A finished method trains no more: its logs and result keep the lr it trained with.
+            self.say(f"{self.label}: finished its {self.epoch} epochs at lr {trained_lr:g}; --lr {lr:g} changes "
+                     "nothing for it (give --epochs to train it further)", force=True)  # fmt: skip
+            self.cfg = self.cfg.replace(lr={**self.cfg.lr, self.method: trained_lr})
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
         if self.epoch < self.cfg.epochs:  # a finished method computes nothing more
             warn_if_threads_changed(ck, self.device, self.label)
