@@ -3,6 +3,7 @@ independent stack of lstm_reference layers with explicit masks (dropconnect > 0)
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -508,6 +509,23 @@ def test_torch_compile_traces_the_whole_module():
     close(out, want, torch.float64, "output")
     close(h, h_want, torch.float64, "h_n")
     close(c, c_want, torch.float64, "c_n")
+
+
+def test_a_compiled_training_forward_has_the_eager_gradients():
+    """fullgraph through AOTAutograd: the layer op's backward rule runs in the joint graph (grad mode
+    off there: the double-backward refusal stays out of the way)."""
+    torch.manual_seed(22)
+    module = DropConnectLSTM(I, H, 2, dropconnect=0.3, seed=3).train()
+    twin = copy.deepcopy(module)
+    x = torch.randn(4, 3, I)
+
+    def loss(m):
+        return m(x)[0].pow(2).sum()
+
+    loss(module).backward()
+    torch.compile(loss, fullgraph=True, backend="aot_eager")(twin).backward()
+    for (name, p), q in zip(module.named_parameters(), twin.parameters(), strict=True):
+        assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-6, what=name)
 
 
 def test_nn_lstm_attributes():

@@ -189,6 +189,20 @@ def test_layer_and_gradients_equal_reference(impl, device, dtype, reverse, lengt
         assert_close(got[key], want[key], rtol=tol, atol=tol, what=f"{impl} {key}")
 
 
+@pytest.mark.parametrize("impl,device", LSTM_BACKENDS)
+def test_a_double_backward_is_refused_naming_the_eager_layer(impl, device):
+    require(impl, device)
+    inputs = layer_inputs(torch.float32, device, steps=3, batch=2, input_size=2, hidden=3)
+    out, _, _ = F_lstm.dropconnect_lstm_layer(*inputs.values(), None, False, None, impl)
+    backend = "compiled" if impl in ("cpu", "cuda") else impl
+    message = rf"the {backend} DropConnect LSTM layer has no double backward.*impl='eager'"
+    with pytest.raises(RuntimeError, match=message):  # create_graph=True is where a double backward starts
+        torch.autograd.grad(out.pow(2).sum(), inputs["input"], create_graph=True)
+    eager_out, _, _ = F_lstm.dropconnect_lstm_layer(*inputs.values(), None, False, None, "eager")
+    (g,) = torch.autograd.grad(eager_out.pow(2).sum(), inputs["input"], create_graph=True)
+    assert torch.autograd.grad(g.pow(2).sum(), inputs["input"])[0].abs().sum() > 0  # eager has one
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_layer_gradcheck_fp64(reverse):
     require("cpu", "cpu", torch.float64)

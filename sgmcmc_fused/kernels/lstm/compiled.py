@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _library
+from .autograd import refuse_double_backward
 from .reference import BERNOULLI, DropConnect
 
 
@@ -59,12 +60,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activations, _grad_cells):
-    if torch.is_grad_enabled():  # autograd runs a backward with grad mode on only for create_graph=True
-        raise RuntimeError(
-            "the compiled DropConnect LSTM layer has no double backward (its backward kernel is not itself "
-            "differentiable), so backward(create_graph=True) and gradient penalties cannot go through it: "
-            "build the module with impl='eager', whose layer is made of differentiable torch ops"
-        )
+    if torch.is_grad_enabled():  # create_graph=True
+        refuse_double_backward("compiled")
     input, h0, c0, w_ih, w_hh, out, activations, cells, lengths = ctx.saved_tensors
 
     def zeros_if_none(grad, like):

@@ -87,6 +87,7 @@ from ..triton_common import (
     uint32_to_open_uniform,
 )
 from ..triton_common import not_supported_reasons as _triton_not_supported_reasons
+from .autograd import first_order_only
 from .reference import BERNOULLI, GAUSSIAN, MASK_STREAM_BIT
 
 __all__ = [
@@ -733,7 +734,8 @@ class _DropConnectLSTMLayer(torch.autograd.Function):
         return output, h_n, c_n
 
     @staticmethod
-    @once_differentiable  # the kernels are not differentiable: no double backward
+    @first_order_only("triton")  # the kernels are not differentiable: no double backward
+    @once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
         input, h0, c0, w_ih, w_hh, output, activations, cells, lengths = ctx.saved_tensors
         reverse, masks = ctx.reverse, ctx.masks
