@@ -193,6 +193,43 @@ def test_averager_equals_stacked_mean_and_perplexity():
     assert again.perplexity(labels) == avg.perplexity(labels)
 
 
+def test_log_space_average_of_a_zero_probability_is_minus_inf():
+    # mean_s log p = -inf as soon as one sample gives p = 0 (perplexity inf, as bayes.perplexity says),
+    # in whichever order the samples come.
+    for first, second in (([0.0, 0.5], [0.0, 0.5]), ([0.0, 0.5], [0.3, 0.5]), ([0.3, 0.5], [0.0, 0.5])):
+        avg = PredictiveAverager(2, log_space=True)
+        avg.update(torch.tensor(first))
+        avg.update(torch.tensor(second))
+        lp = avg.mean_log_prob()
+        assert lp[0].item() == -math.inf and lp[1].item() == pytest.approx(math.log(0.5), rel=1e-15)
+        assert avg.perplexity() == math.inf
+    avg = PredictiveAverager(1, log_space=True)
+    avg.update(log_probs=torch.tensor([-math.inf]))
+    avg.update(log_probs=torch.tensor([-1.0]), weight=3.0)
+    assert avg.mean_log_prob().item() == -math.inf
+
+
+def test_averager_state_dict_is_a_snapshot():
+    avg = PredictiveAverager(3)
+    avg.update(torch.tensor([0.2, 0.4, 0.6]))
+    snap = avg.state_dict()
+    avg.update(torch.tensor([0.6, 0.8, 1.0]))  # must not reach the snapshot
+    assert snap["num_samples"] == 1 and snap["acc"].tolist() == pytest.approx([0.2, 0.4, 0.6], rel=1e-7)
+    loaded, other = PredictiveAverager(3), PredictiveAverager(3)
+    loaded.load_state_dict(snap)
+    loaded.update(torch.tensor([1.0, 1.0, 1.0]))  # must not reach the dict it was loaded from
+    other.load_state_dict(snap)
+    assert other.mean.tolist() == pytest.approx([0.2, 0.4, 0.6], rel=1e-7)
+
+
+def test_averager_refuses_targets_of_the_wrong_length():
+    avg = PredictiveAverager(4)
+    avg.update(torch.full((4, 3), 1 / 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"targets must be \[4\] class indices, got shape \(2,\)"):
+        avg.perplexity(torch.tensor([0, 0]))
+    assert avg.perplexity(torch.tensor([0, 1, 2, 0])) == pytest.approx(3.0, rel=1e-12)
+
+
 def test_weighted_averager_equals_the_weighted_mean():
     g = torch.Generator().manual_seed(5)
     s, n = 6, 40
@@ -294,6 +331,19 @@ def test_predictive_moments_and_entropy():
     assert predictive_entropy(torch.tensor([[1.0, 0.0, 0.0]])).item() == 0.0  # 0 log 0 = 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_uncertainty_of_low_precision_probabilities_is_computed_in_float64(dtype):
+    # The mutual information is a small difference of two entropies near log C: computed in bf16 it
+    # is mostly rounding error. The reference is the same (rounded) inputs taken to float64 first.
+    g = torch.Generator().manual_seed(3)
+    probs = (torch.randn(20, 200, 5, generator=g) * 0.3).softmax(-1).to(dtype)
+    exact = probs.double()
+    mi, h = mutual_information(probs), predictive_entropy(predictive_mean(probs))
+    assert mi.dtype == h.dtype == torch.float64
+    assert torch.allclose(mi, mutual_information(exact), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(h, predictive_entropy(exact.mean(0)), rtol=1e-3)  # the mean itself is in `dtype`
+
+
 def test_expected_calibration_error_hand_computed():
     mean = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.55, 0.45], [0.35, 0.65]])
     labels = torch.tensor([0, 1, 1, 0, 0])
@@ -380,6 +430,8 @@ def test_split_rhat_hand_computed_and_edge_cases():
     # The earliest draw is dropped when the length is odd.
     assert split_rhat([[100.0, 1.0, 2.0, 3.0, 4.0]]) == pytest.approx(math.sqrt(4.5), rel=1e-15)
     assert math.isnan(split_rhat([[1.0] * 6, [1.0] * 6]))
+    # Chains stuck at different values (W = 0 < B): the worst disagreement, R-hat = inf, not nan.
+    assert split_rhat([[1.0] * 6, [2.0] * 6]) == math.inf
     with pytest.raises(ValueError, match="at least 4 draws per chain, the shortest has 3"):
         split_rhat([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0]])
     with pytest.raises(ValueError, match="at least one chain"):

@@ -64,6 +64,16 @@ def test_stages_and_samples():
     assert [k for k in range(1, 9) if CyclicalSchedule(8, 2, 0.0, 1).collects(k)] == list(range(1, 9))
 
 
+@pytest.mark.parametrize("step", [0, -1, 11, 25])
+def test_steps_outside_the_schedule_are_refused(step):
+    # The cycle formula extends past both ends (a phantom fourth cycle at step 11 of 10); the schedule
+    # only defines steps 1..K.
+    s = CyclicalSchedule(10, 3, 0.5, 2)
+    for ask in (s.lr_factor, s.explores, s.collects, s.cycle_end):
+        with pytest.raises(ValueError, match=rf"step {step} is outside the schedule's steps 1\.\.10"):
+            ask(step)
+
+
 @pytest.mark.parametrize("total, cycles, beta", [(16, 4, 0.8), (20, 4, 0.8), (21, 4, 0.8), (30, 3, 0.9), (29, 3, 0.9)])
 def test_every_cycle_samples_iff_each_cycle_collects_a_step(total, cycles, beta):
     s = CyclicalSchedule(total, cycles, beta, 1)

@@ -159,8 +159,8 @@ class SampleCollector:
         path = self.directory / name
         if name in self._missing or not path.exists():
             raise FileNotFoundError(
-                f"sample {i} (step {record['step']}) is gone: {path} was deleted after the checkpoint this "
-                "collector was restored from (the run that wrote the checkpoint dropped it later)"
+                f"sample {i} (step {record['step']}) is gone: {path} does not exist (the run that wrote the "
+                "checkpoint may have dropped it later, or the samples are in another folder)"
             )
         return _from_safetensors(path)
 
@@ -291,7 +291,8 @@ class PredictiveAverager:
         """Add one sample's probabilities `probs` [num_items] or [num_items, C] (or `log_probs`,
         which avoids underflow of tiny probabilities in log_space mode) with weight `weight` (a finite
         number > 0, e.g. the step size the sample was drawn at). Any device and float dtype; the mean
-        is kept in float64 on the device of the first update."""
+        is kept in float64 on the device of the first update. In probability mode `log_probs` are
+        exponentiated in float64, so log-probabilities below about -745 count as probability 0."""
         if (probs is None) == (log_probs is None):
             raise ValueError("pass exactly one of probs and log_probs")
         weight = float(weight)
@@ -316,7 +317,14 @@ class PredictiveAverager:
         # West's weighted form of Welford's running mean: exact to rounding for any number of samples,
         # no growing sum. Evaluated left to right, so that with unit weights it is bitwise the plain
         # running mean (v - acc) / n, and unweighted runs keep their numbers.
-        self._acc += (v - self._acc) * weight / self.total_weight
+        step = (v - self._acc) * weight / self.total_weight
+        if self.log_space:
+            # A zero probability (log p = -inf) in any sample makes the mean of log p -inf for good;
+            # the update above would give -inf - (-inf) or -inf + inf, both NaN.
+            impossible = (v == -math.inf) | (self._acc == -math.inf)
+            self._acc = torch.where(impossible, -math.inf, self._acc + step)
+        else:
+            self._acc += step
 
     @property
     def mean(self) -> torch.Tensor:
@@ -333,6 +341,8 @@ class PredictiveAverager:
         if lp.dim() == 2:
             if targets is None:
                 raise ValueError("the averager holds class probabilities [N, C]: pass targets [N]")
+            if targets.shape != (self.num_items,):
+                raise ValueError(f"targets must be [{self.num_items}] class indices, got shape {tuple(targets.shape)}")
             lp = lp.gather(1, targets.to(lp.device, torch.long).view(-1, 1)).squeeze(1)
         elif targets is not None:
             raise ValueError("the averager holds per-item target probabilities [N]: targets must be None")
@@ -360,12 +370,13 @@ class PredictiveAverager:
             "log_space": self.log_space,
             "num_samples": self.num_samples,
             "total_weight": self.total_weight,
-            "acc": self._acc,
+            "acc": None if self._acc is None else self._acc.clone(),  # not the tensor update() changes in place
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_items, self.log_space = state["num_items"], state["log_space"]
-        self.num_samples, self._acc = state["num_samples"], state["acc"]
+        self.num_samples = state["num_samples"]
+        self._acc = None if state["acc"] is None else state["acc"].clone()
         # States written before weights existed hold unweighted means: total weight = sample count.
         self.total_weight = float(state.get("total_weight", self.num_samples))
 
@@ -414,7 +425,8 @@ def split_rhat(chains: Sequence[Sequence[float]]) -> float:
     Args:
         chains: one sequence of draws per chain (e.g. the validation log-likelihood of each sample).
     Returns:
-        R̂ (float; nan when the draws are all equal, so W = 0).
+        R̂ (float): inf when every sequence is constant but they differ (W = 0 < B: the chains are
+        stuck apart); nan when all the draws are equal.
     Raises:
         ValueError: no chain, or fewer than 4 draws in the shortest chain.
     """
@@ -430,7 +442,7 @@ def split_rhat(chains: Sequence[Sequence[float]]) -> float:
     between_over_n = seqs.mean(dim=1).var(correction=1)
     var_plus = (half - 1) / half * within + between_over_n
     if within == 0:
-        return float("nan")
+        return float("inf") if between_over_n > 0 else float("nan")
     return float(torch.sqrt(var_plus / within))
 
 
@@ -458,23 +470,29 @@ def predictive_std(probs: torch.Tensor, correction: int = 0) -> torch.Tensor:
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
+    # In float64 whatever the input: the mutual information is a small difference of two entropies,
+    # which half precision's 3 significant digits leave mostly rounding error.
+    p = p.to(torch.float64)
     return -torch.special.xlogy(p, p).sum(-1)  # 0 log 0 = 0
 
 
 def predictive_entropy(mean: torch.Tensor) -> torch.Tensor:
-    """H[p̄] = -Σ_c p̄_c log p̄_c in nats: mean [N, C] -> [N] (total predictive uncertainty)."""
+    """H[p̄] = -Σ_c p̄_c log p̄_c in nats: mean [N, C] (any float dtype) -> float64 [N] (total
+    predictive uncertainty)."""
     if mean.dim() != 2:
         raise ValueError(f"mean must be [N, C], got shape {tuple(mean.shape)}")
     return _entropy(mean)
 
 
 def mutual_information(probs: torch.Tensor) -> torch.Tensor:
-    """I(y; θ | x) = H[mean_s p_s] - mean_s H[p_s] in nats: probs [S, N, C] -> [N].
+    """I(y; θ | x) = H[mean_s p_s] - mean_s H[p_s] in nats: probs [S, N, C] (any float dtype) ->
+    float64 [N].
 
     The part of the predictive entropy due to disagreement between samples (epistemic); 0 when all
     samples agree. Non-negative by Jensen's inequality; clamped at 0 against rounding.
     """
     _check_stack(probs)
+    probs = probs.to(torch.float64)
     return (_entropy(probs.mean(0)) - _entropy(probs).mean(0)).clamp_min(0)
 
 

@@ -55,7 +55,13 @@ class CyclicalSchedule:
             raise ValueError(f"thin must be >= 1, got {self.thin}")
 
     def _cycle(self, step: int) -> tuple[int, int]:
-        """(s, L): `step` (1-based) is in the cycle of the L steps after step s."""
+        """(s, L): `step` (1-based) is in the cycle of the L steps after step s.
+
+        Raises:
+            ValueError: `step` outside 1..total_steps (the formula would invent a cycle for it).
+        """
+        if not 1 <= step <= self.total_steps:
+            raise ValueError(f"step {step} is outside the schedule's steps 1..{self.total_steps}")
         # floor(c K / M) < step <= floor((c + 1) K / M)  <=>  c = ceil(step M / K) - 1.
         c = (step * self.cycles - 1) // self.total_steps
         start, end = c * self.total_steps // self.cycles, (c + 1) * self.total_steps // self.cycles
