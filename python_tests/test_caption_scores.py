@@ -379,21 +379,30 @@ def test_reference_agreement_hand_case_and_rounds():
     s = reference_agreement(refs, metrics=NO_METEOR, tokenizer="python")
     assert s.per_image[0]["BLEU-1"] == pytest.approx(2 / 3, abs=1e-6)
     assert s.per_image[1]["BLEU-1"] == pytest.approx(4 / 5, rel=1e-6)
-    # Bookkeeping: round k = each image's k-th reference against its others (images with more than k
-    # references); per image the mean of its rounds, corpus the image-weighted mean of the rounds.
+    # Bookkeeping: round k = every image's reference k mod K_i against its others; per image the mean
+    # of its first K_i rounds, corpus the mean of the rounds.
     rounds = [
         score_captions([refs[0][1:], refs[1][1:]], [refs[0][0], refs[1][0]], metrics=NO_METEOR, tokenizer="python"),
         score_captions(
             [[refs[0][0], refs[0][2]], refs[1][:1]], [refs[0][1], refs[1][1]], metrics=NO_METEOR, tokenizer="python"
         ),
-        score_captions([refs[0][:2]], [refs[0][2]], metrics=NO_METEOR, tokenizer="python"),
+        score_captions([refs[0][:2], refs[1][1:]], [refs[0][2], refs[1][0]], metrics=NO_METEOR, tokenizer="python"),
     ]
     for m in NO_METEOR:
         assert s.per_image[0][m] == pytest.approx(sum(r.per_image[0][m] for r in rounds) / 3, rel=1e-12)
         assert s.per_image[1][m] == pytest.approx(sum(r.per_image[1][m] for r in rounds[:2]) / 2, rel=1e-12)
-        assert s.corpus[m] == pytest.approx(
-            (2 * rounds[0].corpus[m] + 2 * rounds[1].corpus[m] + rounds[2].corpus[m]) / 5, rel=1e-12
-        )
+        assert s.corpus[m] == pytest.approx(sum(r.corpus[m] for r in rounds) / 3, rel=1e-12)
+
+
+def test_reference_agreement_of_images_with_more_references_counts_idf_over_all_images():
+    # Identical references everywhere, one image with a sixth: every leave-one-out candidate equals its
+    # references, so CIDEr-D is 10 for every image, as with five references each. (A round scoring the
+    # sixth references alone would count idf over one image, log 1 - log 1 = 0, and give it 0.)
+    refs = [["a dog runs on the beach"] * 5, ["a cat sleeps on a sofa"] * 5, ["two birds sit on a wire"] * 6]
+    s = reference_agreement(refs, metrics=["CIDEr-D", "BLEU-4"], tokenizer="python")
+    assert [row["CIDEr-D"] for row in s.per_image] == pytest.approx([10.0] * 3, rel=1e-12)
+    assert s.corpus["CIDEr-D"] == pytest.approx(10.0, rel=1e-12)
+    assert s.corpus["BLEU-4"] == pytest.approx(1.0, abs=1e-8)
 
 
 @needs_java

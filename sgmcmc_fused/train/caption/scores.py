@@ -559,13 +559,13 @@ def reference_agreement(
 ) -> CaptionScores:
     """How well each image's references agree with one another: the usual "human" reference point.
 
-    Round k (k = 0 .. max K_i - 1) scores every image's k-th reference as the candidate against that
-    image's other K_i - 1 references, exactly as `score_captions` would (images with K_i <= k sit the
-    round out). An image's per-image score is the mean over its K_i rounds; a corpus score is the mean
-    of the rounds' corpus scores weighted by their numbers of images (the plain mean over rounds when
-    every image has the same K). Each round's CIDEr-D document frequencies (idf) are counted over that
-    round's leave-one-out reference sets, with K_i - 1 references per image, as a model scored against
-    K_i - 1 references would be; with one reference fewer than a model gets, these numbers are
+    Round k (k = 0 .. max K_i - 1) scores, for every image, its reference k mod K_i as the candidate
+    against its other K_i - 1 references, exactly as `score_captions` would. Every round holds every
+    image, so each round's CIDEr-D document frequencies (idf) are counted over all N images' leave-one-out
+    reference sets, as for a model scored against K_i - 1 references; an image with fewer references
+    than the most has some of them scored twice, in rounds of their own. An image's per-image score is
+    the mean over its first K_i rounds (each of its references the candidate once); a corpus score is
+    the mean of the rounds' corpus scores. With one reference fewer than a model gets, these numbers are
     slightly pessimistic for BLEU and CIDEr-D.
 
     Args:
@@ -583,27 +583,27 @@ def reference_agreement(
         start += len(refs)
 
     n = len(references)
+    rounds = max(len(refs) for refs in tokenized)
     sums: list[dict[str, float]] = [dict.fromkeys(metrics, 0.0) for _ in range(n)]
-    weighted: dict[str, float] = dict.fromkeys(metrics, 0.0)
-    n_scored = 0
+    corpus_sum: dict[str, float] = dict.fromkeys(metrics, 0.0)
     unavailable: dict[str, str] = {}
     # One METEOR process for all rounds: its JVM takes seconds to start and load the paraphrase table.
     with _meteor_session("METEOR" in metrics) as (meteor, reason):
-        for k in range(max(len(refs) for refs in references)):
-            images = [i for i in range(n) if len(tokenized[i]) > k]
-            gts = {j: tokenized[i][:k] + tokenized[i][k + 1 :] for j, i in enumerate(images)}
-            res = {j: [tokenized[i][k]] for j, i in enumerate(images)}
+        for k in range(rounds):
+            left_out = [k % len(refs) for refs in tokenized]
+            gts = {i: refs[:c] + refs[c + 1 :] for i, (refs, c) in enumerate(zip(tokenized, left_out, strict=True))}
+            res = {i: [refs[c]] for i, (refs, c) in enumerate(zip(tokenized, left_out, strict=True))}
             corpus_k, per_k, unavailable_k = _score_tokenized(gts, res, metrics, meteor, reason)
             if unavailable_k.get("METEOR") and meteor is not None:
                 meteor, reason = None, unavailable_k["METEOR"]  # it failed; don't restart it every round
             unavailable.update(unavailable_k)
-            n_scored += len(images)
             for name in metrics:
                 if name not in unavailable:
-                    weighted[name] += len(images) * corpus_k[name]
-                    for j, i in enumerate(images):
-                        sums[i][name] += per_k[j][name]
-    corpus = {m: None if m in unavailable else weighted[m] / n_scored for m in metrics}
+                    corpus_sum[name] += corpus_k[name]
+                    for i in range(n):
+                        if k < len(tokenized[i]):
+                            sums[i][name] += per_k[i][name]
+    corpus = {m: None if m in unavailable else corpus_sum[m] / rounds for m in metrics}
     per_image = [{m: None if m in unavailable else sums[i][m] / len(tokenized[i]) for m in metrics} for i in range(n)]
     return CaptionScores(corpus, per_image, tokens.tokenizer, unavailable, tokens.note)
 
