@@ -19,8 +19,9 @@ from sgmcmc_fused.data.scenes import make_scenes
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.caption.config import SYNTHETIC_DEFAULTS
 from sgmcmc_fused.train.caption.decode import StackedCaptionModels, decode_in_batches
-from sgmcmc_fused.train.caption.scores import score_captions
+from sgmcmc_fused.train.caption.scores import reference_agreement, score_captions
 from sgmcmc_fused.train.caption.sources import load_caption_data
+from sgmcmc_fused.train.caption.trainer import FINAL_METRICS
 from sgmcmc_fused.train.chains import check_chains_world
 from sgmcmc_fused.train.distributed import World
 from sgmcmc_fused.train.options import ConfigError
@@ -130,6 +131,35 @@ def test_files_run_with_average_optimizers(tmp_path):
     # The kept sample lives on disk, in a folder that names its run.
     assert len(list((tmp_path / "samples" / "rmsprop").glob("sample_*.safetensors"))) == 1
     assert json.loads((tmp_path / "samples" / "run.json").read_text())["run"] == str(out.resolve())
+
+
+@pytest.mark.parametrize("single", [1, 6])
+def test_test_images_with_a_single_reference_finish_the_run(tmp_path, capsys, single):
+    # A test image with one caption has nothing to agree with: the references' agreement row covers the
+    # images with two or more (none here when all six have one), and the run writes its results.
+    scenes = make_scenes(30, 6, 6, seed=1, image_size=32)
+    test = [im for im in scenes.dataset["images"] if im["split"] == "test"]
+    for im in test[:single]:
+        im["sentences"] = im["sentences"][:1]
+    captions, feats = _karpathy_files(tmp_path)
+    captions.write_text(json.dumps(scenes.dataset))
+    out = tmp_path / "run"
+    argv = ["caption", "--captions", str(captions), "--features", str(feats), "--min-count", "1", "--preset", "tiny",
+            "--hidden", "8", "--embedding-dim", "8", "--epochs", "1", "--method", "rmsprop", "--quiet",
+            "--no-progress", "--show", "0", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    several = [[" ".join(s["tokens"]) for s in im["sentences"]] for im in test[single:]]
+    assert results["reference_agreement_images"] == len(several)
+    printed = capsys.readouterr().out
+    if several:
+        want = reference_agreement(several, metrics=FINAL_METRICS)
+        assert results["reference_agreement"] == pytest.approx(want.corpus, rel=1e-12)
+        assert "over the 5 of 6 test images that have two references or more (1 has only one)" in printed
+    else:
+        assert results["reference_agreement"] is None
+        assert "references (1 vs rest): n/a, every test image has a single reference" in printed
+    assert len(_csv(out / "results.csv")) == 1
 
 
 @pytest.mark.parametrize(

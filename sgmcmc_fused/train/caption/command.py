@@ -65,7 +65,7 @@ from .chains import pool_caption_chains
 from .config import CaptionConfig
 from .data import CaptionData
 from .plots import plot_caption_runs
-from .scores import most_frequent_caption, reference_agreement, score_captions
+from .scores import CaptionScores, most_frequent_caption, reference_agreement, score_captions
 from .sources import load_caption_data
 from .trainer import FINAL_METRICS, CaptionTrainer, joined_references
 
@@ -134,9 +134,9 @@ class CaptionTask(Task):
         refs = joined_references(data.test)
         baseline_caption = most_frequent_caption(joined_references(data.train))
         baseline = score_captions(refs, [baseline_caption] * len(refs), metrics=FINAL_METRICS)
-        agreement = reference_agreement(refs, metrics=FINAL_METRICS)
+        agreement, agreement_note = _reference_agreement(refs)
         rows = result_rows(results)
-        unavailable = {**baseline.unavailable, **agreement.unavailable}
+        unavailable = {**baseline.unavailable, **(agreement.unavailable if agreement else {})}
         for r in results:
             unavailable.update(r["unavailable"])
         write_csv(session.out / "results.csv", RESULT_COLUMNS, rows)
@@ -144,13 +144,30 @@ class CaptionTask(Task):
             "data": data.description, "vocab_size": len(data.vocab), "tokenizer": baseline.tokenizer,
             "unavailable": unavailable, "methods": results,
             "most_frequent_caption": {"caption": baseline_caption, "scores": baseline.corpus},
-            "reference_agreement": agreement.corpus,
+            "reference_agreement": agreement.corpus if agreement else None,
+            "reference_agreement_images": sum(len(r) >= 2 for r in refs),
         })  # fmt: skip
         for r in results:
             for shown in r["show"]:
                 say(format_show(r["method"], shown))
-        print(format_table(results, data, cfg, baseline.corpus, baseline_caption, agreement.corpus, unavailable))
+        table = format_table(results, data, cfg, baseline.corpus, baseline_caption,
+                             agreement.corpus if agreement else dict.fromkeys(FINAL_METRICS), unavailable)  # fmt: skip
+        print(table + (f"\n{agreement_note}" if agreement_note else ""))
         return 0
+
+
+def _reference_agreement(refs: list[list[str]]) -> tuple[CaptionScores | None, str]:
+    """The references' own agreement over the test images that have two references or more (one
+    reference has nothing to be scored against), and a note when some or all of them have only one."""
+    several = [r for r in refs if len(r) >= 2]
+    single = len(refs) - len(several)
+    if not several:
+        return None, "references (1 vs rest): n/a, every test image has a single reference"
+    note = ""
+    if single:
+        note = (f"references (1 vs rest): over the {len(several)} of {len(refs)} test images that have two "
+                f"references or more ({single} {'has' if single == 1 else 'have'} only one)")  # fmt: skip
+    return reference_agreement(several, metrics=FINAL_METRICS), note
 
 
 def _run_chains(method: str, session: Session, data: CaptionData) -> tuple[CaptionTrainer | None, dict | None]:
