@@ -138,6 +138,36 @@ def test_load_caption_files_splits_restval_tokens_and_features(tmp_path):
     assert load_caption_files(str(captions), str(feats)).vocab.words == SPECIALS
 
 
+def test_feature_rows_saved_for_other_images_are_refused(tmp_path):
+    # caption-features records each row's file name: rows saved in another order (or for another
+    # caption file) would give every image another image's features.
+    captions, _ = _files(tmp_path, TOY)
+    x = torch.arange(15, dtype=torch.float32).reshape(5, 3)
+    names = [im["filename"] for im in TOY]
+    save_file({"features": x}, str(tmp_path / "same.safetensors"), metadata={"filenames": json.dumps(names)})
+    data = load_caption_files(str(captions), str(tmp_path / "same.safetensors"), min_count=1)
+    assert data.test.features.tolist() == [x[3].tolist()]
+    swapped = [names[1], names[0], *names[2:]]
+    save_file({"features": x}, str(tmp_path / "swapped.safetensors"), metadata={"filenames": json.dumps(swapped)})
+    want = r"swapped\.safetensors: row 0 holds the features of 'b\.jpg', but image 0 of .*dataset\.json is 'a\.jpg'"
+    with pytest.raises(ConfigError, match=want):
+        load_caption_files(str(captions), str(tmp_path / "swapped.safetensors"), min_count=1)
+    save_file({"features": x}, str(tmp_path / "bad.safetensors"), metadata={"filenames": "a.jpg,b.jpg"})
+    with pytest.raises(ConfigError, match=r"bad\.safetensors: its 'filenames' metadata is not a JSON list"):
+        load_caption_files(str(captions), str(tmp_path / "bad.safetensors"), min_count=1)
+
+
+def test_an_image_listed_in_two_splits_is_warned_about(tmp_path):
+    leaky = [*TOY, _image("a.jpg", "test", "a dog runs")]
+    captions, feats = _files(tmp_path, leaky)
+    data = load_caption_files(str(captions), str(feats), min_count=1)
+    assert data.test.filenames == ["d.jpg", "a.jpg"]
+    (note,) = [n for n in data.notes if "more than one split" in n]
+    assert note.startswith("warning: 1 file name(s) listed in more than one split, first 'a.jpg' in train and test")
+    clean_captions, clean_feats = _files(tmp_path, TOY)
+    assert not any("more than one split" in n for n in load_caption_files(str(clean_captions), str(clean_feats)).notes)
+
+
 def test_fingerprint_depends_on_captions_and_features_only(tmp_path):
     def fingerprint(folder: str, images: list[dict], features: np.ndarray | None = None, min_count: int = 1) -> str:
         (tmp_path / folder).mkdir(exist_ok=True)

@@ -306,6 +306,13 @@ def _karpathy(path: Path, order: list[int]) -> list[str]:
     return [e["filename"] for e in entries]
 
 
+def test_a_caption_file_with_a_byte_order_mark_is_read_as_the_trainer_reads_it(tmp_path):
+    path = tmp_path / "dataset.json"
+    names = _karpathy(path, [3, 0])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as some Windows editors save UTF-8
+    assert [entry[-1] for entry in caption_features.read_karpathy_images(path)] == names
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".npy"])
 def test_subcommand_writes_rows_in_json_order(weights, image_dir, tmp_path, capsys, suffix):
     path, state = weights

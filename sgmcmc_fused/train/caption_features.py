@@ -91,7 +91,7 @@ def read_karpathy_images(path: Path) -> list[tuple[str, ...]]:
             with at least one image (the message names the first bad entry by its index).
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # as the trainer reads it: a BOM is allowed
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read captions file {path}: {e}") from None
     images = data.get("images") if isinstance(data, dict) else None

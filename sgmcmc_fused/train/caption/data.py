@@ -32,7 +32,7 @@ from ..options import ConfigError
 
 __all__ = [
     "BOS", "EOS", "PAD", "SPECIALS", "UNK", "CaptionData", "CaptionSplit", "Vocabulary", "caption_data_from",
-    "load_caption_files", "load_features", "training_pairs",
+    "load_caption_files", "load_features", "saved_filenames", "training_pairs",
 ]  # fmt: skip
 
 #: Ids of the special tokens, the first four of every vocabulary.
@@ -241,6 +241,29 @@ def _check_features(features: torch.Tensor, images: list[Any], source: str, capt
     return out
 
 
+def _check_row_filenames(row_filenames: Sequence[str], filenames: list[str], source: str, captions_name: str) -> None:
+    """Raise ConfigError at the first feature row saved for another image than the caption file's."""
+    if len(row_filenames) != len(filenames):
+        raise ConfigError(
+            f"{source}: its metadata names {len(row_filenames)} images, but {captions_name} lists {len(filenames)}"
+        )
+    for i, (saved, listed) in enumerate(zip(row_filenames, filenames, strict=True)):
+        if saved != listed:
+            raise ConfigError(
+                f"{source}: row {i} holds the features of {saved!r}, but image {i} of {captions_name} is {listed!r} "
+                "(the features were made from another caption file, or another order of it)"
+            )
+
+
+def _shared_between_splits(splits: dict[str, CaptionSplit]) -> list[tuple[str, list[str]]]:
+    """(file name, the splits that list it) for each file name listed in more than one split."""
+    where: dict[str, list[str]] = {}
+    for split_name, s in splits.items():
+        for name in dict.fromkeys(s.filenames):
+            where.setdefault(name, []).append(split_name)
+    return [(name, found) for name, found in where.items() if len(found) > 1]
+
+
 def _fingerprint(splits: dict[str, CaptionSplit]) -> str:
     h = hashlib.sha256()
     for name, s in splits.items():
@@ -265,6 +288,7 @@ def caption_data_from(
     captions_name: str,
     features_name: str,
     description: str,
+    row_filenames: Sequence[str] | None = None,
 ) -> CaptionData:
     """Splits, vocabulary and features from a Karpathy split dict and its image features.
 
@@ -274,12 +298,14 @@ def caption_data_from(
         min_count: words seen fewer times in the training captions encode as `UNK` (>= 1).
         captions_name, features_name: the files (or other sources) named in the error messages.
         description: the source, the head of `CaptionData.description`.
+        row_filenames: the image file name of each feature row, where the feature file records them
+            (`saved_filenames`); each must equal its image's ``filename``.
 
     Raises:
         ConfigError naming the file and, where there is one, the entry (image index and file name): not the
         Karpathy format, an unknown split, an image without captions, an empty caption, features that are
-        not 2-D, whose row count differs from the image count, or that hold a non-finite value, and an
-        empty train, val or test split.
+        not 2-D, whose row count differs from the image count, that hold a non-finite value, or whose
+        `row_filenames` differ from the images' file names, and an empty train, val or test split.
     """
     if int(min_count) != min_count or min_count < 1:
         raise ConfigError(f"min_count must be an integer >= 1, got {min_count}")
@@ -298,6 +324,8 @@ def caption_data_from(
         dropped += d
         restval += split == "restval"
     feats = _check_features(features, images, features_name, captions_name)
+    if row_filenames is not None:
+        _check_row_filenames(row_filenames, [name for name, _ in parsed], features_name, captions_name)
     for split, karpathy in (("train", "'train' or 'restval'"), ("valid", "'val'"), ("test", "'test'")):
         if not rows[split]:
             raise ConfigError(f"{captions_name}: no image of split {karpathy} (the {split} split would be empty)")
@@ -318,6 +346,13 @@ def caption_data_from(
         notes.append(f"captions per image: {min(per_image)} to {max(per_image)} (the pairs weigh images unevenly)")
     if dropped:
         notes.append(f"{dropped} punctuation tokens dropped from the captions")
+    leaked = _shared_between_splits(splits)
+    if leaked:
+        name, where = leaked[0]
+        notes.append(
+            f"warning: {len(leaked)} file name(s) listed in more than one split, first {name!r} in "
+            f"{' and '.join(where)}: an image trained on and tested on makes the test scores optimistic"
+        )
     rates = []
     for name, s in splits.items():
         unknown, total = _unknown_rate(s, vocab)
@@ -391,6 +426,34 @@ def load_features(path: str | os.PathLike) -> torch.Tensor:
     return tensor
 
 
+def saved_filenames(path: str | os.PathLike) -> list[str] | None:
+    """The image file name of each row of a ``.safetensors`` feature file, from its ``filenames``
+    metadata (as ``caption-features`` writes it); None for a ``.npy`` file or a file without it.
+
+    Raises:
+        ConfigError: the metadata is not a JSON list of strings.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get("filenames")
+    except (OSError, SafetensorError) as e:
+        raise ConfigError(f"{path}: not a readable .safetensors file: {e}") from None
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{path}: its 'filenames' metadata is not a JSON list of file names")
+    return names
+
+
 def load_caption_files(captions_json: str, features_file: str, *, min_count: int = 5) -> CaptionData:
     """`caption_data_from` over a Karpathy split JSON file (UTF-8) and its image feature file.
 
@@ -409,11 +472,12 @@ def load_caption_files(captions_json: str, features_file: str, *, min_count: int
     except json.JSONDecodeError as e:
         raise ConfigError(f"{captions_json}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     features = load_features(features_file)
+    row_filenames = saved_filenames(features_file)
     name = dataset.get("dataset") if isinstance(dataset, dict) else None
     source = Path(captions_json).name + (f" ({name})" if isinstance(name, str) else "")
     return caption_data_from(
         dataset, features, min_count=min_count, captions_name=str(captions_json), features_name=str(features_file),
-        description=f"{source} with {Path(features_file).name}",
+        description=f"{source} with {Path(features_file).name}", row_filenames=row_filenames,
     )  # fmt: skip
 
 
