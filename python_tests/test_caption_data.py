@@ -264,6 +264,10 @@ def test_malformed_json_and_missing_files_are_errors(tmp_path):
     captions.write_bytes(b'{"images": ["\xff"]}')
     with pytest.raises(ConfigError, match=re.escape(str(captions)) + r": not UTF-8 \(byte 0xff at offset 13\)"):
         load_caption_files(str(captions), str(tmp_path / "f.npy"))
+    # Flickr's own caption file, given where the Karpathy JSON belongs: the error says which file is wanted.
+    captions.write_text("1000268201_693b08cb0e.jpg#0\tA child in a pink dress .\n")
+    with pytest.raises(ConfigError, match=r"not valid JSON.*looks like Flickr's token file.*dataset_flickr8k\.json"):
+        load_caption_files(str(captions), str(tmp_path / "f.npy"))
 
 
 def test_feature_count_different_from_image_count_names_both(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ __all__ = [
     "BOS", "EOS", "PAD", "SPECIALS", "UNK", "CaptionData", "CaptionSplit", "Vocabulary", "caption_data_from",
     "load_caption_files", "load_features", "saved_filenames", "training_pairs",
 ]  # fmt: skip
+
+#: The first line of Flickr8k.token.txt / results_20130124.token: "1000268201_693b08cb0e.jpg#0<tab>A child ...".
+_FLICKR_TOKEN_LINE = re.compile(r"[^\s#]+#\d+\t")
 
 #: Ids of the special tokens, the first four of every vocabulary.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -470,7 +474,11 @@ def load_caption_files(captions_json: str, features_file: str, *, min_count: int
     try:
         dataset = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{captions_json}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+        hint = ""
+        if _FLICKR_TOKEN_LINE.match(text):
+            hint = (" (this looks like Flickr's token file, IMAGE#K<tab>caption lines; the trainer reads the "
+                    "Karpathy split JSON, dataset_flickr8k.json or dataset_flickr30k.json)")  # fmt: skip
+        raise ConfigError(f"{captions_json}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}{hint}") from None
     features = load_features(features_file)
     row_filenames = saved_filenames(features_file)
     name = dataset.get("dataset") if isinstance(dataset, dict) else None
