@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "sgmcmc_fused/langevin_math.h"
 #include "sgmcmc_fused/philox.h"

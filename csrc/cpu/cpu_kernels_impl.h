@@ -226,13 +226,35 @@ SGMCMC_KERNEL_INLINE float tanh_op(float x) { return tanh_float(x); }
 SGMCMC_KERNEL_INLINE double sigmoid_op(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 SGMCMC_KERNEL_INLINE double tanh_op(double x) { return std::tanh(x); }
 
-// One row of the cell: gate activations first, one loop per gate block (each
-// a plain streaming loop the vectoriser takes), then the state update.
+// One row of the cell. fp32/fp64: gate activations first, one loop per gate
+// block (each a plain streaming loop the vectoriser takes), then the state
+// update from them (exact: they are stored in opmath_t). fp16/bf16: one pass.
 // `activations` may alias `gates` (the layer overwrites its pre-activations).
 template <typename scalar_t>
 void lstm_cell_forward_row(const scalar_t* gates, const scalar_t* __restrict bias, const scalar_t* __restrict c_prev,
                            scalar_t* __restrict h, scalar_t* __restrict c, scalar_t* activations, int64_t H) {
   using opmath_t = at::opmath_type<scalar_t>;
+  if constexpr (!std::is_same_v<scalar_t, opmath_t>) {
+    // fp16/bf16: the state update takes the gates in opmath_t, before they are rounded for storage
+    // (docs/spec.md#cell-and-gradients); reading back the rounded activations would cost c its
+    // precision where f c_prev and i g nearly cancel. One pass: each element reads its four gates
+    // before it writes them, so `activations` may alias `gates`.
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const opmath_t i = sigmoid_op(static_cast<opmath_t>(gates[j]) + static_cast<opmath_t>(bias[j]));
+      const opmath_t f = sigmoid_op(static_cast<opmath_t>(gates[H + j]) + static_cast<opmath_t>(bias[H + j]));
+      const opmath_t g = tanh_op(static_cast<opmath_t>(gates[2 * H + j]) + static_cast<opmath_t>(bias[2 * H + j]));
+      const opmath_t o = sigmoid_op(static_cast<opmath_t>(gates[3 * H + j]) + static_cast<opmath_t>(bias[3 * H + j]));
+      const opmath_t cell = f * static_cast<opmath_t>(c_prev[j]) + i * g;
+      activations[j] = static_cast<scalar_t>(i);
+      activations[H + j] = static_cast<scalar_t>(f);
+      activations[2 * H + j] = static_cast<scalar_t>(g);
+      activations[3 * H + j] = static_cast<scalar_t>(o);
+      c[j] = static_cast<scalar_t>(cell);
+      h[j] = static_cast<scalar_t>(o * tanh_op(cell));
+    }
+    return;
+  }
   for (int64_t block = 0; block < 4; ++block) {
     const scalar_t* in = gates + block * H;
     const scalar_t* b = bias + block * H;

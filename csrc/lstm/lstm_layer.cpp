@@ -140,7 +140,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   TORCH_CHECK(activations.sizes() == c10::IntArrayRef({s.steps, s.batch, 4 * s.hidden}), op,
               ": activations must be [T, B, 4H], got ", activations.sizes());
+  for (const auto& [t, name] : {std::pair{grad_h_n, "grad_h_n"}, {grad_c_n, "grad_c_n"}}) {
+    TORCH_CHECK(t.sizes() == c10::IntArrayRef({s.batch, s.hidden}), op, ": ", name, " must be [B, H] = [", s.batch,
+                ", ", s.hidden, "], got ", t.sizes());
+  }
+  // The cell kernel takes its element type from these tensors and writes into buffers made like
+  // `input`: a mismatch would be read and written through pointers of the wrong type.
+  for (const auto& [t, name] : {std::pair{grad_output, "grad_output"},
+                                {grad_h_n, "grad_h_n"},
+                                {grad_c_n, "grad_c_n"},
+                                {output, "output"},
+                                {activations, "activations"},
+                                {cells, "cells"}}) {
+    TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
+                input.device());
+    TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+                " but input has dtype ", input.scalar_type());
+  }
   const DeviceKernels& k = device_kernels(input.device().type());
+  // The cell kernel reads raw rows: the saved tensors must be dense.
+  const at::Tensor acts = activations.contiguous(), cells_dense = cells.contiguous();
 
   // The masked weights again, from the seed.
   const at::Tensor w_ih_eff = effective_weight(w_ih, mask_ih, seed, ih_weight_id, call, p, kind);
@@ -157,12 +176,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t t = reverse ? s.steps - 1 - i : i;
     const bool first = i == 0;  // the first processed step starts from h0, c0
     const int64_t prev = reverse ? t + 1 : t - 1;
-    const at::Tensor c_prev = first ? c0.contiguous() : cells[prev];
+    const at::Tensor c_prev = first ? c0.contiguous() : cells_dense[prev];
     // output[t] is the state after step t, also where a row is inactive (the
     // frozen state), so its gradient always joins dh.
     at::add_out(dh_total, dh, grad_out[t]);
     at::Tensor grad_gates_t = grad_gates[t];
-    k.cell_backward_out(dh_total, dc, activations[t], c_prev, cells[t], grad_gates_t, dc_prev);
+    k.cell_backward_out(dh_total, dc, acts[t], c_prev, cells_dense[t], grad_gates_t, dc_prev);
     if (lengths) {
       // Inactive rows: no gate gradient; dh and dc pass through unchanged.
       const at::Tensor active = lengths->gt(t).unsqueeze(1);
