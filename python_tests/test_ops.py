@@ -154,6 +154,81 @@ def test_bad_input_leaves_tensors_untouched():
     assert all(torch.equal(a, b) for a, b in zip(before, params + square_avgs, strict=False))
 
 
+def _overlap_case(case: str):
+    """pSGLD arguments (sizes 5 and 17) in which some tensors share memory, and the pair the error names."""
+    params, grads, square_avgs, ids, offs, steps = psgld_args()
+    if case == "a param twice":
+        params, grads = [params[0], params[0]], [grads[0], grads[0].clone()]
+        square_avgs = [square_avgs[0], square_avgs[0].clone()]
+        pair = r"params\[0\] and params\[1\]"
+    elif case == "a grad one element past its param":
+        buf = torch.randn(18)
+        params[1], grads[1] = buf[:17], buf[1:]
+        pair = r"params\[1\] and grads\[1\]"
+    elif case == "a param as its own square_avg":
+        square_avgs[1] = params[1]
+        pair = r"params\[1\] and square_avgs\[1\]"
+    elif case == "overlapping params":
+        buf = torch.randn(20)
+        params = [buf[:5], buf[3:]]
+        pair = r"params\[0\] and params\[1\]"
+    return (params, grads, square_avgs, ids, offs, steps), pair
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "eager", "foreach"])
+@pytest.mark.parametrize(
+    "case",
+    ["a param twice", "a grad one element past its param", "a param as its own square_avg", "overlapping params"],
+)
+def test_tensors_the_step_writes_must_have_memory_of_their_own(backend, case):
+    # The kernels read and write in parallel chunks: an update of shared memory would depend on the
+    # thread count. Every backend refuses it with the same message, before it changes anything.
+    step = require_backend(backend, "cpu").psgld_step_
+    args, pair = _overlap_case(case)
+    before = [t.clone() for t in args[0] + args[2]]
+    with pytest.raises((RuntimeError, ValueError), match=pair + " share memory; every tensor the step updates"):
+        step(*args, **SCALARS)
+    assert all(torch.equal(a, b) for a, b in zip(before, args[0] + args[2], strict=True))
+
+
+def test_grads_may_share_memory_with_each_other():
+    params, grads, square_avgs, ids, offs, steps = psgld_args(sizes=(5, 5))
+    expected = [t.clone() for t in params + square_avgs]
+    reference.psgld_step_(expected[:2], [grads[0], grads[0].clone()], expected[2:], ids, offs, steps, **SCALARS)
+    torch.ops.sgmcmc_fused.psgld_step_(params, [grads[0], grads[0]], square_avgs, ids, offs, steps, **SCALARS)
+    for got, want in zip(params + square_avgs, expected, strict=True):
+        assert_close(got, want)
+
+
+def test_the_step_bumps_version_counters_as_in_place_ops_do():
+    params, grads, square_avgs, ids, offs, steps = psgld_args()
+    versions = [t._version for t in params + square_avgs]
+    torch.ops.sgmcmc_fused.psgld_step_(params, grads, square_avgs, ids, offs, steps, **SCALARS)
+    assert [t._version for t in params + square_avgs] == [v + 1 for v in versions]
+    # So autograd refuses a backward through a value the step has changed since...
+    x, w = torch.randn(5, requires_grad=True), torch.randn(5, requires_grad=True)
+    y = (x * w).sum()
+    with torch.no_grad():
+        torch.ops.sgmcmc_fused.sgld_step_([w], [torch.randn(5)], [0], [0], [1], **SGLD_SCALARS)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    # ...and refuses to write a tensor that requires grad outside no_grad (the op has no derivative).
+    with pytest.raises(RuntimeError, match=r"sgld_step_: params\[0\] requires grad; .* under torch.no_grad\(\)"):
+        torch.ops.sgmcmc_fused.sgld_step_([w], [torch.randn(5)], [0], [0], [1], **SGLD_SCALARS)
+
+
+def test_a_meta_tensor_among_cpu_tensors_is_refused():
+    # The Meta key wins the dispatch of a mixed call: the fake kernel used to return, updating nothing.
+    params, grads, square_avgs, ids, offs, steps = psgld_args()
+    before = [t.clone() for t in params]
+    grads[1] = grads[1].to("meta")
+    with pytest.raises(ValueError, match=r"grads\[1\] is on meta but params\[0\] is on cpu"):
+        torch.ops.sgmcmc_fused.psgld_step_(params, grads, square_avgs, ids, offs, steps, **SCALARS)
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
+    with pytest.raises(ValueError, match=r"params\[1\] is on meta but params\[0\] is on cpu"):
+        torch.ops.sgmcmc_fused.sgld_step_([params[0], params[1].to("meta")], grads, ids, offs, steps, **SGLD_SCALARS)
+
+
 @pytest.mark.cuda
 def test_cuda_tensors_to_cpu_kernel_are_refused_by_device():
     if not torch.cuda.is_available():

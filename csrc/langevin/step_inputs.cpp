@@ -2,11 +2,60 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <limits>
+#include <tuple>
+#include <vector>
 
 namespace sgmcmc_fused {
 
 namespace {
+
+// The bytes a contiguous tensor of the call occupies, and whether the step writes them.
+struct MemoryRange {
+  uintptr_t begin, end;
+  int list_rank;  // 0 params, 1 grads, 2 square_avgs: ties sort in this order, then by index
+  const char* list;
+  size_t index;
+  bool written;
+};
+
+// Raises if a tensor the step writes (a param, a square_avg) shares memory with any other tensor of
+// the call: the kernels read and write through restrict pointers in parallel chunks, so such a call
+// would give results that depend on the thread count. Sorted sweep, O(n log n).
+void check_no_overlap(const char* op, const StepTensors& t, bool preconditioned) {
+  std::vector<MemoryRange> ranges;
+  const auto add = [&](at::TensorList list, int rank, const char* name, bool written) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      const at::Tensor& x = list[i];
+      if (x.numel() == 0) continue;
+      const auto begin = reinterpret_cast<uintptr_t>(x.data_ptr());
+      ranges.push_back({begin, begin + static_cast<uintptr_t>(x.numel() * x.element_size()), rank, name, i, written});
+    }
+  };
+  add(t.params, 0, "params", true);
+  add(t.grads, 1, "grads", false);
+  if (preconditioned) add(t.square_avgs, 2, "square_avgs", true);
+  std::sort(ranges.begin(), ranges.end(), [](const MemoryRange& a, const MemoryRange& b) {
+    return std::tie(a.begin, a.list_rank, a.index) < std::tie(b.begin, b.list_rank, b.index);
+  });
+  const MemoryRange* reaches_furthest = nullptr;          // of every range so far
+  const MemoryRange* written_reaches_furthest = nullptr;  // of the written ranges so far
+  for (const MemoryRange& r : ranges) {
+    const MemoryRange* other = nullptr;
+    if (written_reaches_furthest && r.begin < written_reaches_furthest->end) {
+      other = written_reaches_furthest;
+    } else if (r.written && reaches_furthest && r.begin < reaches_furthest->end) {
+      other = reaches_furthest;
+    }
+    TORCH_CHECK(other == nullptr, op, ": ", other ? other->list : "", "[", other ? other->index : 0, "] and ", r.list,
+                "[", r.index, "] share memory; every tensor the step updates must have memory of its own");
+    if (!reaches_furthest || r.end > reaches_furthest->end) reaches_furthest = &r;
+    if (r.written && (!written_reaches_furthest || r.end > written_reaches_furthest->end))
+      written_reaches_furthest = &r;
+  }
+}
 
 bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -86,6 +135,7 @@ void check_step_inputs(const char* op, const StepTensors& t, const StepScalars& 
     TORCH_CHECK(t.steps[i] >= 0 && t.steps[i] <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()), op,
                 ": steps[", i, "] = ", t.steps[i], " is outside [0, 2^32)");
   }
+  check_no_overlap(op, t, preconditioned);
 }
 
 void check_noise_inputs(const char* op, const at::Tensor& out, int64_t seed, int64_t stream_id, int64_t step,

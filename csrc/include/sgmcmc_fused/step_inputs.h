@@ -37,7 +37,8 @@ struct StepTensors {
 
 // Raises c10::Error naming the op, the offending list index and the problem.
 // `device_type` is the backend being called (CPU or CUDA); every tensor of the
-// call must live on one device of that type.
+// call must live on one device of that type, and no tensor the step writes may
+// share memory with another tensor of the call.
 void check_step_inputs(const char* op, const StepTensors& t, const StepScalars& s, bool preconditioned,
                        c10::DeviceType device_type);
 

@@ -37,17 +37,31 @@ def philox_normal(
     return out
 
 
+def _check_one_device(op: str, **lists: list[torch.Tensor]) -> None:
+    """Raise if a tensor of the call is on another device than params[0]. The fake kernels check it:
+    they also serve real calls whose lists mix meta tensors with others (the Meta key wins the
+    dispatch), which would otherwise return having updated nothing."""
+    params = lists["params"]
+    if not params:
+        return
+    device = params[0].device
+    for name, tensors in lists.items():
+        for i, t in enumerate(tensors):
+            if t.device != device:
+                raise ValueError(f"{op}: {name}[{i}] is on {t.device} but params[0] is on {device}")
+
+
 if _library.LOADED:
     # The ops only mutate their inputs, so the fake kernels have nothing to
     # compute; they exist so that tracing (torch.compile, opcheck) never runs
     # the real kernel on fake tensors.
     @torch.library.register_fake("sgmcmc_fused::psgld_step_")
     def _psgld_step_fake(params, grads, square_avgs, stream_ids, element_offsets, steps, **_scalars) -> None:
-        return None
+        _check_one_device("psgld_step_", params=params, grads=grads, square_avgs=square_avgs)
 
     @torch.library.register_fake("sgmcmc_fused::sgld_step_")
     def _sgld_step_fake(params, grads, stream_ids, element_offsets, steps, **_scalars) -> None:
-        return None
+        _check_one_device("sgld_step_", params=params, grads=grads)
 
     @torch.library.register_fake("sgmcmc_fused::philox_normal_")
     def _philox_normal_fake(out, seed, stream_id, step, element_offset) -> None:

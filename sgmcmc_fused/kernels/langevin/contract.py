@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 #: Optimizer stream ids stay below bit 31, which marks DropConnect masks (docs/spec.md#stream-words).
@@ -220,6 +221,43 @@ def check_step_inputs(op: str, lists: StepLists, hyper: StepHyper) -> None:
             raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is negative")
         if not 0 <= steps[i] < UINT32_LIMIT:
             raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
+    # Traced calls (torch.compile, opcheck's fake-tensor pass) hold fake tensors, which have no memory.
+    if not torch.compiler.is_compiling() and not any(is_fake(p) for p in params):
+        _check_no_overlap(op, params, grads, square_avgs)
+
+
+def _check_no_overlap(
+    op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], square_avgs: Sequence[torch.Tensor] | None
+) -> None:
+    """Raise ValueError if a tensor the step writes (a param, a square_avg) shares memory with any other
+    tensor of the call: its result would depend on the order the backend visits the elements in. The
+    sorted sweep of csrc/langevin/step_inputs.cpp, so that the pair named is the same."""
+    ranges = []  # (begin, end, list name, index, written); the tensors are contiguous (checked)
+    named = [("params", params, True), ("grads", grads, False)]
+    if square_avgs is not None:
+        named.append(("square_avgs", square_avgs, True))
+    for rank, (name, tensors, written) in enumerate(named):
+        for i, t in enumerate(tensors):
+            if t.numel() and t.device.type != "meta":
+                begin = t.data_ptr()
+                ranges.append((begin, begin + t.numel() * t.element_size(), name, i, written, rank))
+    ranges.sort(key=lambda r: (r[0], r[5], r[3]))  # ties: params, grads, square_avgs, then by index
+    furthest = written_furthest = None
+    for r in ranges:
+        other = None
+        if written_furthest is not None and r[0] < written_furthest[1]:
+            other = written_furthest
+        elif r[4] and furthest is not None and r[0] < furthest[1]:
+            other = furthest
+        if other is not None:
+            raise ValueError(
+                f"{op}: {other[2]}[{other[3]}] and {r[2]}[{r[3]}] share memory; every tensor the step updates must "
+                "have memory of its own"
+            )
+        if furthest is None or r[1] > furthest[1]:
+            furthest = r
+        if r[4] and (written_furthest is None or r[1] > written_furthest[1]):
+            written_furthest = r
 
 
 #: A backend's step: updates the tensors of `StepLists` in place with the scalars of `StepHyper`.
