@@ -62,3 +62,16 @@ def test_nothing_points_outside_the_repository():
         if outside.search(line)
     ]
     assert not hits, "references to files a user does not have:\n" + "\n".join(hits)
+
+
+def test_the_readme_quick_example_runs():
+    # The README's first Python example, as a user would paste it, over a loader of two small batches.
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## Quick example", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    loader = [(torch.randn(3, 2, 200), torch.randint(0, 10_000, (3, 2))) for _ in range(2)]
+    namespace = {"loader": loader}
+    exec(compile(code, "README.md (quick example)", "exec"), namespace)
+    assert namespace["loss"].dim() == 0 and torch.isfinite(namespace["loss"])
+    assert namespace["opt"].state[namespace["params"][0]]["step"] == 2

@@ -195,7 +195,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> a
     group.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run in DIR exactly from its checkpoints (only --epochs, --lr and --nan-policy may change)",
+        help="continue the run in DIR exactly from its checkpoints (only --epochs, --lr, --nan-policy and the options "
+        "of this group but --out may change)",
     )
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
     group.add_argument(

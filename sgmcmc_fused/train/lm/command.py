@@ -8,7 +8,7 @@ samples are averaged online over the valid and test sets, uniformly or, with --s
 weighted by the learning rate each sample was drawn at).
 
     python -m sgmcmc_fused.train lm                      # embedded default: synthetic HMM corpus, tiny
-                                                         # model, rmsprop vs psgld, a few CPU minutes
+                                                         # model, rmsprop vs psgld, about a minute
     python -m sgmcmc_fused.train lm --word-corpus data/ptb --preset small \\
         --method sgd rmsprop sgld psgld --device cuda
     python -m sgmcmc_fused.train lm --char-corpus data/tinyshakespeare/input.txt
