@@ -15,6 +15,7 @@ import json
 import math
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from sgmcmc_fused.data import (
     successive_batches,
 )
 from sgmcmc_fused.data import download as dl
+from sgmcmc_fused.train.lm.data import load_lm_data, reference_perplexities
 
 # -- Vocabulary -----------------------------------------------------------------------------------
 
@@ -320,6 +322,34 @@ def test_hmm_bayes_perplexity_matches_monte_carlo_entropy_rate():
     h_long = math.log(src.bayes_perplexity(long))
     assert lower < h_long < upper and lower < h_mc < upper
     assert abs(h_long - h_mc) < 5 * se_mc + 0.02, (h_long, h_mc, se_mc)
+
+
+@pytest.mark.parametrize("eval_batch_size", [1, 7, 10])
+def test_reference_perplexities_score_the_tokens_the_trainer_scores(eval_batch_size):
+    # The trainer scores each split as `eval_batch_size` streams (the last N mod B tokens dropped),
+    # each stream's first token as context only: the printed floor and baseline score those tokens.
+    spec = {
+        "kind": "synthetic",
+        "seed": 3,
+        "num_states": 8,
+        "vocab_size": 50,
+        "train_tokens": 5000,
+        "eval_tokens": 2003,
+    }
+    data = load_lm_data(spec)
+    src = HMMSource.random(8, 50, seed=3)
+    counts = np.bincount(data.corpus.train.numpy(), minlength=50) + 1.0
+    for split in ("valid", "test"):
+        unigram, bayes = reference_perplexities(data, split, eval_batch_size)
+        tokens = getattr(data.corpus, split)
+        t = tokens.numel() // eval_batch_size
+        streams = tokens[: t * eval_batch_size].view(eval_batch_size, t)  # one row per stream
+        losses = _batched_forward_log_loss(src, streams)[:, 1:]
+        assert bayes == pytest.approx(math.exp(losses.mean().item()), rel=1e-10)
+        log_p = np.log(counts / counts.sum())[streams[:, 1:].numpy()]
+        assert unigram == pytest.approx(math.exp(-log_p.mean()), rel=1e-12)
+    # Without a source (a real corpus) there is no Bayes-optimal floor.
+    assert reference_perplexities(replace(data, source=None), "test", 10)[1] is None
 
 
 def test_hmm_sample_statistics():

@@ -55,7 +55,7 @@ from ..runlog import write_csv, write_json
 from . import config
 from .chains import pool_chains
 from .config import LMConfig
-from .data import LMData, check_splits, load_lm_data
+from .data import LMData, check_splits, load_lm_data, reference_perplexities
 from .plots import plot_lm_runs
 from .trainer import LMTrainer
 
@@ -102,6 +102,9 @@ class LanguageModelTask(Task):
                if world.distributed else "")
             + (f"; {cfg.chains} chains per method" if cfg.chains > 1 else "")
         )  # fmt: skip
+        # The unigram and Bayes-optimal perplexities of the tokens the trainer scores (forward algorithm:
+        # a second or so), for the plot and the table.
+        references = {split: reference_perplexities(data, split, cfg.eval_batch_size) for split in ("valid", "test")}
         results, histories, curves = [], {}, {}
         for method in cfg.methods:
             if cfg.chains == 1:
@@ -115,14 +118,15 @@ class LanguageModelTask(Task):
             results.append(result)
             histories[method], curves[method] = trainer.history, trainer.curve
             if session.args.plot:
-                _plot(session.out, histories, curves, data, cfg)
+                _plot(session.out, histories, curves, data, cfg, references)
         if not world.is_main:
             return 0
         out = session.out
-        write_json(out / "results.json", {"data": data.description, "bayes_optimal_test_ppl": data.bayes_perplexity,
-                                          "unigram_test_ppl": data.unigram_perplexity, "methods": results})  # fmt: skip
+        unigram, bayes = references["test"]
+        write_json(out / "results.json", {"data": data.description, "bayes_optimal_test_ppl": bayes,
+                                          "unigram_test_ppl": unigram, "methods": results})  # fmt: skip
         write_csv(out / "results.csv", RESULT_COLUMNS, results)
-        print(format_table(results, data, cfg))
+        print(format_table(results, data, cfg, unigram, bayes))
         return 0
 
 
@@ -159,9 +163,12 @@ def _check_world(cfg: LMConfig, world: World) -> None:
             raise ConfigError(f"{option} {n} is smaller than the {world.size} processes that share its columns")
 
 
-def format_table(results: list[dict[str, Any]], data: LMData, cfg: LMConfig) -> str:
+def format_table(
+    results: list[dict[str, Any]], data: LMData, cfg: LMConfig, unigram: float, bayes: float | None
+) -> str:
     """The final stdout table: test perplexity of the last weights and of the model average per method
-    (s/epoch: the median training time of an epoch, evaluations excluded)."""
+    (s/epoch: the median training time of an epoch, evaluations excluded), then the unigram and
+    Bayes-optimal test perplexities (`reference_perplexities`) for reference."""
     lines = [
         "",
         f"Test perplexity: {data.description}",
@@ -175,9 +182,9 @@ def format_table(results: list[dict[str, Any]], data: LMData, cfg: LMConfig) -> 
             f"{r['method']:<10} {r['lr']:>8.3g} {r['test_ppl']:>12.3f} {avg:>14} {r['num_samples']:>8d} "
             f"{r['sec_per_epoch']:>8.2f}"
         )
-    lines.append(f"{'unigram (training counts)':<32} {data.unigram_perplexity:>12.3f}")
-    if data.bayes_perplexity is not None:
-        lines.append(f"{'Bayes-optimal (the source)':<32} {data.bayes_perplexity:>12.3f}")
+    lines.append(f"{'unigram (training counts)':<32} {unigram:>12.3f}")
+    if bayes is not None:
+        lines.append(f"{'Bayes-optimal (the source)':<32} {bayes:>12.3f}")
     for r in results:
         if r.get("chains", 1) > 1:
             own = ", ".join(_fmt(x) for x in r["chain_test_avg_ppl"])
@@ -194,8 +201,9 @@ def format_table(results: list[dict[str, Any]], data: LMData, cfg: LMConfig) -> 
     return "\n".join(lines)
 
 
-def _plot(out: Path, histories, curves, data: LMData, cfg) -> None:
+def _plot(out: Path, histories, curves, data: LMData, cfg, references) -> None:
     plot_lm_runs(
-        out / "perplexity.png", histories, curves, floor=data.bayes_perplexity,
+        out / "perplexity.png", histories, curves,
+        floors={split: bayes for split, (_, bayes) in references.items() if bayes is not None},
         title=f"{data.description}\n{cfg.preset} preset, {cfg.layers}x{cfg.hidden}",
     )  # fmt: skip

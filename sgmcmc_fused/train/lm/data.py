@@ -13,6 +13,7 @@ import torch
 
 from ...data import (
     Corpus,
+    HMMSource,
     batchify,
     load_char_corpus,
     load_word_corpus,
@@ -32,15 +33,14 @@ class LMData:
     Attributes:
         corpus: the three splits and the vocabulary.
         description: one line naming the data, for the results table.
-        bayes_perplexity: the source's Bayes-optimal test perplexity (synthetic data only, else None).
-        unigram_perplexity: test perplexity of the add-one-smoothed unigram of the training counts.
+        source: the hidden Markov model the synthetic corpus was drawn from (else None), for
+            `reference_perplexities`.
         fingerprint: sizes and CRC32s of the splits; a resumed run checks that its data are the same.
     """
 
     corpus: Corpus
     description: str
-    bayes_perplexity: float | None
-    unigram_perplexity: float
+    source: HMMSource | None
     fingerprint: dict[str, Any]
 
     @property
@@ -61,13 +61,14 @@ def load_lm_data(spec: dict[str, Any]) -> LMData:
             (the loaders' own messages name the file and line).
     """
     kind = spec["kind"]
-    bayes = None
+    source = None
     try:
         if kind == "synthetic":
-            corpus, bayes = make_synthetic_corpus(
+            corpus, _ = make_synthetic_corpus(
                 seed=spec["seed"], num_states=spec["num_states"], vocab_size=spec["vocab_size"],
                 train_tokens=spec["train_tokens"], valid_tokens=spec["eval_tokens"], test_tokens=spec["eval_tokens"],
             )  # fmt: skip
+            source = HMMSource.random(spec["num_states"], spec["vocab_size"], spec["seed"])  # the corpus's source
             description = (
                 f"synthetic HMM source ({spec['num_states']} states, {spec['vocab_size']} words, seed {spec['seed']})"
             )
@@ -91,7 +92,7 @@ def load_lm_data(spec: dict[str, Any]) -> LMData:
         f"; {corpus.train.numel():,}/{corpus.valid.numel():,}/{corpus.test.numel():,} train/valid/test tokens, "
         f"vocabulary {len(corpus.vocab):,}"
     )
-    return LMData(corpus, description, bayes, unigram_perplexity(corpus), fingerprint(corpus))
+    return LMData(corpus, description, source, fingerprint(corpus))
 
 
 def _load_word(path: str) -> Corpus:
@@ -115,12 +116,23 @@ def fingerprint(corpus: Corpus) -> dict[str, Any]:
     return out
 
 
-def unigram_perplexity(corpus: Corpus) -> float:
-    """Test perplexity of p(w) = (count_train(w) + 1) / (N + V): the no-context baseline."""
-    v = len(corpus.vocab)
-    counts = torch.bincount(corpus.train, minlength=v).double() + 1
-    logp = torch.log(counts / counts.sum())
-    return math.exp(-float(logp[corpus.test].mean()))
+def reference_perplexities(data: LMData, split: str, eval_batch_size: int) -> tuple[float, float | None]:
+    """(unigram, Bayes-optimal) perplexity of `split` ("valid" or "test") on the tokens the trainer
+    scores there, with the context it has: the split cut into `eval_batch_size` streams (`batchify`
+    drops the last N mod B tokens), each stream's first token given as context only.
+
+    Unigram: p(w) = (count_train(w) + 1) / (N + V), the no-context baseline. Bayes-optimal: the
+    source's exact predictive p(x_t | the stream's earlier tokens) by the forward algorithm, the
+    floor a model scored on these streams approaches from above (synthetic data only, else None).
+    """
+    corpus = data.corpus
+    streams = batchify(getattr(corpus, split), eval_batch_size)  # [T, B]
+    counts = torch.bincount(corpus.train, minlength=len(corpus.vocab)).double() + 1
+    unigram = math.exp(-float(torch.log(counts / counts.sum())[streams[1:]].mean()))
+    if data.source is None:
+        return unigram, None
+    log_p = torch.cat([data.source.log_predictive(streams[:, b])[1:] for b in range(streams.shape[1])])
+    return unigram, math.exp(-float(log_p.mean()))
 
 
 def check_splits(data: LMData, batch_size: int, bptt: int, eval_batch_size: int, minibatch: str) -> None:

@@ -12,7 +12,7 @@ def plot_lm_runs(
     path: str | os.PathLike,
     histories: Mapping[str, Sequence[Mapping[str, Any]]],
     curves: Mapping[str, Sequence[Mapping[str, Any]]],
-    floor: float | None = None,
+    floors: Mapping[str, float] | None = None,
     title: str = "",
 ) -> bool:
     """Perplexity against epochs (left) and against the number of samples averaged (right), per method.
@@ -22,7 +22,8 @@ def plot_lm_runs(
             ``valid_avg_ppl``.
         curves: method -> one row per collected sample with ``sample`` (samples averaged so far),
             ``valid_avg_ppl``, ``test_avg_ppl``.
-        floor: a perplexity drawn as a horizontal line (the source's Bayes-optimal perplexity).
+        floors: split ("valid", "test") -> a perplexity drawn as a horizontal line (the source's
+            Bayes-optimal perplexity of that split), under the curves of that split.
     Returns:
         False (with a warning) if matplotlib is not installed, True once the PNG is written.
     """
@@ -50,9 +51,11 @@ def plot_lm_runs(
             n = [r["sample"] for r in curve]
             ax_s.plot(n, [r["test_avg_ppl"] for r in curve], "-", color=c, label=f"{method} test")
             ax_s.plot(n, [r["valid_avg_ppl"] for r in curve], "--", color=c, label=f"{method} valid")
-    for ax in (ax_e, ax_s):
-        if floor is not None:
-            ax.axhline(floor, color="k", lw=0.8, ls="-.", label="Bayes-optimal (source)")
+    floors = floors or {}
+    for ax, splits in ((ax_e, ("valid",)), (ax_s, ("test", "valid"))):  # the splits each panel draws
+        for split, style in zip(splits, ("-.", ":"), strict=False):
+            if split in floors:
+                ax.axhline(floors[split], color="k", lw=0.8, ls=style, label=f"Bayes-optimal, {split} (source)")
         ax.set_ylabel("perplexity")
         ax.grid(alpha=0.3)
     ax_e.set_yscale("log")
