@@ -226,38 +226,49 @@ def check_step_inputs(op: str, lists: StepLists, hyper: StepHyper) -> None:
         _check_no_overlap(op, params, grads, square_avgs)
 
 
+class _Span(NamedTuple):
+    """The bytes [begin, end) of one contiguous tensor of a step call."""
+
+    begin: int
+    end: int
+    rank: int  # 0 params, 1 grads, 2 square_avgs: equal starts sort in this order, then by index
+    name: str
+    index: int
+    written: bool
+
+
 def _check_no_overlap(
     op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], square_avgs: Sequence[torch.Tensor] | None
 ) -> None:
     """Raise ValueError if a tensor the step writes (a param, a square_avg) shares memory with any other
     tensor of the call: its result would depend on the order the backend visits the elements in. The
     sorted sweep of csrc/langevin/step_inputs.cpp, so that the pair named is the same."""
-    ranges = []  # (begin, end, list name, index, written); the tensors are contiguous (checked)
     named = [("params", params, True), ("grads", grads, False)]
     if square_avgs is not None:
         named.append(("square_avgs", square_avgs, True))
-    for rank, (name, tensors, written) in enumerate(named):
-        for i, t in enumerate(tensors):
-            if t.numel() and t.device.type != "meta":
-                begin = t.data_ptr()
-                ranges.append((begin, begin + t.numel() * t.element_size(), name, i, written, rank))
-    ranges.sort(key=lambda r: (r[0], r[5], r[3]))  # ties: params, grads, square_avgs, then by index
-    furthest = written_furthest = None
-    for r in ranges:
+    spans = [
+        _Span(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), rank, name, i, written)
+        for rank, (name, tensors, written) in enumerate(named)
+        for i, t in enumerate(tensors)
+        if t.numel() and t.device.type != "meta"  # the tensors are contiguous (checked before)
+    ]
+    spans.sort(key=lambda span: (span.begin, span.rank, span.index))
+    furthest = written_furthest = None  # the spans reaching furthest so far, of all and of the written
+    for span in spans:
         other = None
-        if written_furthest is not None and r[0] < written_furthest[1]:
+        if written_furthest is not None and span.begin < written_furthest.end:
             other = written_furthest
-        elif r[4] and furthest is not None and r[0] < furthest[1]:
+        elif span.written and furthest is not None and span.begin < furthest.end:
             other = furthest
         if other is not None:
             raise ValueError(
-                f"{op}: {other[2]}[{other[3]}] and {r[2]}[{r[3]}] share memory; every tensor the step updates must "
-                "have memory of its own"
+                f"{op}: {other.name}[{other.index}] and {span.name}[{span.index}] share memory; every tensor the "
+                "step updates must have memory of its own"
             )
-        if furthest is None or r[1] > furthest[1]:
-            furthest = r
-        if r[4] and (written_furthest is None or r[1] > written_furthest[1]):
-            written_furthest = r
+        if furthest is None or span.end > furthest.end:
+            furthest = span
+        if span.written and (written_furthest is None or span.end > written_furthest.end):
+            written_furthest = span
 
 
 #: A backend's step: updates the tensors of `StepLists` in place with the scalars of `StepHyper`.
