@@ -22,8 +22,9 @@ training sentences (other words map to <unk>). Units: `lr` is the step size of t
 sentence (docs/spec.md#langevin-step); num_data = training sentences.
 
 Outputs in --out DIR: config.json; per method METHOD/predictions.csv (every test sentence: fold, its
-index in its file, label, prediction, the predictive mean and std across samples of each class
-probability, predictive entropy and mutual information, in nats); per method and fold
+index among its file's examples (0-based; blank and label-only lines not counted), label,
+prediction, the predictive mean and std across samples of each class probability, predictive
+entropy and mutual information, in nats); per method and fold
 METHOD[/fold-K]/log.csv (one row per epoch), samples.csv (one row per collected sample), log.json and
 checkpoint.pt; results.json and results.csv (one row per method: mean ± std over folds), folds.csv (one
 row per method and fold).
