@@ -191,6 +191,14 @@ def test_tensors_the_step_writes_must_have_memory_of_their_own(backend, case):
     assert all(torch.equal(a, b) for a, b in zip(before, args[0] + args[2], strict=True))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton", "eager", "foreach"])
+def test_empty_lists_are_nothing_to_do_and_mismatched_ones_are_refused(backend):
+    step = require_backend(backend, "cpu").psgld_step_
+    step([], [], [], [], [], [], **SCALARS)  # a bucket without tensors, as for any other backend
+    with pytest.raises((RuntimeError, ValueError), match="got 0 params but 1 grads"):
+        step([], [torch.randn(3)], [], [], [], [], **SCALARS)
+
+
 def test_grads_may_share_memory_with_each_other():
     params, grads, square_avgs, ids, offs, steps = psgld_args(sizes=(5, 5))
     expected = [t.clone() for t in params + square_avgs]

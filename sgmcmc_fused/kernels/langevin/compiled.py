@@ -15,12 +15,14 @@ from .contract import StepHyper, StepLists, psgld_step_entry, sgld_step_entry
 
 def _psgld_step(lists: StepLists, hyper: StepHyper) -> None:
     """Fused pSGLD step (C++ on CPU tensors, CUDA on CUDA tensors); see reference.psgld_step_."""
-    torch.ops.sgmcmc_fused.psgld_step_(*lists.op_args(), **hyper.op_kwargs())
+    if any(lists):  # as in the other backends, empty lists are nothing to do (the dispatcher needs a tensor)
+        torch.ops.sgmcmc_fused.psgld_step_(*lists.op_args(), **hyper.op_kwargs())
 
 
 def _sgld_step(lists: StepLists, hyper: StepHyper) -> None:
     """Fused SGLD step; see reference.sgld_step_."""
-    torch.ops.sgmcmc_fused.sgld_step_(*lists.op_args(), **hyper.op_kwargs())
+    if any(lists):
+        torch.ops.sgmcmc_fused.sgld_step_(*lists.op_args(), **hyper.op_kwargs())
 
 
 # The ops check their inputs themselves (csrc/langevin/step_inputs.cpp).
