@@ -196,7 +196,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> a
         "--resume",
         metavar="DIR",
         help="continue the run in DIR exactly from its checkpoints (only --epochs, --lr, --nan-policy and the options "
-        "of this group but --out may change)",
+        "that steer how it runs, such as --device and --threads, may change; a refusal lists them)",
     )
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
     group.add_argument(

@@ -25,7 +25,8 @@ def pool_caption_chains(method: str, cfg: CaptionConfig, data: CaptionData, out:
                         show: int = 0) -> dict[str, Any]:  # fmt: skip
     """The result row of `method`'s `cfg.chains` finished chains under `out` (what
     `CaptionTrainer.final_result` returns for one chain, pooled), also written to METHOD/pooled.json,
-    with the pooled captions in METHOD/captions.csv.
+    with the pooled captions in METHOD/captions.csv (not written when no chain kept a sample: each
+    chain's last weights' captions are then in METHOD/chain-k/captions.csv).
 
     average: the test scores of the captions decoded with the model average of every chain's kept
     samples (K × up to --max-samples models, one batched forward a step; None if no chain kept one);

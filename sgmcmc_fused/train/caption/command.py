@@ -43,7 +43,9 @@ Under torchrun with --chains 1 the run is data parallel: each rank takes a conti
 batch's captions, DDP averages the gradients weighted by the ranks' target tokens, and the samplers'
 noise is the same on every rank. Rank 0 alone keeps the samples, decodes and writes. With --chains K > 1
 chain k (seed SEED + k) trains in METHOD/chain-k, on rank k mod WORLD_SIZE under torchrun; the test
-captions are then decoded with every chain's kept samples together (METHOD/pooled.json).
+captions are then decoded with every chain's kept samples together (METHOD/pooled.json and
+METHOD/captions.csv; without samples, each chain's last weights' captions are in
+METHOD/chain-k/captions.csv).
 """
 
 from __future__ import annotations
