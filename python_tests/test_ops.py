@@ -199,6 +199,31 @@ def test_empty_lists_are_nothing_to_do_and_mismatched_ones_are_refused(backend):
         step([], [torch.randn(3)], [], [], [], [], **SCALARS)
 
 
+def test_every_backend_names_the_same_overlapping_pair():
+    # Random views of one buffer as params, grads and square_avgs: the C++ check and the Python one
+    # (eager, foreach, Triton) sort and sweep alike, so they refuse the same calls naming the same pair.
+    rng = torch.Generator().manual_seed(11)
+    refused = 0
+    for _ in range(40):
+        buf = torch.zeros(400)
+        sizes = torch.randint(1, 40, (3,), generator=rng).tolist()
+        starts = [int(torch.randint(0, 400 - 40, (1,), generator=rng)) for _ in range(9)]
+        params = [buf[starts[i] : starts[i] + sizes[i]] for i in range(3)]
+        grads = [buf[starts[3 + i] : starts[3 + i] + sizes[i]] for i in range(3)]
+        square_avgs = [buf[starts[6 + i] : starts[6 + i] + sizes[i]] for i in range(3)]
+        args = (params, grads, square_avgs, [0, 1, 2], [0] * 3, [1] * 3)
+        messages = []
+        for backend in ("cpu", "eager"):
+            try:
+                require_backend(backend, "cpu").psgld_step_(*args, **{**SCALARS, "lr": 0.0, "add_noise": False})
+                messages.append(None)
+            except (RuntimeError, ValueError) as e:
+                messages.append(str(e).split("psgld_step_: ")[-1].splitlines()[0])
+        assert messages[0] == messages[1], messages
+        refused += messages[0] is not None
+    assert 0 < refused < 40  # the cases cover both outcomes
+
+
 def test_grads_may_share_memory_with_each_other():
     params, grads, square_avgs, ids, offs, steps = psgld_args(sizes=(5, 5))
     expected = [t.clone() for t in params + square_avgs]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
@@ -226,49 +227,49 @@ def check_step_inputs(op: str, lists: StepLists, hyper: StepHyper) -> None:
         _check_no_overlap(op, params, grads, square_avgs)
 
 
-class _Span(NamedTuple):
-    """The bytes [begin, end) of one contiguous tensor of a step call."""
-
-    begin: int
-    end: int
-    rank: int  # 0 params, 1 grads, 2 square_avgs: equal starts sort in this order, then by index
-    name: str
-    index: int
-    written: bool
-
-
 def _check_no_overlap(
     op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], square_avgs: Sequence[torch.Tensor] | None
 ) -> None:
     """Raise ValueError if a tensor the step writes (a param, a square_avg) shares memory with any other
     tensor of the call: its result would depend on the order the backend visits the elements in. The
-    sorted sweep of csrc/langevin/step_inputs.cpp, so that the pair named is the same."""
+    sorted sweep of csrc/langevin/step_inputs.cpp, vectorised (a call may hold thousands of tensors),
+    so that the pair named is the same: spans sorted by start, then list (params, grads, square_avgs),
+    then index; a span overlaps when it starts before the furthest end of the written spans before it,
+    or, written itself, before the furthest end of all the spans before it."""
     named = [("params", params, True), ("grads", grads, False)]
     if square_avgs is not None:
         named.append(("square_avgs", square_avgs, True))
-    spans = [
-        _Span(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), rank, name, i, written)
-        for rank, (name, tensors, written) in enumerate(named)
+    kept = [
+        (rank, i, t)
+        for rank, (_, tensors, _) in enumerate(named)
         for i, t in enumerate(tensors)
         if t.numel() and t.device.type != "meta"  # the tensors are contiguous (checked before)
     ]
-    spans.sort(key=lambda span: (span.begin, span.rank, span.index))
-    furthest = written_furthest = None  # the spans reaching furthest so far, of all and of the written
-    for span in spans:
-        other = None
-        if written_furthest is not None and span.begin < written_furthest.end:
-            other = written_furthest
-        elif span.written and furthest is not None and span.begin < furthest.end:
-            other = furthest
-        if other is not None:
-            raise ValueError(
-                f"{op}: {other.name}[{other.index}] and {span.name}[{span.index}] share memory; every tensor the "
-                "step updates must have memory of its own"
-            )
-        if furthest is None or span.end > furthest.end:
-            furthest = span
-        if span.written and (written_furthest is None or span.end > written_furthest.end):
-            written_furthest = span
+    if len(kept) < 2:
+        return
+    rank = np.fromiter((k[0] for k in kept), dtype=np.int64, count=len(kept))
+    index = np.fromiter((k[1] for k in kept), dtype=np.int64, count=len(kept))
+    begin = np.fromiter((k[2].data_ptr() for k in kept), dtype=np.uint64, count=len(kept))
+    end = begin + np.fromiter((k[2].numel() * k[2].element_size() for k in kept), dtype=np.uint64, count=len(kept))
+    order = np.lexsort((index, rank, begin))
+    rank, index, begin, end = rank[order], index[order], begin[order], end[order]
+    written = np.array([named[r][2] for r in range(len(named))])[rank]
+    zero = np.zeros(1, dtype=np.uint64)
+    reach = np.concatenate([zero, np.maximum.accumulate(end)[:-1]])  # furthest end before each span
+    reach_written = np.concatenate([zero, np.maximum.accumulate(np.where(written, end, 0))[:-1]])
+    bad = (begin < reach_written) | (written & (begin < reach))
+    if not bad.any():
+        return
+    k = int(np.argmax(bad))
+    # The span the C++ sweep names: the first of the earlier (written) spans that reach furthest.
+    if begin[k] < reach_written[k]:
+        other = int(np.argmax(np.where(written[:k], end[:k], 0)))
+    else:
+        other = int(np.argmax(end[:k]))
+    raise ValueError(
+        f"{op}: {named[rank[other]][0]}[{index[other]}] and {named[rank[k]][0]}[{index[k]}] share memory; every "
+        "tensor the step updates must have memory of its own"
+    )
 
 
 #: A backend's step: updates the tensors of `StepLists` in place with the scalars of `StepHyper`.
