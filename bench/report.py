@@ -14,7 +14,8 @@ nn.LSTM (time / nn.LSTM's time), the speed-up over the eager python_loop, and
 the memory (saved-for-backward bytes on CPU, peak allocated bytes on CUDA) and
 its ratio to nn.LSTM's. --plot writes their bar chart (to `<name>_lstm.png`
 when the files also hold pSGLD rows), --csv appends them to `<name>_lstm.csv`
-(a schema of its own).
+(a schema of its own). Rows of other benchmarks (bench/bench_caption_decode.py) are
+left out.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def load_rows(paths: list[Path]) -> list[dict]:
         data = json.loads(path.read_text())
         for bench in data["benchmarks"]:
             info = bench.get("extra_info", {})
-            if "provider" not in info or info.get("kind") == "lstm_step":
+            # pSGLD step rows only: they carry the element count (the LSTM rows have a table of
+            # their own, the caption decoding rows none).
+            if "provider" not in info or "numel" not in info or info.get("kind") == "lstm_step":
                 continue
             rows.append(
                 dict(

@@ -1,8 +1,9 @@
 """Run the language-model trainer for a fixed number of steps and read the training time it records.
 
-Shared by `ddp_step_time.py` and `method_step_time.py`. The trainer's checkpoint holds ``train_time``:
-forward, backward, clipping and the optimizer step, with evaluation excluded; start-up and data loading
-are outside it. So the time per step here is the trainer's own measure, whatever the process count.
+Shared by `ddp_step_time.py` and `method_step_time.py`. The trainer's checkpoint holds ``train_time``
+(the current epoch's) and each finished epoch's ``epoch_time_s``: forward, backward, clipping and the
+optimizer step, with evaluation excluded; start-up and data loading are outside it. So the time per
+step here is the trainer's own measure, whatever the process count.
 """
 
 from __future__ import annotations
@@ -54,4 +55,6 @@ def trainer_step_ms(
     if proc.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     ck = load_checkpoint(out / method / "checkpoint.pt")
-    return 1e3 * float(ck["train_time"]) / int(ck["step"]), int(ck["step"])
+    # train_time covers the current epoch's steps; each finished epoch's is in its history row.
+    seconds = sum(float(row["epoch_time_s"]) for row in ck["history"]) + float(ck["train_time"])
+    return 1e3 * seconds / int(ck["step"]), int(ck["step"])
