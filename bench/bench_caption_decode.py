@@ -9,8 +9,8 @@ Greedy decoding of a fixed number of steps (the cost of a step does not depend o
 so every provider runs exactly `STEPS` steps: <eos> is never taken) for a batch of images, at the
 shapes of the paper preset (2048-d ResNet-152 features, 512 embedding and hidden units, 8,000 words,
 100 images) and of the embedded default's tiny preset (512-d features, 64/128, the scenes' vocabulary
-of ~40 words, 300 images). Targets (#19): 10 samples batched at least 2x faster than the loop at the
-paper shapes, and at most 4x one model's time at the tiny shapes (docs/benchmarks.md has the medians
+of ~40 words, 300 images). Targets: 10 samples batched at least 2x faster than the loop at the
+paper shapes, and at most 4x one model's time at the tiny shapes (docs/benchmarks.md has the times
 and their ratios, all from one run).
 """
 
