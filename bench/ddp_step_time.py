@@ -12,7 +12,7 @@ are outside it):
   ddp      torchrun --nproc_per_node=2, 1 thread each, global batch 2B (B per process)
   single2  1 process, 2 threads, batch 2B (the same cores and batch as ddp, without DDP)
 
-and prints the time per step and per sequence (one batch column). Target (issue 5): the ddp time per
+and prints the time per step and per sequence (one batch column). Target: the ddp time per
 step at most 1.2x the single time per step, i.e. per sequence processed by one process. ddp / single2
 compares data parallelism with intra-op threading on the same two cores.
 """

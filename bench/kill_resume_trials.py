@@ -1,6 +1,6 @@
 """Randomised SIGKILL-and-resume trials of the language-model trainer.
 
-    python bench/kill_resume_trials.py                 # 50 trials (issue 5's target)
+    python bench/kill_resume_trials.py                 # 50 trials
     python bench/kill_resume_trials.py --trials 5 --seed 1
 
 Runs ``python -m sgmcmc_fused.train lm`` once uninterrupted (the reference), then, per trial, starts

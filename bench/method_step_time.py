@@ -10,8 +10,10 @@ and the optimizer step; start-up, data loading and evaluation are outside it). T
 turn, --rounds times over, so a slow spell of the machine falls on all of them alike; the median of
 the rounds is reported.
 
-Target (issue 4): a pSGLD epoch at most 1.1x an RMSprop epoch; SGLD over SGD is printed beside it.
-An epoch is a fixed number of these steps, so the ratio of step times is the ratio of epoch times.
+Target: a pSGLD epoch at most 1.1x an RMSprop epoch; SGLD over SGD is printed beside it. The
+trainers' rmsprop and sgd are PSGLD and SGLD with the noise off (the same fused step), so the ratios
+are the cost of the noise. An epoch is a fixed number of these steps, so the ratio of step times is
+the ratio of epoch times.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A real SIGKILL test of the language-model trainer's checkpoints and exact resume (issue 5, item 3).
+"""A real SIGKILL test of the language-model trainer's checkpoints and exact resume.
 
 Runs ``python -m sgmcmc_fused.train lm`` (tiny synthetic settings, psgld with dropout and DropConnect)
 once uninterrupted, then a few times killed with SIGKILL at a seeded random moment after the first
