@@ -30,7 +30,7 @@ from .sentences import (
     load_word2vec_text,
     read_labelled_sentences,
 )
-from .synthetic import HMMSource, make_synthetic_corpus
+from .synthetic import HMMSource, make_synthetic_corpus, sample_synthetic_corpus
 
 __all__ = [
     "EOS",
@@ -49,6 +49,7 @@ __all__ = [
     "load_word_corpus",
     "load_word_corpus_dir",
     "make_synthetic_corpus",
+    "sample_synthetic_corpus",
     "num_random_batches",
     "random_batches",
     "read_text",

@@ -31,7 +31,7 @@ import torch
 
 from .corpus import Corpus, Vocabulary
 
-__all__ = ["HMMSource", "make_synthetic_corpus"]
+__all__ = ["HMMSource", "make_synthetic_corpus", "sample_synthetic_corpus"]
 
 #: Weight of the uniform distribution mixed into every Dirichlet row.
 _FLOOR = 1e-3
@@ -212,10 +212,27 @@ def make_synthetic_corpus(
     model's test perplexity can approach from above. Deterministic in its arguments; about a
     second on one CPU core for the defaults.
     """
+    corpus, source = sample_synthetic_corpus(
+        seed, num_states, vocab_size, train_tokens, valid_tokens, test_tokens, concentration
+    )
+    return corpus, source.bayes_perplexity(corpus.test)
+
+
+def sample_synthetic_corpus(
+    seed: int = 0,
+    num_states: int = 16,
+    vocab_size: int = 200,
+    train_tokens: int = 200_000,
+    valid_tokens: int = 20_000,
+    test_tokens: int = 20_000,
+    concentration: float = 0.1,
+) -> tuple[Corpus, HMMSource]:
+    """The corpus of `make_synthetic_corpus` and the source it was drawn from, for callers that score
+    other stretches of it than the whole test split (no forward pass here)."""
     source = HMMSource.random(num_states, vocab_size, seed, concentration)
     g = torch.Generator().manual_seed(seed)
     train = source.sample(train_tokens, g)
     valid = source.sample(valid_tokens, g)
     test = source.sample(test_tokens, g)
     vocab = Vocabulary([f"w{i}" for i in range(vocab_size)], unk=None)
-    return Corpus(train, valid, test, vocab, "word"), source.bayes_perplexity(test)
+    return Corpus(train, valid, test, vocab, "word"), source

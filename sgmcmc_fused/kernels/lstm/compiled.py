@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _library
-from .autograd import refuse_double_backward
+from .autograd import first_order_only
 from .reference import BERNOULLI, DropConnect
 
 
@@ -59,9 +59,8 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(activations, cells)
 
 
+@first_order_only("compiled")
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activations, _grad_cells):
-    if torch.is_grad_enabled():  # create_graph=True
-        refuse_double_backward("compiled")
     input, h0, c0, w_ih, w_hh, out, activations, cells, lengths = ctx.saved_tensors
 
     def zeros_if_none(grad, like):

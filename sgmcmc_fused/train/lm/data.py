@@ -18,9 +18,9 @@ from ...data import (
     load_char_corpus,
     load_word_corpus,
     load_word_corpus_dir,
-    make_synthetic_corpus,
     num_random_batches,
     random_batches,
+    sample_synthetic_corpus,
     successive_batches,
 )
 from ..options import ConfigError
@@ -64,11 +64,10 @@ def load_lm_data(spec: dict[str, Any]) -> LMData:
     source = None
     try:
         if kind == "synthetic":
-            corpus, _ = make_synthetic_corpus(
+            corpus, source = sample_synthetic_corpus(
                 seed=spec["seed"], num_states=spec["num_states"], vocab_size=spec["vocab_size"],
                 train_tokens=spec["train_tokens"], valid_tokens=spec["eval_tokens"], test_tokens=spec["eval_tokens"],
             )  # fmt: skip
-            source = HMMSource.random(spec["num_states"], spec["vocab_size"], spec["seed"])  # the corpus's source
             description = (
                 f"synthetic HMM source ({spec['num_states']} states, {spec['vocab_size']} words, seed {spec['seed']})"
             )
