@@ -19,28 +19,33 @@
 #include <torch/library.h>
 
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace sgmcmc_fused {
 
 namespace {
 
-// (tensor, "name[i]") for every tensor of the arguments the schema marks as written.
-std::vector<std::pair<at::Tensor, std::string>> written_arguments(const c10::FunctionSchema& schema,
-                                                                  const torch::jit::Stack& stack) {
+// A tensor the op writes: argument `argument` of the schema, element `element` of it when it is a
+// list (-1 for a single tensor). Its name is formatted only for an error: these kernels run at every
+// step, on every tensor of a model.
+struct Written {
+  at::Tensor tensor;
+  size_t argument;
+  int64_t element;
+};
+
+std::vector<Written> written_arguments(const c10::FunctionSchema& schema, const torch::jit::Stack& stack) {
   const size_t num_arguments = schema.arguments().size();
   const auto arguments = torch::jit::last(stack, num_arguments);
-  std::vector<std::pair<at::Tensor, std::string>> written;
+  std::vector<Written> written;
   for (size_t i = 0; i < num_arguments; ++i) {
     if (!schema.is_mutable({c10::SchemaArgType::input, i})) continue;
-    const std::string& name = schema.arguments()[i].name();
     const c10::IValue& value = arguments[i];
     if (value.isTensor()) {
-      written.emplace_back(value.toTensor(), name);
+      written.push_back({value.toTensor(), i, -1});
     } else if (value.isTensorList()) {
       const auto list = value.toTensorList();
-      for (size_t k = 0; k < list.size(); ++k) written.emplace_back(list[k], name + "[" + std::to_string(k) + "]");
+      for (size_t k = 0; k < list.size(); ++k) written.push_back({list[k], i, static_cast<int64_t>(k)});
     }
   }
   return written;
@@ -49,8 +54,12 @@ std::vector<std::pair<at::Tensor, std::string>> written_arguments(const c10::Fun
 void refuse_tensors_that_require_grad(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                       torch::jit::Stack* stack) {
   if (c10::GradMode::is_enabled()) {
-    for (const auto& [t, name] : written_arguments(op.schema(), *stack)) {
-      TORCH_CHECK(!t.requires_grad(), op.schema().name(), ": ", name,
+    const c10::FunctionSchema& schema = op.schema();
+    for (const Written& w : written_arguments(schema, *stack)) {
+      if (!w.tensor.requires_grad()) continue;
+      const std::string name = schema.arguments()[w.argument].name() +
+                               (w.element < 0 ? std::string() : "[" + std::to_string(w.element) + "]");
+      TORCH_CHECK(false, schema.name(), ": ", name,
                   " requires grad; the op writes it in place and has no derivative, so call it under "
                   "torch.no_grad() (as the optimizers do)");
     }
@@ -62,12 +71,12 @@ void refuse_tensors_that_require_grad(const c10::OperatorHandle& op, c10::Dispat
 void bump_versions_of_written_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                         torch::jit::Stack* stack) {
   // Held here: the redispatch pops the arguments off the stack.
-  const auto written = written_arguments(op.schema(), *stack);
+  const std::vector<Written> written = written_arguments(op.schema(), *stack);
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
   }
-  for (const auto& [t, name] : written) torch::autograd::impl::bump_version(t);
+  for (const Written& w : written) torch::autograd::impl::bump_version(w.tensor);
 }
 
 constexpr const char* kMutatingOps[] = {"psgld_step_", "sgld_step_", "philox_normal_"};
