@@ -123,7 +123,7 @@ def test_word_corpus_malformed_lines_name_file_and_line(tmp_path):
 
 def test_word_corpus_latin1_fallback(tmp_path):
     train = _write(tmp_path / "t.txt", "caf\xe9 ok\nsecond caf\xe9\n", encoding="latin-1")
-    with pytest.warns(UnicodeWarning, match=r"t\.txt:1: not valid UTF-8.*Latin-1"):
+    with pytest.warns(UnicodeWarning, match=r"t\.txt:1: not valid UTF-8.*read 2 such line\(s\) of 2 as Windows-1252"):
         c = load_word_corpus(train, train, train)
     assert c.vocab.itos[:2] == ["<eos>", "café"]
 
@@ -201,6 +201,79 @@ def test_char_corpus_errors_and_latin1(tmp_path):
     with pytest.warns(UnicodeWarning, match=r"l\.txt:21: not valid UTF-8 \(byte 0xff"):
         c = load_char_corpus(raw)
     assert "".join(c.vocab.decode(torch.cat([c.train, c.valid, c.test]))) == raw.read_bytes().decode("latin-1")
+
+
+def test_char_corpus_reads_every_line_ending_as_one_newline(tmp_path):
+    """A CRLF or lone-CR copy of a text is the same corpus as its LF original (no '\\r' tokens)."""
+    text = "First line of a play,\nand the second.\n\nThird, after a blank.\n" * 6
+    corpora = [
+        load_char_corpus(_write(tmp_path / f"{name}.txt", text.replace("\n", newline)))
+        for name, newline in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r"))
+    ]
+    for c in corpora:
+        assert "".join(c.vocab.decode(torch.cat([c.train, c.valid, c.test]))) == text
+        assert c.vocab == corpora[0].vocab and torch.equal(c.train, corpora[0].train)
+
+
+def test_compressed_and_wide_unicode_files_are_read_as_their_text(tmp_path):
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    text = "Üne naïve line — ✓\nand a second\n" * 10
+    for name, data in (
+        ("t.gz", gzip.compress(text.encode())),
+        ("t.bz2", bz2.compress(text.encode())),
+        ("t.xz", lzma.compress(text.encode())),
+        ("t16.txt", text.encode("utf-16")),  # with its BOM, as Windows Notepad saves "Unicode"
+        ("t16be.txt", codecs_bom_be(text)),
+        ("t32.txt", text.encode("utf-32")),
+        ("cat.txt", b"\xef\xbb\xbf" + text.encode() + b"\xef\xbb\xbf" + text.encode()),  # files joined by cat
+    ):
+        (tmp_path / name).write_bytes(data)
+        c = load_char_corpus(tmp_path / name)
+        expected = text * (2 if name == "cat.txt" else 1)
+        assert "".join(c.vocab.decode(torch.cat([c.train, c.valid, c.test]))) == expected, name
+    with zipfile.ZipFile(tmp_path / "t.zip", "w") as z:
+        z.writestr("t.txt", text)
+    with pytest.raises(ValueError, match=r"t\.zip: the file is a zip archive, not text"):
+        load_char_corpus(tmp_path / "t.zip")
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(text.encode())[:20])
+    with pytest.raises(ValueError, match=r"cut\.gz: a damaged or truncated gzip file"):
+        load_char_corpus(tmp_path / "cut.gz")
+    (tmp_path / "nul.txt").write_bytes(b"text\nmore text\x00\x00 and\n" * 4)
+    with pytest.raises(ValueError, match=r"nul\.txt:2: a NUL character; is this a binary file"):
+        load_char_corpus(tmp_path / "nul.txt")
+
+
+def codecs_bom_be(text: str) -> bytes:
+    return b"\xfe\xff" + text.encode("utf-16-be")
+
+
+def test_lines_that_are_not_utf8_fall_back_alone_and_as_windows_1252(tmp_path):
+    """One stray Latin-1 line leaves the UTF-8 lines intact; cp1252 quotes and ellipses are kept."""
+    path = tmp_path / "mixed.txt"
+    cp1252 = b"na\xefve \x93quoted\x94 wait\x85what don\x92t \x81\n"  # 0x81: undefined there, Latin-1's
+    path.write_bytes("café ok\n".encode() + cp1252 + "garçía\n".encode())
+    with pytest.warns(UnicodeWarning, match=r"mixed\.txt:2: not valid UTF-8 \(byte 0xef.*read 1 such line\(s\) of 3"):
+        c = load_word_corpus(path, path, path)
+    words = c.vocab.decode(c.train)
+    assert words == ["café", "ok", "<eos>", "naïve", "\u201cquoted\u201d", "wait\u2026what", "don\u2019t", "\x81",
+                     "<eos>", "garçía", "<eos>"]  # fmt: skip
+
+
+def test_word_corpus_folders_with_other_prefixes(tmp_path):
+    for name in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"):
+        _write(tmp_path / name, " = Title = \n\n a b c\n")
+    c = load_word_corpus_dir(tmp_path)
+    assert c.vocab.decode(c.test) == ["=", "Title", "=", "<eos>", "<eos>", "a", "b", "c", "<eos>"]
+    for name in ("other.train.txt", "other.valid.txt", "other.test.txt"):
+        _write(tmp_path / name, "x y\n")
+    with pytest.raises(FileNotFoundError, match=r"holds 2 corpora \(other\.train\.txt, wiki\.train\.tokens\)"):
+        load_word_corpus_dir(tmp_path)
+    data = load_lm_data({"kind": "word", "path": str(tmp_path / "wiki")})
+    assert data.corpus.vocab == c.vocab
 
 
 # -- minibatches ----------------------------------------------------------------------------------
@@ -417,6 +490,11 @@ def test_labelled_sentences(tmp_path):
         load_labelled_sentences(_write(tmp_path / "blank.txt", "\n\n"))
     with pytest.raises(ValueError, match=r"big\.txt:2: label 2147483648 is too large for a class index"):
         load_labelled_sentences(_write(tmp_path / "big.txt", "0 a\n2147483648 b\n"))
+    for label in ("1_0", "\uff11", "\u0661"):  # int() would read these as 10 and 1
+        with pytest.raises(ValueError, match=rf"odd\.txt:2: .*integer LABEL, got '{label}'"):
+            load_labelled_sentences(_write(tmp_path / "odd.txt", f"0 a\n{label} b\n"))
+    with pytest.raises(ValueError, match=r"only\.txt: no 'LABEL sentence' lines: each of its 3 lines holds a label"):
+        load_labelled_sentences(_write(tmp_path / "only.txt", "1\n0\n1\n"))
     # A lone CR ends a line (universal newlines): the labels stay labels.
     labels, sents = load_labelled_sentences(_write(tmp_path / "cr.txt", "1 a good film\r0 bad\r"))
     assert labels.tolist() == [1, 0] and sents == [["a", "good", "film"], ["bad"]]
@@ -425,7 +503,7 @@ def test_labelled_sentences(tmp_path):
 def test_labelled_sentences_latin1(tmp_path):
     path = tmp_path / "mr.txt"
     path.write_bytes("1 a fine film\n0 a clich\xe9d , na\xefve mess\n".encode("latin-1"))
-    with pytest.warns(UnicodeWarning, match=r"mr\.txt:2: not valid UTF-8.*Latin-1"):
+    with pytest.warns(UnicodeWarning, match=r"mr\.txt:2: not valid UTF-8.*1 such line\(s\) of 2 as Windows-1252"):
         labels, sents = load_labelled_sentences(path)
     assert sents[1] == ["a", "clichéd", ",", "naïve", "mess"]
 
@@ -469,6 +547,11 @@ def test_word2vec_text(tmp_path):
             load_word2vec_text(bad, vocab)
     skipped = _write(tmp_path / "other.txt", "dog nan 1 2\ncat 4 5 6\n")  # not a vocabulary word: not parsed
     assert load_word2vec_text(skipped, vocab)[1] == 1
+    # GloVe 840B holds words with spaces (". . ."): skipped with a warning, never a vocabulary word.
+    spaced = _write(tmp_path / "glove.txt", "the 1 2\n. . . 3 4\nat name@x.com 5 6\ncat 7 8\n")
+    with pytest.warns(UserWarning, match=r"glove\.txt:2: 2 line\(s\) hold a word with spaces"):
+        emb, found = load_word2vec_text(spaced, vocab)
+    assert found == 2 and emb[0].tolist() == [1.0, 2.0] and emb[1].tolist() == [7.0, 8.0]
     for text in ("the 1 2\ncat 3 4\n", "2 2\nthe 1 2\ncat 3 4\n"):  # a BOM, before a word or a header
         emb, found = load_word2vec_text(_write(tmp_path / "bom.txt", "\ufeff" + text), vocab)
         assert found == 2 and emb[0].tolist() == [1.0, 2.0]

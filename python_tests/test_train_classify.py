@@ -23,8 +23,15 @@ import torch
 from sgmcmc_fused.data import download as dl
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
-from sgmcmc_fused.train.classify.data import encode_split, load_classify_data, make_synthetic_task
+from sgmcmc_fused.train.classify.data import (
+    LabelledSet,
+    _hold_out,
+    encode_split,
+    load_classify_data,
+    make_synthetic_task,
+)
 from sgmcmc_fused.train.classify.trainer import near_boundary, shuffled_sentences
+from sgmcmc_fused.train.options import ConfigError
 
 #: 1350 training sentences / batch 50 = 27 steps per epoch; burn-in 2 epochs (54 steps), a sample every
 #: round(0.25 * 27) = 7 steps: samples after steps 61, 68, ..., 159 (15 of them) in 6 epochs (162 steps).
@@ -245,6 +252,31 @@ def test_fixed_split_files_word_vectors_and_select(tmp_path):
     assert summary["unknown_test_tokens"] >= 50  # "never-seen" maps to <unk>
 
 
+def test_the_held_out_part_keeps_every_class_in_training():
+    """A class whose few sentences all fall into the random validation part keeps one in training;
+    every other split is exactly the random one (seeded randperm, the first round(f * N) held out)."""
+    labels = torch.tensor([0, 1] * 20 + [2])  # class 2: a single sentence
+    sentences = [[f"s{i}"] for i in range(len(labels))]
+    train = LabelledSet(labels, sentences, torch.arange(len(labels)))
+    moved = 0
+    for seed in range(60):
+        kept, held = _hold_out(train, 0.1, [seed, 0], "t")
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0]).generate_state(1, np.uint64)[0] >> 1))
+        perm = torch.randperm(len(labels), generator=gen)
+        random_held = set(perm[:4].tolist())
+        assert 2 in kept.labels.tolist() and 2 not in held.labels.tolist()
+        assert sorted(kept.index.tolist() + held.index.tolist()) == list(range(41))
+        if 40 in random_held:  # the single class-2 sentence was drawn: it stays in training instead
+            moved += 1
+            assert set(held.index.tolist()) == random_held - {40}
+        else:
+            assert set(held.index.tolist()) == random_held
+    assert moved >= 2  # the case arises (about 1 seed in 10)
+    tiny = LabelledSet(torch.tensor([0, 1]), [["a"], ["b"]], torch.arange(2))
+    with pytest.raises(ConfigError, match="too few to hold out a validation part and keep every class in training"):
+        _hold_out(tiny, 0.5, [0, 0], "t")
+
+
 def test_lines_with_a_label_and_no_sentence_are_skipped_and_counted(tmp_path, capsys):
     """Some distributed sets hold a few "LABEL" lines with no text: they are skipped, named in the
     output and counted in results.json; --label-only-lines error stops at the first."""
@@ -336,9 +368,21 @@ def _with_vectors(tmp_path: Path, vectors: str, *extra: str) -> list[str]:
         (lambda p: ["--train", str(p / "missing.txt")], r"missing\.txt"),
         (lambda p: ["--train", _bad_file(p, "0 a\n1 b\n"), "--folds", "3"], r"too few for 3-fold"),
         (lambda p: ["--train", _bad_file(p, "0 a\n1 b\n"), "--folds", "1"], r"--folds must be >= 2"),
+        (  # a stray label of the test or valid file is named there, not blamed on the training file
+            lambda p: ["--train", _bad_file(p, "0 a\n1 b\n0 c\n"), "--test", _bad_file(p, "0 a\n2 b\n7 c\n", "t.txt")],
+            r"t\.txt:2: label 2 never occurs in the training file .*bad\.txt "
+            r"\(nor do the labels of 1 more line\(s\)\); its labels are \[0, 1\]",
+        ),
         (
-            lambda p: ["--train", _bad_file(p, "0 a\n1 b\n0 c\n"), "--test", _bad_file(p, "2 a\n", "t.txt")],
-            r"never occur",
+            lambda p: [
+                "--train",
+                _bad_file(p, "0 a\n1 b\n"),
+                "--valid",
+                _bad_file(p, "0 a\n\n12 b\n", "v.txt"),
+                "--test",
+                _bad_file(p, "0 a\n", "t.txt"),
+            ],  # fmt: skip
+            r"v\.txt:3: label 12 never occurs in the training file",
         ),
         (
             lambda p: ["--train", _bad_file(p, "0 a\n1 b\n"), "--valid", _bad_file(p, "0 a\n", "v.txt")],

@@ -8,15 +8,21 @@ per line; the vocabulary comes from the training file, and words of the valid/te
 lacks become ``<unk>`` (counted in a warning). Character level: any text, each character a token,
 split contiguously into train/valid/test (90/5/5 by default).
 
-Text files are read as UTF-8 (a leading BOM is ignored); a file that is not valid UTF-8 is read as
-Latin-1 instead (every byte is a character there, so it never fails) with a warning that says so
-and where the first bad byte was. Lines end with LF, CRLF or a lone CR, as Python's universal
-newlines read them. Malformed content raises ValueError naming ``file:line``.
+Text files are read as UTF-8 (a leading BOM is ignored, and so is one at the start of a line: files
+joined with ``cat`` keep theirs); a line that is not valid UTF-8 is read as Windows-1252 instead
+(Latin-1 for the five bytes it leaves undefined, so this never fails) with a warning that counts
+such lines and names the first. Files with a UTF-16 or UTF-32 BOM are decoded as such; gzip, bzip2
+and xz files are decompressed; zip and zstd archives are refused. Lines end with LF, CRLF or a lone
+CR, as Python's universal newlines read them. Malformed content raises ValueError naming
+``file:line``.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import gzip
+import lzma
 import os
 import re
 import warnings
@@ -34,6 +40,7 @@ __all__ = [
     "Vocabulary",
     "batchify",
     "check_no_control",
+    "decode_line",
     "load_char_corpus",
     "load_word_corpus",
     "load_word_corpus_dir",
@@ -52,7 +59,7 @@ _CONTROL = re.compile("[\x00-\x08\x0e-\x1f]")
 
 
 #: Line breaks as Python's universal newlines read them: CRLF (Windows), LF, and a lone CR (classic
-#: Mac OS). Not str.splitlines' others (\x85, \x1c..), which are characters in Latin-1 text.
+#: Mac OS). Not str.splitlines' others (\x85, \x1c..): in a text file they are characters.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
 
@@ -63,27 +70,91 @@ def _line_number(text: str | bytes, offset: int) -> int:
     return len(pattern.findall(text, 0, offset)) + 1
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The whole file as str: UTF-8 (BOM stripped), or Latin-1 with a warning if it is not UTF-8.
+def _latin1_for_undefined(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Codec error handler: the bytes Windows-1252 leaves undefined (0x81, 0x8d, 0x8f, 0x90, 0x9d)
+    as the Latin-1 characters of the same code, so that a fallback decode never fails."""
+    return error.object[error.start : error.end].decode("latin-1"), error.end
 
-    The warning names the file and the line of the first byte that is not UTF-8. Latin-1 maps
-    every byte to one character, so this never raises a decoding error (the MR sentence files
-    are Latin-1). A UTF-8 BOM is dropped in both cases. Raises FileNotFoundError /
-    IsADirectoryError as ``open`` does.
+
+codecs.register_error("sgmcmc_fused.latin1", _latin1_for_undefined)
+
+
+def decode_line(raw: bytes) -> tuple[str, bool]:
+    """(the line as str, whether it fell back): UTF-8, else Windows-1252.
+
+    Text that is not UTF-8 is in practice Windows-1252 (the MR review files, text saved on Windows):
+    it is Latin-1 except in 0x80..0x9f, where Latin-1 has invisible C1 controls and Windows-1252 the
+    curly quotes, dashes and ellipsis such text holds. Decoding line by line keeps the UTF-8 lines of
+    a file with a few stray bytes intact.
     """
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="sgmcmc_fused.latin1"), True
+
+
+#: Leading bytes of compressed files: (format, decompress).
+_COMPRESSED = {b"\x1f\x8b": ("gzip", gzip.decompress), b"BZh": ("bzip2", bz2.decompress),
+               b"\xfd7zXZ\x00": ("xz", lzma.decompress)}  # fmt: skip
+#: Leading bytes of archives read_text refuses (several files, or no decoder in the standard library).
+_ARCHIVES = {b"PK\x03\x04": "a zip archive", b"\x28\xb5\x2f\xfd": "zstd-compressed"}
+#: BOMs of the wide Unicode encodings, UTF-32 first (its little-endian BOM begins with UTF-16's).
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+#: A BOM at the start of a line after the first (files joined with ``cat``).
+_INNER_BOM = re.compile("(?<=[\r\n])\ufeff")
+
+
+def _file_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes, decompressed if it is a gzip, bzip2 or xz file (known by its first bytes)."""
     data = Path(path).read_bytes()
+    for magic, name in _ARCHIVES.items():
+        if data.startswith(magic):
+            raise ValueError(f"{path}: the file is {name}, not text; extract the text file from it first")
+    for magic, (name, decompress) in _COMPRESSED.items():
+        if data.startswith(magic) and (name != "bzip2" or data[4:10] == b"1AY&SY"):
+            try:
+                return decompress(data)
+            except (OSError, EOFError, lzma.LZMAError) as e:
+                raise ValueError(f"{path}: a damaged or truncated {name} file ({e})") from None
+    return data
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole file as str: UTF-8, line by line Windows-1252 where it is not (with a warning).
+
+    The warning names the file, the line of the first byte that is not UTF-8, and how many lines
+    fell back (`decode_line`). BOMs are dropped: a UTF-8 one at the start of the file or of a line;
+    a UTF-16 or UTF-32 one decides the encoding. gzip, bzip2 and xz files are decompressed first.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError as ``open`` does; ValueError for a zip or zstd
+        archive, a damaged compressed file, or a UTF-16/32 file that does not decode.
+    """
+    data = _file_bytes(path)
+    for bom, encoding in _WIDE_BOMS:
+        if data.startswith(bom):
+            try:
+                return _INNER_BOM.sub("", data.decode(encoding).removeprefix("\ufeff"))
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}: starts with a {encoding.upper()} BOM but does not decode as it ({e.reason})"
+                ) from None
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data[bom:].decode("utf-8")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
         offset = bom + e.start
+        decoded = [decode_line(raw) for raw in data[bom:].splitlines(keepends=True)]
+        fell_back = sum(bad for _, bad in decoded)
         warnings.warn(
             f"{path}:{_line_number(data, offset)}: not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
-            "reading the whole file as Latin-1 instead",
+            f"read {fell_back} such line(s) of {len(decoded)} as Windows-1252 instead",
             UnicodeWarning,
             stacklevel=2,
         )
-        return data[bom:].decode("latin-1")
+        text = "".join(line for line, _ in decoded)
+    return _INNER_BOM.sub("", text)
 
 
 def _lines(text: str) -> list[str]:
@@ -287,25 +358,42 @@ def load_word_corpus(
     return Corpus(splits[0], splits[1], splits[2], vocab, "word")
 
 
+#: The split files of a corpus folder: PREFIX{train,valid,test}SUFFIX (PTB's ``ptb.train.txt``,
+#: WikiText's ``wiki.train.tokens``, or plain ``train.txt``).
+_SPLIT_FILE = re.compile(r"(.*?)train(\.txt|\.tokens)")
+
+
 def load_word_corpus_dir(directory: str | os.PathLike, *, min_count: int = 1) -> Corpus:
-    """`load_word_corpus` on ``ptb.{train,valid,test}.txt`` in `directory` (or ``{train,valid,test}.txt``)."""
+    """`load_word_corpus` on the ``PREFIX{train,valid,test}.txt`` (or ``.tokens``) files in `directory`.
+
+    ``ptb.train.txt`` and friends are taken first, then ``train.txt``; otherwise the folder must
+    hold exactly one such triple (``wiki.train.tokens``, ``wiki.valid.tokens``, ``wiki.test.tokens``).
+    """
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such directory")
-    for pattern in ("ptb.{}.txt", "{}.txt"):
-        paths = [d / pattern.format(s) for s in ("train", "valid", "test")]
-        if all(p.is_file() for p in paths):
-            return load_word_corpus(*paths, min_count=min_count)
+    triples = [("ptb.", ".txt"), ("", ".txt")]
+    triples += sorted({m.groups() for p in d.iterdir() if (m := _SPLIT_FILE.fullmatch(p.name))} - set(triples))
+    candidates = [[d / f"{prefix}{s}{suffix}" for s in ("train", "valid", "test")] for prefix, suffix in triples]
+    complete = [paths for paths in candidates if all(p.is_file() for p in paths)]
+    if complete and (len(complete) == 1 or complete[0][0].name in ("ptb.train.txt", "train.txt")):
+        return load_word_corpus(*complete[0], min_count=min_count)
+    if complete:
+        raise FileNotFoundError(
+            f"{d}: holds {len(complete)} corpora ({', '.join(p[0].name for p in complete)}); name one by its prefix, "
+            f"e.g. {d / complete[0][0].name.replace('train', '').rstrip('.')}"
+        )
     # Name what is wrong with a split that is there but is not a file (a folder, a broken link).
     odd = [
         f"{p.name} is {'a folder' if p.is_dir() else 'a broken link' if p.is_symlink() else 'not a regular file'}"
-        for pattern in ("ptb.{}.txt", "{}.txt")
-        for p in (d / pattern.format(s) for s in ("train", "valid", "test"))
+        for paths in candidates
+        for p in paths
         if (p.exists() or p.is_symlink()) and not p.is_file()
     ]
     raise FileNotFoundError(
-        f"{d}: expected ptb.train.txt, ptb.valid.txt and ptb.test.txt (or train.txt, valid.txt, test.txt); "
-        f"found {sorted(p.name for p in d.iterdir())}" + (f" ({'; '.join(odd)})" if odd else "")
+        f"{d}: expected ptb.train.txt, ptb.valid.txt and ptb.test.txt (or train.txt, valid.txt, test.txt, or "
+        f"another PREFIX.train.txt triple); found {sorted(p.name for p in d.iterdir())}"
+        + (f" ({'; '.join(odd)})" if odd else "")
     )
 
 
@@ -318,18 +406,24 @@ def load_char_corpus(path: str | os.PathLike, split: tuple[float, float, float] 
     whole text, as char-rnn (Karpathy et al.), whose War and Peace setup the paper follows, builds
     it. Unlike a word vocabulary this leaks nothing a model could exploit: a character that never
     occurs in train only gets a row that training pushes towards probability zero. Such
-    characters are counted in a warning. Control characters are allowed (any text is a corpus).
-    Non-UTF-8 files are read as Latin-1 with a warning.
+    characters are counted in a warning. CRLF and lone-CR line breaks become one newline token.
+    Control characters other than NUL are allowed (any text is a corpus). Files are read with
+    `read_text` (non-UTF-8 lines as Windows-1252, with a warning).
 
     Raises:
-        ValueError if `split` is not three positive fractions summing to 1, or if the text is empty
-        or too short to give every split at least 2 characters (one input and one target).
+        ValueError if `split` is not three positive fractions summing to 1, if the text holds a NUL
+        character (a binary file), or if the text is empty or too short to give every split at
+        least 2 characters (one input and one target).
     """
     if len(split) != 3 or any(not s > 0 for s in split) or abs(sum(split) - 1.0) > 1e-6:
         raise ValueError(f"split must be three positive fractions summing to 1 (train, valid, test), got {split}")
-    text = read_text(path)
+    # CRLF and a lone CR end a line as LF does: one newline token, as in the same text saved on Unix.
+    text = _LINE_BREAK.sub("\n", read_text(path))
     if not text:
         raise ValueError(f"{path}: the file is empty; a character-level corpus needs text")
+    nul = text.find("\0")
+    if nul >= 0:  # other control characters occur in real text; NUL only in binary files
+        raise ValueError(f"{path}:{_line_number(text, nul)}: a NUL character; is this a binary file?")
     n = len(text)
     n_train, n_valid = int(n * split[0]), int(n * split[1])
     sizes = (n_train, n_valid, n - n_train - n_valid)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import codecs
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .corpus import Vocabulary, _lines, check_no_control, read_text
+from .corpus import Vocabulary, _lines, check_no_control, decode_line, read_text
 
 __all__ = [
     "LabelledFile", "describe_label_only_lines", "kfold_splits", "load_labelled_sentences", "load_word2vec_text",
@@ -26,6 +27,8 @@ __all__ = [
 #: The largest class index a sentence file may hold (labels become int64 tensors, and a classifier
 #: has one output per class up to the largest).
 MAX_LABEL = 2**31 - 1
+#: A label as written in the files: ASCII digits (int() would also take "1_0" and non-ASCII digits).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass
@@ -37,11 +40,13 @@ class LabelledFile:
         sentences: M lists of str tokens.
         label_only_lines: line numbers (1-based) of the lines skipped for holding a label and no
             sentence.
+        lines: the line number (1-based) of each example, for messages.
     """
 
     labels: torch.Tensor
     sentences: list[list[str]]
     label_only_lines: list[int] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
 
 
 def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -> LabelledFile:
@@ -49,7 +54,8 @@ def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -
 
     Blank lines are skipped. Lines that hold a label and no sentence (a few lines of some distributed
     sets, such as an empty review) are skipped and listed with ``label_only="skip"``, an error with
-    ``"error"``. A file that is not UTF-8 is read as Latin-1 with a warning (the MR files are Latin-1).
+    ``"error"``. Lines that are not UTF-8 are read as Windows-1252 with a warning (`read_text`: the
+    MR files are Windows-1252).
 
     Raises:
         ValueError ``file:line`` for a label that is not a non-negative integer, a label-only line
@@ -63,17 +69,17 @@ def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -
     labels: list[int] = []
     sentences: list[list[str]] = []
     label_only_lines: list[int] = []
+    lines: list[int] = []
     for lineno, line in enumerate(_lines(text), start=1):
         fields = line.split()
         if not fields:
             continue
         head = fields[0]
-        try:
-            label = int(head)
-        except ValueError:
+        if not _INTEGER.fullmatch(head):
             raise ValueError(
                 f"{path}:{lineno}: expected 'LABEL sentence' with an integer LABEL, got {head!r} (line: {line[:60]!r})"
-            ) from None
+            )
+        label = int(head)
         if label < 0:
             raise ValueError(f"{path}:{lineno}: labels must be non-negative class indices, got {label}")
         if label > MAX_LABEL:
@@ -85,9 +91,14 @@ def read_labelled_sentences(path: str | os.PathLike, label_only: str = "skip") -
             continue
         labels.append(label)
         sentences.append(fields[1:])
+        lines.append(lineno)
+    if label_only_lines and not labels:
+        raise ValueError(
+            f"{path}: no 'LABEL sentence' lines: each of its {len(label_only_lines)} lines holds a label only"
+        )
     if not labels:
         raise ValueError(f"{path}: no 'LABEL sentence' lines (the file is empty or blank)")
-    return LabelledFile(torch.tensor(labels, dtype=torch.long), sentences, label_only_lines)
+    return LabelledFile(torch.tensor(labels, dtype=torch.long), sentences, label_only_lines, lines)
 
 
 def describe_label_only_lines(path: str | os.PathLike, lines: list[int]) -> str:
@@ -140,7 +151,9 @@ def load_word2vec_text(
     `found` is how many vocabulary words had a vector. `dim` defaults to the header's (or the first
     vector's) length; a line of another length is an error. The file is streamed, and only the
     vectors of vocabulary words are parsed, so multi-gigabyte files cost one pass over the text.
-    A line that is not UTF-8 is decoded as Latin-1 (one warning for the file).
+    A line that is not UTF-8 is decoded as Windows-1252 (one warning for the file). Lines whose
+    word holds spaces (``. . . 0.1 ...`` in GloVe 840B) are skipped with a warning: a sentence
+    token never holds a space.
 
     Raises:
         ValueError ``file:line`` for a line of the wrong length or with a value that is not a finite
@@ -150,14 +163,13 @@ def load_word2vec_text(
     path = Path(path)
     rows: dict[int, torch.Tensor] = {}
     fell_back = None
+    spaced: list[int] = []  # lines whose word holds spaces
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]  # a BOM is no part of the first word (or the header)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                line = raw.decode("latin-1")
+            line, bad_bytes = decode_line(raw)
+            if bad_bytes:
                 fell_back = fell_back or lineno
             fields = line.rstrip("\r\n").split(" ")
             if fields and fields[-1] == "":  # word2vec writes a trailing space
@@ -175,6 +187,11 @@ def load_word2vec_text(
                 dim = len(fields) - 1
                 if dim < 1:
                     raise ValueError(f"{path}:{lineno}: expected 'word v_1 ... v_dim', got {line[:60]!r}")
+            if len(fields) > dim + 1 and all(_is_float(v) for v in fields[-dim:]):
+                # A word with spaces in it (GloVe 840B has ". . ." and the like): never a vocabulary
+                # word, whose tokens are whitespace-split.
+                spaced.append(lineno)
+                continue
             if len(fields) != dim + 1:
                 hint = " (is this word2vec's binary format? convert it to text)" if b"\0" in raw else ""
                 raise ValueError(
@@ -197,7 +214,14 @@ def load_word2vec_text(
         raise ValueError(f"{path}: no word vectors in the file")
     if fell_back:
         warnings.warn(
-            f"{path}:{fell_back}: not valid UTF-8; such lines were read as Latin-1", UnicodeWarning, stacklevel=2
+            f"{path}:{fell_back}: not valid UTF-8; such lines were read as Windows-1252", UnicodeWarning, stacklevel=2
+        )
+    if spaced:
+        warnings.warn(
+            f"{path}:{spaced[0]}: {len(spaced)} line(s) hold a word with spaces in it (more than {dim} numbers "
+            "after the first field); skipped, as no sentence token holds a space",
+            UserWarning,
+            stacklevel=2,
         )
     out = torch.empty(len(vocab), dim, dtype=torch.float32).uniform_(-0.25, 0.25, generator=generator)
     if rows:

@@ -159,29 +159,62 @@ def make_synthetic_task(
     )  # fmt: skip
 
 
-def _load_file(path: str, label_only: str, skipped: dict[str, list[int]]) -> LabelledSet:
-    """The examples of `path`; label-only lines skipped are recorded in `skipped[path]`."""
+def _load_file(
+    path: str, label_only: str, skipped: dict[str, list[int]], train: tuple[str, LabelledSet] | None = None
+) -> LabelledSet:
+    """The examples of `path`; label-only lines skipped are recorded in `skipped[path]`.
+
+    With `train` (the training file's path and examples), a label it never shows is refused, naming
+    this file's line: a classifier cannot learn a class it is never shown.
+    """
     try:
         examples = read_labelled_sentences(path, label_only)
     except (ValueError, OSError) as e:  # ValueError names file:line; OSError: missing, a directory, ...
         raise ConfigError(str(e)) from None
     if examples.label_only_lines:
         skipped[path] = examples.label_only_lines
+    if train is not None:
+        known = set(train[1].labels.tolist())
+        unknown = [(n, c) for n, c in zip(examples.lines, examples.labels.tolist(), strict=True) if c not in known]
+        if unknown:
+            (line, label), more = unknown[0], len(unknown) - 1
+            raise ConfigError(
+                f"{path}:{line}: label {label} never occurs in the training file {train[0]}"
+                + (f" (nor do the labels of {more} more line(s))" if more else "")
+                + f"; its labels are {sorted(known)[:10]}{' ...' if len(known) > 10 else ''}"
+            )
     return LabelledSet(examples.labels, examples.sentences, torch.arange(len(examples.sentences)))
 
 
 def _hold_out(
     train: LabelledSet, fraction: float, seed: list[int], what: str
 ) -> tuple[LabelledSet, LabelledSet | None]:
-    """Split off round(fraction × N) random sentences (at least 1) for validation."""
+    """Split off round(fraction × N) random sentences (at least 1) for validation.
+
+    A class whose sentences all fell into the held-out part keeps one of them in training (the first
+    in the random order), so that the held-out part never holds a class training cannot learn.
+    """
     if fraction == 0:
         return train, None
     n_valid = max(1, round(fraction * len(train)))
     if len(train) - n_valid < 1:
         raise ConfigError(f"{what}: {len(train)} sentences are too few to hold out a validation part")
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1))
-    perm = torch.randperm(len(train), generator=gen)
-    return train.subset(perm[n_valid:].sort().values), train.subset(perm[:n_valid].sort().values)
+    perm = torch.randperm(len(train), generator=gen).tolist()
+    labels = train.labels.tolist()
+    in_training = {labels[i] for i in perm[n_valid:]}
+    held, kept = [], perm[n_valid:]
+    for i in perm[:n_valid]:
+        if labels[i] in in_training:
+            held.append(i)
+        else:
+            in_training.add(labels[i])
+            kept.append(i)
+    if not held:
+        raise ConfigError(
+            f"{what}: {len(train)} sentences are too few to hold out a validation part and keep every class in training"
+        )
+    return train.subset(torch.tensor(sorted(kept))), train.subset(torch.tensor(sorted(held)))
 
 
 def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
@@ -212,11 +245,27 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
     # Runs saved before --label-only-lines existed stopped at such a line: "skip" reads what they read.
     label_only, skipped = spec.get("label_only_lines", "skip"), {}
     train_file = _load_file(spec["train"], label_only, skipped)
+    # The classes are those of the training file (the other files' labels must be among them).
+    num_classes = 1 + int(train_file.labels.max())
+    if num_classes < 2:
+        raise ConfigError(f"{spec['train']}: every label is 0; a classifier needs at least two classes")
+    present = set(train_file.labels.unique().tolist())
+    if len(present) < num_classes:
+        # The first few absent classes, without listing range(K): K may be a stray 10**12.
+        absent = list(itertools.islice((c for c in range(num_classes) if c not in present), 5))
+        missing = num_classes - len(present)
+        hint = "labels counted from 1? subtract 1" if absent[0] == 0 else "renumber the labels 0..K-1"
+        shown = str(absent) if missing <= len(absent) else f"{str(absent)[:-1]}, ...] ({missing} classes)"
+        raise ConfigError(
+            f"{spec['train']}: labels must be the class indices 0..K-1, but class(es) {shown} of "
+            f"0..{num_classes - 1} never occur ({hint})"
+        )
     names = [Path(spec["train"]).name]
     if spec["test"] is not None:
-        test = _load_file(spec["test"], label_only, skipped)
+        known = (spec["train"], train_file)
+        test = _load_file(spec["test"], label_only, skipped, known)
         if spec["valid"] is not None:
-            train, valid = train_file, _load_file(spec["valid"], label_only, skipped)
+            train, valid = train_file, _load_file(spec["valid"], label_only, skipped, known)
             names.append(Path(spec["valid"]).name)
         else:
             train, valid = _hold_out(train_file, frac, [seed, 0], spec["train"])
@@ -244,22 +293,6 @@ def load_classify_data(spec: dict[str, Any]) -> ClassifyData:
         if len(splits) < k:
             desc += f", first {len(splits)} folds only"
         folds = k
-    num_classes = 1 + max(int(s.labels.max()) for sp in splits for s in (sp.train, sp.valid, sp.test) if s is not None)
-    if num_classes < 2:
-        raise ConfigError(f"{spec['train']}: every label is 0; a classifier needs at least two classes")
-    present = {
-        int(c) for sp in splits for s in (sp.train, sp.valid, sp.test) if s is not None for c in s.labels.unique()
-    }
-    if len(present) < num_classes:
-        # The first few absent classes, without listing range(K): K may be a stray 10**12.
-        absent = list(itertools.islice((c for c in range(num_classes) if c not in present), 5))
-        missing = num_classes - len(present)
-        hint = "labels counted from 1? subtract 1" if absent[0] == 0 else "renumber the labels 0..K-1"
-        shown = str(absent) if missing <= len(absent) else f"{str(absent)[:-1]}, ...] ({missing} classes)"
-        raise ConfigError(
-            f"{spec['train']}: labels must be the class indices 0..K-1, but class(es) {shown} of "
-            f"0..{num_classes - 1} never occur ({hint})"
-        )
     for sp in splits:
         seen = set(sp.train.labels.tolist())
         for name, s in (("valid", sp.valid), ("test", sp.test)):

@@ -178,8 +178,8 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--word-corpus",
         metavar="DIR_OR_PREFIX",
-        help="word level, PTB format: a folder with *.train.txt/*.valid.txt/*.test.txt, or a "
-        "prefix (data/ptb/ptb for ptb.train.txt, ...)",
+        help="word level, PTB format: a folder with PREFIX{train,valid,test}.txt (or .tokens, as WikiText's), or "
+        "the prefix itself (data/ptb/ptb for ptb.train.txt, ...)",
     )
     src.add_argument("--char-corpus", metavar="FILE", help="character level: any UTF-8 text, split by --char-split")
     data.add_argument(

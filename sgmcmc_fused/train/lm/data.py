@@ -98,13 +98,14 @@ def _load_word(path: str) -> Corpus:
     p = Path(path)
     if p.is_dir():
         return load_word_corpus_dir(p)
-    files = [Path(f"{path}.{split}.txt") for split in ("train", "valid", "test")]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise ConfigError(
-            f"--word-corpus {path}: neither a folder nor a prefix of existing files (missing {', '.join(missing)})"
-        )
-    return load_word_corpus(*files)
+    for suffix in (".txt", ".tokens"):  # PTB's ptb.train.txt, WikiText's wiki.train.tokens
+        files = [Path(f"{path}.{split}{suffix}") for split in ("train", "valid", "test")]
+        if all(f.is_file() for f in files):
+            return load_word_corpus(*files)
+    missing = [name for split in ("train", "valid", "test") if not Path(name := f"{path}.{split}.txt").is_file()]
+    raise ConfigError(
+        f"--word-corpus {path}: neither a folder nor a prefix of existing files (missing {', '.join(missing)})"
+    )
 
 
 def fingerprint(corpus: Corpus) -> dict[str, Any]:
