@@ -141,6 +141,19 @@ def test_a_state_carried_from_an_autocast_call_is_accepted(impl, device, dtype):
     assert float((outputs[0].float() - outputs[1].float()).abs().max()) < 0.05
 
 
+@pytest.mark.parametrize("impl, device, dtype", CASES)
+def test_an_input_in_the_autocast_dtype_is_accepted(impl, device, dtype):
+    """Under autocast a Linear before the LSTM hands it a bf16/fp16 input; nn.LSTM takes it, and so
+    does DropConnectLSTM, with the output it gives the fp32 input (which autocast casts alike)."""
+    _skip_unavailable(impl, device)
+    module = _module(impl, device).eval()
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(6)).to(device)
+    with torch.autocast(device, dtype=dtype), torch.no_grad():
+        from_low, _ = module(x.to(dtype))
+        from_fp32, _ = module(x.to(dtype).float())  # the same values, cast by autocast
+    assert from_low.dtype == dtype and torch.equal(from_low, from_fp32)
+
+
 def test_a_compiled_autocast_step_matches_eager():
     """torch.compile traces the compiled layer op through its Autocast kernel and fake kernel."""
     module = _module("cpu", "cpu", dropconnect=0.3).train()

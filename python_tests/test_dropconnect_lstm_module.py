@@ -294,6 +294,49 @@ def test_consecutive_calls_draw_new_masks_and_replay_from_the_counter():
         assert (other_seed(x)[0] - first).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("impl, device", IMPL_DEVICE)
+def test_activation_checkpointing_recomputes_with_the_forwards_masks(impl, device, use_reentrant):
+    """torch.utils.checkpoint runs each forward again inside backward: the gradients equal those
+    without checkpointing, for two windows of truncated BPTT through the same module in one step
+    and over two steps, and the call counter counts the forwards only."""
+    from torch.utils.checkpoint import checkpoint
+
+    require_impl(impl, device, torch.float32)
+    torch.manual_seed(12)
+    plain = DropConnectLSTM(I, H, 2, dropconnect=0.5, masked="both", impl=impl, device=device, seed=5)
+    checkpointed = copy.deepcopy(plain)
+    # [step, window, T, B, I]; requiring grad, as reentrant checkpointing needs of an input
+    xs = torch.randn(2, 2, 4, 3, I, device=device, requires_grad=True)
+
+    def step(module, x, wrap):
+        module.zero_grad()
+        y1, h, c = wrap(lambda x: flat(module(x)), x[0])
+        y2, _, _ = wrap(lambda x, h, c: flat(module(x, (h, c))), x[1], h, c)
+        (y1.pow(2).sum() + y2.sin().sum()).backward()
+        return {n: p.grad.clone() for n, p in module.named_parameters()}
+
+    def flat(outputs):  # reentrant checkpointing tracks tensors, not tuples of them
+        y, (h, c) = outputs
+        return y, h, c
+
+    def direct(function, *args):
+        return function(*args)
+
+    def through_checkpoint(function, *args):
+        return checkpoint(function, *args, use_reentrant=use_reentrant)
+
+    for x in xs:
+        expected, got = step(plain, x, direct), step(checkpointed, x, through_checkpoint)
+        for name in expected:
+            close(got[name], expected[name], torch.float32, name)
+    assert checkpointed.calls == plain.calls == 4
+    with pytest.raises(RuntimeError, match="ran inside a backward pass on an input no recent forward saw"):
+        y, _ = plain(xs[0, 0])
+        y.register_hook(lambda g: plain(torch.randn(4, 3, I, device=device))[0].sum() * 0 + g)
+        y.sum().backward()
+
+
 @pytest.mark.parametrize("impl, device", IMPL_DEVICE)
 def test_eval_is_deterministic_and_equals_nn_lstm(impl, device):
     require_impl(impl, device, torch.float32)
@@ -433,6 +476,14 @@ def test_bad_construction_errors(kwargs, error, match):
     args = {"input_size": I, "hidden_size": H, **kwargs}
     with pytest.raises(error, match=match):
         DropConnectLSTM(**args)
+
+
+def test_the_layer_takes_both_biases_or_neither():
+    x, h0, c0 = torch.randn(3, 2, I), torch.zeros(2, H), torch.zeros(2, H)
+    w_ih, w_hh, b = torch.randn(4 * H, I), torch.randn(4 * H, H), torch.randn(4 * H)
+    for b_ih, b_hh in ((None, b), (b, None)):
+        with pytest.raises(ValueError, match="give both biases b_ih and b_hh, or neither"):
+            functional.dropconnect_lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
 
 def test_attributes_changed_after_construction_are_checked():

@@ -92,6 +92,30 @@ def test_compiled_training_step_matches_eager(impl, device):
         assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_a_compiled_training_step_does_not_recompile_as_the_step_counters_grow():
+    """The optimizer step runs outside the graph, so its int step counters are no guards: twelve
+    steps compile the model's frames once (each step would recompile them, up to the limit of 8)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model = torch.nn.Linear(4, 3)
+    opt = PSGLD(model.parameters(), lr=1e-3, num_data=10, seed=0)
+    counter = CompileCounter()
+
+    def train_step(x):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+
+    compiled = torch.compile(train_step, backend=counter)
+    g = torch.Generator().manual_seed(2)
+    compiled(torch.randn(5, 4, generator=g))
+    frames = counter.frame_count
+    for _ in range(11):
+        compiled(torch.randn(5, 4, generator=g))
+    assert counter.frame_count == frames and opt.state[model.weight]["step"] == 12
+
+
 def test_compiled_function_calling_the_op_traces_it():
     """fullgraph=True: the fused op (with its fake kernel) lives inside the graph."""
 

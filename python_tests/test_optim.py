@@ -86,7 +86,6 @@ def test_per_group_prior_std_is_rmsprop_with_that_groups_weight_decay():
     "groups, kwargs, match",
     [
         ([{"prior_std": 0.1, "weight_decay": 1e-3}], {}, "both are a Gaussian prior"),
-        ([{"prior_std": 0.1}], {"weight_decay": 1e-3}, "both are a Gaussian prior"),
         ([{"prior_std": 0.0}], {}, "prior_std must be > 0"),
         ([{"prior_std": float("nan")}], {}, "prior_std must be a finite number"),
     ],
@@ -95,6 +94,53 @@ def test_bad_priors_are_refused(groups, kwargs, match):
     params = list(small_model().parameters())
     with pytest.raises(ValueError, match=match):
         PSGLD([{"params": params, **g} for g in groups], lr=1e-3, num_data=10, **kwargs)
+
+
+def test_a_groups_own_prior_overrides_the_defaults():
+    """As torch's group keys override its defaults: a group's prior_std replaces a default weight_decay,
+    a group's weight_decay a default prior_std; N = 10."""
+    params = list(small_model().parameters())
+    opt = PSGLD([{"params": params[:2], "prior_std": 0.1}, {"params": params[2:]}], lr=1e-3, num_data=10,
+                weight_decay=1e-4)  # fmt: skip
+    assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([10.0, 1e-4], rel=1e-12)
+    opt = SGLD([{"params": params[:2], "weight_decay": 3e-3}, {"params": params[2:]}], lr=1e-3, num_data=10,
+               prior_std=0.5)  # fmt: skip
+    assert [(g["prior_std"], g["weight_decay"]) for g in opt.param_groups] == [(None, 3e-3), (0.5, pytest.approx(0.4))]
+
+
+def test_numpy_hyperparameters_are_taken_and_stored_as_python_numbers():
+    np = pytest.importorskip("numpy")
+    params = list(small_model().parameters())
+    opt = PSGLD(params[:2], lr=np.float32(0.01), num_data=np.int64(100), seed=np.uint32(4), alpha=np.float64(0.9))
+    opt.add_param_group({"params": params[2:], "prior_std": np.float32(0.5)})
+    for group in opt.param_groups:
+        for key in ("lr", "alpha", "eps", "weight_decay", "temperature", "num_data", "seed"):
+            assert type(group[key]) in (float, int), (key, type(group[key]))
+    assert (opt.param_groups[0]["num_data"], opt.param_groups[0]["seed"]) == (100, 4)
+    assert opt.param_groups[1]["weight_decay"] == pytest.approx(1 / (100 * 0.25), rel=1e-6)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)  # NumPy scalars would make this fail
+
+
+def test_an_sgld_state_without_steps_is_refused_by_psgld():
+    """Without steps the SGLD state has no per-parameter entry to lack a square_avg: its groups, which
+    lack alpha and eps, are what PSGLD refuses (else step() would fail later on a missing alpha)."""
+    params = list(small_model().parameters())
+    opt = PSGLD(params, lr=1e-3, num_data=10)
+    with pytest.raises(ValueError, match=r"is an SGLD state \(its groups have no alpha and eps"):
+        opt.load_state_dict(SGLD(params, lr=0.1, num_data=10).state_dict())
+    assert "alpha" in opt.param_groups[0]
+
+
+def test_a_parameter_appended_to_a_group_list_is_named_not_a_key_error():
+    params = list(small_model().parameters())
+    opt = PSGLD(params[:2], lr=1e-3, num_data=10)
+    opt.param_groups[0]["params"].append(params[2])
+    params[2].grad = torch.ones_like(params[2])
+    with pytest.raises(ValueError, match=r"put into a parameter group's list directly.*add_param_group"):
+        opt.step()
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
@@ -158,6 +204,13 @@ def test_states_that_cannot_carry_over_are_refused_at_load_time():
         "momentum SGD": (SGLD, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5), r"momentum=0.5"),
         "Adam": (PSGLD, torch.optim.Adam(model.parameters()), r"neither a PSGLD state nor a torch.optim.RMSprop"),
         "SGD into PSGLD": (PSGLD, torch.optim.SGD(model.parameters(), lr=0.1), r"neither a PSGLD state"),
+        "maximize RMSprop": (PSGLD, torch.optim.RMSprop(model.parameters(), lr=1e-2, maximize=True),
+                             r"RMSprop state has maximize=True"),
+        "maximize SGD": (SGLD, torch.optim.SGD(model.parameters(), lr=0.1, maximize=True), r"maximize=True"),
+        "more groups": (PSGLD, torch.optim.RMSprop([{"params": list(model.parameters())[:2]},
+                                                    {"params": list(model.parameters())[2:]}], lr=1e-2),
+                        r"the state_dict has 2 parameter groups, the optimizer 1"),
+        "SGLD into PSGLD": (PSGLD, SGLD(model.parameters(), lr=0.1, num_data=10), r"is an SGLD state"),
     }  # fmt: skip
     for what, (cls, other, message) in foreign.items():
         train(model, other, 1)

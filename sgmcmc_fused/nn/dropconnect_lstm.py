@@ -32,6 +32,25 @@ MASKED_MATRICES = {"hh": (False, True), "ih": (True, False), "both": (True, True
 IMPLS = ("auto", *LSTM_BACKENDS)
 #: The Philox step word is 32 bits; the call counter wraps around after 2^32 training calls.
 _CALL_MODULUS = 2**32
+#: How many recent training inputs keep their call for a re-run under activation checkpointing.
+_RECENT_INPUTS = 256
+
+
+def _in_backward() -> bool:
+    """Whether this runs inside a backward pass: activation checkpointing re-running a forward (never
+    while torch.compile traces: a compiled forward is not re-run by eager checkpointing)."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
+def _input_key(x: torch.Tensor) -> tuple | None:
+    """What identifies a forward's input when torch.utils.checkpoint runs the forward again: the same
+    memory (a checkpoint keeps its inputs alive and re-runs with them, or with detached views).
+    None for a tensor without storage (a torch.func wrapper, a fake tensor while tracing)."""
+    try:
+        pointer = x.untyped_storage().data_ptr()
+    except (NotImplementedError, RuntimeError):
+        return None
+    return pointer, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device
 
 
 def _check_dropconnect_config(dropconnect: float, mask: str, masked: str) -> None:
@@ -82,6 +101,10 @@ class DropConnectLSTM(nn.Module):
             (mod 2^32) for all its masks and then increments it; eval forwards leave it alone. A plain
             attribute like `seed`; mask of weight id w at call c is
             ``lstm_reference.dropconnect_mask(W.shape, seed, w, c, dropconnect, kind)``.
+
+    Activation checkpointing (torch.utils.checkpoint, reentrant or not) runs a forward again inside
+    backward; that run takes the call of the forward it repeats (found by its input's memory, the
+    latest first) and leaves `calls` alone, so the gradients are those of the masks the forward used.
 
     Mask weight ids: ``(layer * D + direction) * 2 + (0 for weight_ih, 1 for weight_hh)``, direction 1
     the reverse one. Evaluation (module.eval()) uses the unmasked weights and is deterministic (the
@@ -172,6 +195,8 @@ class DropConnectLSTM(nn.Module):
         self.seed: int = seed
         #: Training forward calls so far; the next one uses it as the mask counter (not in the state dict).
         self.calls: int = 0
+        #: The calls of recent training forwards by `_input_key`, for a re-run under checkpointing.
+        self._recent_calls: dict[tuple, list[int]] = {}
 
     # ---- construction helpers ------------------------------------------------------------------
 
@@ -282,7 +307,9 @@ class DropConnectLSTM(nn.Module):
             raise TypeError(f"DropConnectLSTM: expected a floating-point input, got {input.dtype}")
         if input.size(-1) != self.input_size:
             raise ValueError(f"DropConnectLSTM: expected input size {self.input_size}, got {input.size(-1)}")
-        if input.dtype != weight.dtype:
+        # Under autocast the layer casts the input to the autocast dtype, as nn.LSTM's does: a bf16
+        # input from an autocast Linear meets fp32 parameters there.
+        if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
             raise TypeError(
                 f"DropConnectLSTM: input dtype {input.dtype} does not match the parameters' dtype {weight.dtype}"
             )
@@ -384,7 +411,7 @@ class DropConnectLSTM(nn.Module):
                     h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
             # Unpack in the sorted order the data is stored in (lengths descending).
             padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            call = self._next_call()
+            call = self._next_call(data)
             out, h_n, c_n = self._run(padded, h0, c0, lengths.to(padded.device), call)
             packed = pack_padded_sequence(out, lengths, enforce_sorted=True)
             output = PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices)
@@ -407,7 +434,7 @@ class DropConnectLSTM(nn.Module):
             h0, c0 = zeros, zeros
         else:
             h0, c0 = self._check_hx(hx, batch, batched, x)
-        call = self._next_call()
+        call = self._next_call(input)
         out, h_n, c_n = self._run(x, h0, c0, None, call)
         if not batched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
@@ -415,10 +442,31 @@ class DropConnectLSTM(nn.Module):
             out = out.transpose(0, 1)
         return out, (h_n, c_n)
 
-    def _next_call(self) -> int | None:
-        """The mask counter of this forward (None in eval mode); advances `calls` in training mode."""
+    def _next_call(self, input: torch.Tensor) -> int | None:
+        """The mask counter of this forward (None in eval mode); advances `calls` in training mode.
+
+        A forward inside backward is checkpointing's re-run of an earlier one: it takes that one's
+        call (the latest forward on the same input memory; an older one if that was re-run already).
+        """
         if not self.training:
             return None
+        recent = self.__dict__.setdefault("_recent_calls", {})  # modules pickled before it existed
+        if _in_backward():
+            key = _input_key(input)
+            calls = recent.get(key) if key is not None else None
+            if not calls:
+                raise RuntimeError(
+                    "DropConnectLSTM: a training forward ran inside a backward pass on an input no recent "
+                    "forward saw, so its DropConnect masks are unknown. Activation checkpointing must re-run "
+                    "the forward on the same input; for another use, call the module in eval mode there"
+                )
+            return calls.pop() if len(calls) > 1 else calls[0]
         call = self.calls % _CALL_MODULUS
         self.calls += 1
+        key = None if torch.compiler.is_compiling() else _input_key(input)  # traced tensors have no memory
+        if key is not None:
+            calls = recent.pop(key, [])
+            recent[key] = [*calls[-7:], call]  # newest last, in calls and in the dict
+            while len(recent) > _RECENT_INPUTS:
+                del recent[next(iter(recent))]
         return call

@@ -52,6 +52,8 @@ def dropconnect_lstm_layer(
     Returns:
         output [T, B, H] (positions t >= lengths[b] hold the frozen state), h_n [B, H], c_n [B, H].
     """
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("dropconnect_lstm_layer: give both biases b_ih and b_hh, or neither")
     bias = None if b_ih is None else b_ih + b_hh
     masks = dropconnect if dropconnect is not None and dropconnect.active() else None
     # The kernels have backward rules only, so torch.func's forward-mode transforms (jvp, jacfwd,

@@ -64,6 +64,24 @@ def _prior_decay(group: dict[str, Any], given_decay: Any) -> float | None:
     return prior_weight_decay(float(std), group["num_data"])
 
 
+#: Hyperparameters stored as Python numbers: a NumPy scalar would make the state_dict unloadable
+#: with torch.load(weights_only=True).
+_FLOAT_KEYS = ("lr", "weight_decay", "temperature", "alpha", "eps", "prior_std")
+_INT_KEYS = ("num_data", "seed")
+
+
+def _as_python_numbers(group: dict[str, Any]) -> dict[str, Any]:
+    """`group` with its (checked) hyperparameters as Python float/int."""
+    out = dict(group)
+    for key in _FLOAT_KEYS:  # numpy.float64 is a float subclass: compare types exactly
+        if isinstance(out.get(key), numbers.Real) and type(out[key]) not in (float, bool):
+            out[key] = float(out[key])
+    for key in _INT_KEYS:
+        if isinstance(out.get(key), numbers.Integral) and type(out[key]) not in (int, bool):
+            out[key] = int(out[key])
+    return out
+
+
 class NonFiniteGradientError(FloatingPointError):
     """A gradient holds NaN or inf (nan_policy "raise"); no parameter was updated.
 
@@ -96,6 +114,7 @@ class LangevinOptimizer(Optimizer):
         if defaults["seed"] is None:
             defaults["seed"] = draw_seed()
         self._check_hyperparameters(defaults)
+        defaults = _as_python_numbers(defaults)
         if isinstance(params, (set, frozenset)):
             raise TypeError(_SET_OF_PARAMETERS)
         if nan_policy not in ("raise", "skip", "propagate"):
@@ -116,13 +135,13 @@ class LangevinOptimizer(Optimizer):
             _check_hyper("weight_decay", group["weight_decay"])
             _check_hyper("temperature", group["temperature"])
             num_data = group["num_data"]
-            if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
+            if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
                 raise ValueError(f"num_data must be an int >= 1 (the training-set size), got {num_data!r}")
             if self.PRECONDITIONED:
                 _check_hyper("alpha", group["alpha"], below_one=True)
                 _check_hyper("eps", group["eps"], positive=True)
             seed = group["seed"]
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
                 raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
             if group["impl"] != "auto" and group["impl"] not in BACKENDS:
                 raise ValueError(f"unknown impl {group['impl']!r}; choose 'auto' or one of {sorted(BACKENDS)}")
@@ -165,10 +184,15 @@ class LangevinOptimizer(Optimizer):
             raise ValueError(f"more than {MAX_STREAM_ID + 1} parameters")
         # Everything is checked before torch registers the group, so a refused group leaves the
         # optimizer as it was (torch's own checks, too, raise before registering).
+        # A group's own prior overrides the defaults' (as its own keys override them in torch): its
+        # prior_std replaces a default weight_decay, its weight_decay a default prior_std.
+        own_std, own_decay = param_group.get("prior_std") is not None, "weight_decay" in param_group
+        if own_decay and not own_std and self.defaults.get("prior_std") is not None:
+            param_group["prior_std"] = None
         merged = {**self.defaults, **param_group}
         self._check_hyperparameters(merged, where)
-        decay = _prior_decay(merged, merged["weight_decay"])
-        super().add_param_group(param_group)
+        decay = _prior_decay(merged, merged["weight_decay"] if own_decay or not own_std else 0.0)
+        super().add_param_group(_as_python_numbers(param_group))
         if decay is not None:
             self.param_groups[-1]["weight_decay"] = decay
         for p in self.param_groups[-1]["params"]:
@@ -198,6 +222,9 @@ class LangevinOptimizer(Optimizer):
 
     # -- the step ------------------------------------------------------------------
 
+    # torch.compile leaves the step out of the graph: it is a fused call per bucket already, and
+    # tracing it would guard on every parameter's int step counter and so recompile at every step.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One Langevin step for every parameter that has a gradient.
@@ -237,6 +264,11 @@ class LangevinOptimizer(Optimizer):
         updates tensors of one device."""
         buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = defaultdict(list)
         for p in group["params"]:
+            if p not in self._stream_ids:
+                raise ValueError(
+                    f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} was put into a parameter group's "
+                    "list directly, so it has no noise stream: add parameters with add_param_group"
+                )
             if p.grad is None:
                 continue
             if p.device.type == "meta":
@@ -360,11 +392,21 @@ class LangevinOptimizer(Optimizer):
         """
         name, keys = self.TORCH_COUNTERPART
         me = type(self).__name__
+        if len(state_dict["param_groups"]) != len(self.param_groups):
+            raise ValueError(
+                f"{me}.load_state_dict: the state_dict has {len(state_dict['param_groups'])} parameter groups, "
+                f"the optimizer {len(self.param_groups)}"
+            )
         for i, sg in enumerate(state_dict["param_groups"]):
             if not keys <= sg.keys():
                 raise ValueError(
                     f"{me}.load_state_dict: parameter group {i} is neither a {me} state nor a torch.optim.{name} one "
                     f"(its keys: {sorted(k for k in sg if k != 'params')})"
+                )
+            if sg.get("maximize", False):
+                raise ValueError(
+                    f"{me}.load_state_dict: the torch.optim.{name} state has maximize=True (it ascended its loss); "
+                    f"{me} descends the loss it is given: negate the loss instead"
                 )
             if sg.get("momentum", 0) != 0 or sg.get("centered", False):
                 raise ValueError(
@@ -412,6 +454,11 @@ class LangevinOptimizer(Optimizer):
         groups = self.param_groups
         if any("num_data" not in sg for sg in state_dict["param_groups"]):
             state_dict = self._from_torch_optimizer(state_dict)
+        elif self.PRECONDITIONED and any("alpha" not in sg for sg in state_dict["param_groups"]):
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the state_dict is an SGLD state (its groups have no alpha "
+                "and eps, its parameters no square_avg); PSGLD needs a preconditioner to continue"
+            )
         elif not self.PRECONDITIONED and any("alpha" in sg for sg in state_dict["param_groups"]):
             raise ValueError(
                 f"{type(self).__name__}.load_state_dict: the state_dict is a PSGLD state (its groups have alpha and "
