@@ -194,6 +194,22 @@ def test_cli_reports_damage_as_a_usage_error(tmp_path):
     assert "checkpoint.pt" in proc.stderr and ("corrupted" in proc.stderr)
 
 
+def test_a_trainer_removes_what_a_killed_checkpoint_write_left(tmp_path):
+    """SIGKILL inside write_checkpoint leaves its partial file (and maybe the link to the previous
+    checkpoint) under temporary names; the next trainer of that folder removes them, and only them."""
+    run = tmp_path / "run"
+    assert main([*TINY, "--stop-after-steps", "5", "--out", str(run)]) == 0
+    method = run / "psgld"
+    leftovers = [method / ".checkpoint.pt.k3j9x_2a.tmp", method / ".checkpoint.pt.prev.4242.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"PK partial")
+    keep = [method / ".sample_00000001.safetensors.tmp", method / "notes.tmp", method / ".other.pt.1.tmp"]
+    for path in keep:
+        path.write_bytes(b"not a checkpoint")
+    assert main(["lm", "--resume", str(run), "--quiet", "--no-plot", "--threads", "1"]) == 0
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in keep)
+
+
 def test_a_full_disk_is_named_and_the_last_checkpoint_stays_whole(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     write_checkpoint({"step": 1}, path)

@@ -185,6 +185,33 @@ def test_a_samples_folder_belongs_to_one_run(tmp_path, capsys):
     assert f"--samples-dir {stray} is not empty and belongs to no run" in err
 
 
+def test_a_new_run_refused_after_claiming_its_samples_folder_leaves_no_claim(tmp_path, capsys):
+    """The data check comes after the claim: the refused run's record in --samples-dir goes with it,
+    so that the corrected command is not refused as "another run's" folder."""
+    samples = tmp_path / "samples"
+    args = ["--method", "psgld", "--burn-in", "10", "--thin", "10", "--samples-dir", str(samples)]
+    err = _usage_error(capsys, [*TINY, *args, "--eval-batch-size", "5000", "--out", str(tmp_path / "refused")])
+    assert "--eval-batch-size" in err
+    assert not (tmp_path / "refused").exists() and not samples.exists()
+    assert main([*TINY, *args, "--stop-after-steps", "20", "--out", str(tmp_path / "fixed")]) == 0
+    assert json.loads((samples / "run.json").read_text()) == {"run": str((tmp_path / "fixed").resolve())}
+
+
+def test_a_resume_whose_samples_folder_is_gone_is_refused(tmp_path, capsys):
+    """A samples folder inside the run's folder moves with it, away from the recorded path: resuming
+    would split the samples between two folders (and a caption run fail after training)."""
+    run = tmp_path / "run"
+    args = ["--method", "psgld", "--burn-in", "10", "--thin", "10", "--samples-dir", str(run / "samples")]
+    assert main([*TINY, *args, "--stop-after-steps", "30", "--out", str(run)]) == 0
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    err = _usage_error(capsys, ["lm", "--resume", str(moved), "--quiet", "--no-plot", "--threads", "1"])
+    assert f"the run's --samples-dir {run / 'samples'} is gone (moved along with the run's folder?)" in err
+    assert not run.exists()  # nothing recreated there
+    moved.rename(run)  # put back, it resumes
+    assert main(["lm", "--resume", str(run), "--quiet", "--no-plot", "--threads", "1"]) == 0
+
+
 def test_a_second_signal_stops_at_once_with_that_signals_status(capsys):
     """The first SIGTERM asks for a checkpoint at the next step; a second one stops the process at
     once, with status 143 (not a KeyboardInterrupt traceback and 130)."""

@@ -116,7 +116,15 @@ def test_unknown_or_missing_fields_are_refused():
     [({"epochs": 0}, "--epochs must be >= 1"), ({"lr_decay": 0.5}, "--lr-decay must be >= 1"),
      ({"alpha": 1.0}, r"--alpha must be in \[0, 1\)"), ({"burn_in": "x"}, "--burn-in 'x'"),
      ({"samples_dir": "/tmp/s"}, "--samples-dir /tmp/s with --max-samples 0"),
-     ({"lr": {"rmsprop": 0.003}}, "no learning rate for psgld")],
+     ({"lr": {"rmsprop": 0.003}}, "no learning rate for psgld"),
+     # what a hand-edited config.json may hold, refused as the options are (not a traceback later)
+     ({"seed": -1}, r"--seed must be in \[0, 2\^63\), got -1"),
+     ({"seed": 2**63 - 1, "chains": 2}, r"--seed must be in \[0, 2\^63\) with its 2 chains \(seed \+ k\)"),
+     ({"lr": {"rmsprop": 0.003, "psgld": 0.0}}, r"--lr must be > 0, got \{'psgld': 0.0\}"),
+     ({"lr": {"rmsprop": -1, "psgld": 0.003}}, r"--lr must be > 0"),
+     ({"mask": "foo"}, "--mask must be one of bernoulli, gaussian, got 'foo'"),
+     ({"masked": "xx"}, "--masked must be one of hh, ih, both, got 'xx'"),
+     ({"methods": ()}, "no --method: give at least one")],
 )  # fmt: skip
 def test_a_changed_configuration_is_checked_like_a_new_one(change, message):
     cfg = LMConfig.from_json(LEGACY_LM_CONFIG)

@@ -472,6 +472,51 @@ def test_a_new_lr_for_a_finished_method_leaves_its_results_as_trained(tmp_path, 
     after = json.loads((out / "results.json").read_text())["methods"][0]
     assert after["lr"] == before["lr"] == 0.01 and after["test_ppl"] == before["test_ppl"]
     assert json.loads((out / "rmsprop" / "log.json").read_text())["config"]["lr"]["rmsprop"] == 0.01
+    # The run's configuration keeps that lr too, so that extending the run later trains at it.
+    assert json.loads((out / "config.json").read_text())["lr"]["rmsprop"] == 0.01
+
+
+def test_a_resume_with_fewer_epochs_than_a_checkpoint_has_begun_is_refused(tmp_path, capsys):
+    """A checkpoint 50 steps into epoch 2 is past --epochs 1: the run would otherwise report a result
+    of neither length (one epoch and 50 steps)."""
+    out = _run(tmp_path, "e", "--method", "rmsprop", "--epochs", "2", "--no-plot", "--stop-after-steps",
+               str(STEPS_PER_EPOCH + 50))  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(["lm", "--resume", str(out), "--epochs", "1", "--no-plot"])
+    assert exc.value.code == 2
+    assert "is 50 steps into epoch 2, past --epochs 1: give --epochs 2 or more" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2  # as it was
+
+
+def test_a_log_that_cannot_be_written_on_a_full_disk_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """A full disk while writing the logs (after the checkpoint) ends the run with exit 2 and what to
+    do, not a traceback; --resume then finishes it as an uninterrupted run."""
+    import errno
+
+    from sgmcmc_fused.train import runlog
+
+    straight = _run(tmp_path, "straight", "--method", "rmsprop", "--epochs", "2", "--no-plot", "--threads", "1")
+    real_write = runlog.write_text_atomic
+    calls = {"log.csv": 0}
+
+    def full_disk(path, text, *args, **kwargs):
+        if Path(path).name == "log.csv":
+            calls["log.csv"] += 1
+            if calls["log.csv"] == 2:  # the second epoch's logs
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(runlog, "write_text_atomic", full_disk)
+    out = tmp_path / "full"
+    with pytest.raises(SystemExit) as exc:
+        main([*TINY, "--out", str(out), "--method", "rmsprop", "--epochs", "2", "--no-plot", "--threads", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "log.csv: cannot write it (No space left on device)" in err and "--resume" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert main(["lm", "--resume", str(out), "--no-plot", "--threads", "1"]) == 0
+    ours, theirs = (json.loads((o / "results.json").read_text())["methods"][0] for o in (out, straight))
+    assert ours["test_ppl"] == theirs["test_ppl"] and ours["steps"] == theirs["steps"]
 
 
 def test_resume_takes_every_given_nan_policy(tmp_path):

@@ -11,6 +11,7 @@ tensors and plain containers of numbers and strings are accepted, never arbitrar
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import warnings
@@ -63,6 +64,17 @@ def _digest_into(h: Any, obj: Any) -> None:
             _digest_into(h, v)
     else:  # numbers, strings, bools, None, torch.Size/dtype: their repr is exact
         h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what `write_checkpoint` of `path` leaves when killed mid-write: the partial new file
+    (``.NAME.*.tmp``) and the link to the previous one (``.NAME.prev.PID.tmp``). Call it only while
+    holding the run folder (no other writer). Returns the files removed."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -9,10 +9,12 @@ report. `Task.register` adds it to ``python -m sgmcmc_fused.train``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,11 +121,21 @@ class Task(ABC):
                 return run_in_world(resolve_device(args.device), lambda world, device: self._run(args, world, device))
         except (ConfigError, CheckpointError) as e:
             args.parser.error(str(e))
+        except OSError as e:
+            if e.errno not in _STORAGE_ERRNOS:
+                raise
+            # A log, sample or results file that cannot be written: every write is atomic, so the
+            # files are whole, and the last checkpoint (written before its logs) too.
+            args.parser.error(
+                f"{e.filename or 'a file of the run'}: cannot write it ({e.strerror}); the run's files and its last "
+                "checkpoint are whole: free space (or fix the folder) and continue the run with --resume"
+            )
         return 2  # not reached: parser.error exits
 
-    def claim(self, cfg: RunConfig, out: Path, resumed: bool) -> None:
+    def claim(self, cfg: RunConfig, out: Path, resumed: bool) -> Callable[[], None] | None:
         """Take what else the run writes to besides its folder (rank 0, holding the folder's lock).
-        Raises ConfigError if another run has it."""
+        Returns what undoes the claim (for a run refused before it begins), or None. Raises
+        ConfigError if another run has it."""
         return None
 
     def _run(self, args: argparse.Namespace, world: World, device: torch.device) -> int:
@@ -186,7 +198,7 @@ class Task(ABC):
                     raise ConfigError(
                         f"--out {out} is a folder of other files ({shown}): a new run needs a new or empty folder"
                     )
-                self.claim(cfg, out, resumed=bool(args.resume))
+                folder.undo_on_discard(self.claim(cfg, out, resumed=bool(args.resume)))
             except ConfigError as e:
                 folder.discard()
                 problem = str(e)
@@ -238,6 +250,11 @@ class Task(ABC):
         if "nan_policy" in given:
             changes["nan_policy"] = args.nan_policy
         return cfg.replace(**changes) if changes else cfg
+
+
+#: OSErrors of the storage (a full disk or quota, an I/O error, a read-only file system): reported
+#: as a usage error (exit 2) with what to do, like a checkpoint that cannot be written.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 def _check_backends(cfg: RunConfig, device: torch.device) -> None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..kernels.registry import BACKENDS, LSTM_BACKENDS
 from .methods import METHODS
-from .options import CYCLICAL_DEFAULTS, NAN_POLICIES, PRECISIONS, ConfigError, need
+from .options import CYCLICAL_DEFAULTS, MASK_CHOICES, MASKED_CHOICES, NAN_POLICIES, PRECISIONS, ConfigError, need
 from .priors import check_prior_std, parse_prior_std
 from .schedule import SCHEDULES
 
@@ -221,8 +221,21 @@ class RunConfig:
         )
         need(0 <= self.alpha < 1, f"--alpha must be in [0, 1), got {self.alpha}")
         need(self.eps > 0, f"--eps must be > 0, got {self.eps}")
+        need(len(self.methods) > 0, "no --method: give at least one")
         missing = [m for m in self.methods if m not in self.lr]
         need(not missing, f"no learning rate for {', '.join(missing)}")
+        bad_lr = {m: v for m, v in self.lr.items() if not (math.isfinite(v) and v > 0)}
+        need(not bad_lr, f"--lr must be > 0, got {bad_lr}")
+        # Chain k trains with seed + k: every chain's seed must be a valid generator key.
+        chains = getattr(self, "chains", 1)
+        need(
+            _is_int(self.seed) and 0 <= self.seed and self.seed + max(chains, 1) - 1 < 2**63,
+            "--seed must be in [0, 2^63)"
+            + (f" with its {chains} chains (seed + k)" if chains > 1 else "")
+            + f", got {self.seed}",
+        )
+        need(self.mask in MASK_CHOICES, f"--mask must be one of {', '.join(MASK_CHOICES)}, got {self.mask!r}")
+        need(self.masked in MASKED_CHOICES, f"--masked must be one of {', '.join(MASKED_CHOICES)}, got {self.masked!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         need(not unknown, f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         need(

@@ -19,6 +19,9 @@ DEFAULT_METHODS = ("rmsprop", "psgld")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: --nan-policy: what a NaN or inf loss or gradient does to the run.
 NAN_POLICIES = ("raise", "skip")
+#: DropConnect mask kinds and the matrices masked (`sgmcmc_fused.nn.DropConnectLSTM`'s mask, masked).
+MASK_CHOICES = ("bernoulli", "gaussian")
+MASKED_CHOICES = ("hh", "ih", "both")
 
 #: Options that only steer how a run executes, not what it computes: --resume accepts them.
 RUN_CONTROL = frozenset({
@@ -94,8 +97,8 @@ def add_dropconnect_arguments(group: argparse._ArgumentGroup, masked_help: str) 
         default=0.0,
         help="DropConnect probability (bernoulli) / noise level (gaussian) of the LSTM weights",
     )
-    group.add_argument("--mask", choices=["bernoulli", "gaussian"], default="bernoulli")
-    group.add_argument("--masked", choices=["hh", "ih", "both"], default="hh", help=masked_help)
+    group.add_argument("--mask", choices=MASK_CHOICES, default="bernoulli")
+    group.add_argument("--masked", choices=MASKED_CHOICES, default="hh", help=masked_help)
 
 
 def add_method_arguments(group: argparse._ArgumentGroup, *, datum: str, lr_defaults: str, temperature: str) -> None:

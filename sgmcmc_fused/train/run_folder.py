@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from .options import ConfigError
@@ -36,6 +37,8 @@ class RunFolder:
         self._fd: int | None = None
         #: What `acquire` made, so that `discard` removes exactly that: the folder, the lock file.
         self._made_folder = self._made_lock = False
+        #: What `discard` undoes besides (claims the run made outside its folder, `undo_on_discard`).
+        self._undo: list[Callable[[], None]] = []
 
     def acquire(self) -> None:
         """Create the folder if needed and take its lock.
@@ -78,12 +81,19 @@ class RunFolder:
         nothing else is in it): for a command refused or failed before its run began, so that it
         leaves no trace (no lock file in a folder of other files, no empty run folder). Removing the
         lock file while holding it is safe: no process waits for it (`acquire` does not block)."""
+        while self._undo:
+            self._undo.pop()()
         if self._fd is not None and self._made_lock:
             (self.path / LOCK_NAME).unlink(missing_ok=True)
             if self._made_folder:
                 with contextlib.suppress(OSError):  # not empty: a file written meanwhile stays
                     self.path.rmdir()
         self.release()
+
+    def undo_on_discard(self, undo: Callable[[], None] | None) -> None:
+        """Have `discard` call `undo` (if not None): a claim the run made outside its folder."""
+        if undo is not None:
+            self._undo.append(undo)
 
     def foreign_entries(self) -> list[str]:
         """The names in the folder other than the lock file, sorted."""
@@ -94,16 +104,21 @@ class RunFolder:
 SAMPLES_OWNER = "run.json"
 
 
-def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
+def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> Callable[[], None] | None:
     """Make `folder` (--samples-dir) the samples folder of the run in `out`, or refuse it.
 
     A samples folder belongs to one run: `SAMPLES_OWNER` records the run's folder. Another run's
     folder is refused; so is a non-empty folder that names no run, for a new run (a run saved
     before the record existed claims its own folder when it resumes). A resumed run whose recorded
-    folder holds no run any more was moved there from it, and takes the samples folder along.
+    folder holds no run any more was moved there from it, and takes the samples folder along. A
+    resumed run whose samples folder is gone is refused: a new, empty one would split its samples
+    between two folders.
 
+    Returns:
+        for a new run, what undoes the claim (removes the record, and the folder if the claim made
+        it and it is still empty): a run refused before it began leaves no claim behind.
     Raises:
-        ConfigError: the folder is another run's, or not empty, or cannot be written.
+        ConfigError: the folder is another run's, or not empty, or gone, or cannot be written.
     """
     owner_file = folder / SAMPLES_OWNER
     me = str(out.resolve())
@@ -118,9 +133,15 @@ def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
                     f"--samples-dir {folder} holds the samples of the run in {owner}: give each run its own "
                     "samples folder"
                 )
-            return
+            return None
+        if resumed and not folder.is_dir():
+            raise ConfigError(
+                f"the run's --samples-dir {folder} is gone (moved along with the run's folder?): put it back there, "
+                "or create it empty to go on without the samples it held"
+            )
         if not resumed and folder.is_dir() and any(folder.iterdir()):
             raise ConfigError(f"--samples-dir {folder} is not empty and belongs to no run: give a new or empty folder")
+        made = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         write_json(owner_file, {"run": me})
     except ConfigError:
@@ -129,3 +150,13 @@ def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> None:
         raise ConfigError(f"--samples-dir {folder}: {e.strerror or e}") from None
     except (ValueError, AttributeError):
         raise ConfigError(f"--samples-dir {folder}: {owner_file} is damaged (not a JSON object)") from None
+    if resumed:
+        return None
+
+    def undo() -> None:
+        owner_file.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: a file written meanwhile stays
+                folder.rmdir()
+
+    return undo

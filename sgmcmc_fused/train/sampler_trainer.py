@@ -18,6 +18,7 @@ bitwise equal across ranks (checked at every checkpoint).
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -36,6 +37,7 @@ from .checkpoint import (
     check_same_config,
     load_checkpoint,
     previous_path,
+    remove_stale_temporaries,
     restore_training_state,
     warn_if_threads_changed,
     write_checkpoint,
@@ -46,7 +48,7 @@ from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
 from .options import PRECISIONS, ConfigError
 from .priors import prior_param_groups
 from .run_control import Printer, Stop
-from .runlog import write_run_logs
+from .runlog import write_json, write_run_logs
 from .schedule import CyclicalSchedule
 
 
@@ -150,6 +152,8 @@ class SamplerTrainer(ABC):
         self.history: list[dict[str, Any]] = []  # one row per epoch
         self.curve: list[dict[str, Any]] = []  # one row per collected sample
         self.checkpoint_path = run_dir / "checkpoint.pt"
+        if world.is_main:  # the only writer of checkpoints, holding the run's folder
+            remove_stale_temporaries(self.checkpoint_path)
         if self.checkpoint_path.exists():
             self._restore(load_checkpoint(self.checkpoint_path, self.CHECKPOINT_FORMAT))
         elif (run_dir / "log.json").exists():  # written with every checkpoint: this one has gone
@@ -502,14 +506,25 @@ class SamplerTrainer(ABC):
         self.epoch, self.batch_in_epoch, self.step, self.epoch_rng_state = restore_training_state(
             ck, model=self.model, optimizer=self.optimizer, device=self.device, nan_policy=self.cfg.nan_policy
         )
-        if self.epoch > self.cfg.epochs:
-            raise ConfigError(f"{self.checkpoint_path} is at epoch {self.epoch}, past --epochs {self.cfg.epochs}")
+        if self.epoch > self.cfg.epochs or (self.epoch == self.cfg.epochs and self.batch_in_epoch > 0):
+            where = f"{self.batch_in_epoch} steps into epoch {self.epoch + 1}" if self.batch_in_epoch else (
+                f"at the end of epoch {self.epoch}")  # fmt: skip
+            least = self.epoch + (1 if self.batch_in_epoch else 0)
+            raise ConfigError(
+                f"{self.checkpoint_path} is {where}, past --epochs {self.cfg.epochs}: give --epochs {least} or more"
+            )
         trained_lr, lr = saved.lr.get(self.method), self.cfg.lr[self.method]
         if self.epoch == self.cfg.epochs and trained_lr is not None and trained_lr != lr:
-            # A finished method trains no more: its logs and result keep the lr it trained with.
+            # A finished method trains no more: its logs, its result and the run's config.json keep
+            # the lr it trained with (a later --epochs extends it at that lr, unless --lr is given then).
             self.say(f"{self.label}: finished its {self.epoch} epochs at lr {trained_lr:g}; --lr {lr:g} changes "
                      "nothing for it (give --epochs to train it further)", force=True)  # fmt: skip
             self.cfg = self.cfg.replace(lr={**self.cfg.lr, self.method: trained_lr})
+            path = self.run_root / "config.json"
+            if self.world.is_main and path.is_file():  # the CLI's run (not a trainer used alone)
+                saved_run = json.loads(path.read_text(encoding="utf-8"))
+                saved_run["lr"][self.method] = trained_lr
+                write_json(path, saved_run)
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
         if self.epoch < self.cfg.epochs:  # a finished method computes nothing more
             warn_if_threads_changed(ck, self.device, self.label)

@@ -51,6 +51,7 @@ METHOD/chain-k/captions.csv).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,8 @@ class CaptionTask(Task):
     def run_name(self, cfg: CaptionConfig) -> str:
         return "caption-" + ("scenes" if cfg.data["kind"] == "synthetic" else Path(cfg.data["captions"]).stem)
 
-    def claim(self, cfg: CaptionConfig, out: Path, resumed: bool) -> None:
-        if cfg.samples_dir:
-            claim_samples_dir(Path(cfg.samples_dir), out, resumed)
+    def claim(self, cfg: CaptionConfig, out: Path, resumed: bool) -> Callable[[], None] | None:
+        return claim_samples_dir(Path(cfg.samples_dir), out, resumed) if cfg.samples_dir else None
 
     def load_data(
         self, cfg: CaptionConfig, args: argparse.Namespace, world: World

@@ -41,6 +41,7 @@ batch's hidden state and every rank's RNG, and resumes under the same number of 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,8 @@ class LanguageModelTask(Task):
     def run_name(self, cfg: LMConfig) -> str:
         return f"lm-{cfg.data['kind']}-{cfg.preset}"
 
-    def claim(self, cfg: LMConfig, out: Path, resumed: bool) -> None:
-        if cfg.samples_dir:
-            claim_samples_dir(Path(cfg.samples_dir), out, resumed)
+    def claim(self, cfg: LMConfig, out: Path, resumed: bool) -> Callable[[], None] | None:
+        return claim_samples_dir(Path(cfg.samples_dir), out, resumed) if cfg.samples_dir else None
 
     def load_data(self, cfg: LMConfig, args: argparse.Namespace, world: World) -> tuple[LMConfig, LMData]:
         _check_world(cfg, world)
