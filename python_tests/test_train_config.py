@@ -124,7 +124,11 @@ def test_unknown_or_missing_fields_are_refused():
      ({"lr": {"rmsprop": -1, "psgld": 0.003}}, r"--lr must be > 0"),
      ({"mask": "foo"}, "--mask must be one of bernoulli, gaussian, got 'foo'"),
      ({"masked": "xx"}, "--masked must be one of hh, ih, both, got 'xx'"),
-     ({"methods": ()}, "no --method: give at least one")],
+     ({"methods": ()}, "no --method: give at least one"),
+     ({"data": {}}, r"data.kind must be one of word, char, synthetic, got None"),
+     ({"data": {"kind": "synthetic"}}, r"data.seed is missing \(the synthetic data part needs seed, num_states"),
+     ({"data": {**LEGACY_LM_CONFIG["data"], "train_tokens": "many"}}, "data.train_tokens must be an integer >= 2"),
+     ({"data": {"kind": "char", "path": "/x", "split": [0.9, 0.1]}}, "data.split must be three fractions")],
 )  # fmt: skip
 def test_a_changed_configuration_is_checked_like_a_new_one(change, message):
     cfg = LMConfig.from_json(LEGACY_LM_CONFIG)

@@ -131,6 +131,7 @@ class LMConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
+        _check_data_spec(self.data)
         need(self.max_samples >= 0, f"--max-samples must be >= 0, got {self.max_samples}")
         need(
             self.max_samples > 0 or not self.samples_dir,
@@ -256,6 +257,40 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # resolution
+
+
+#: The fields of each kind of data part, with their checks (a saved config.json may have been edited).
+_DATA_FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
+    "word": {"path": (lambda v: isinstance(v, str), "a path")},
+    "char": {
+        "path": (lambda v: isinstance(v, str), "a path"),
+        "split": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_fraction(x) for x in v),
+                  "three fractions"),
+    },
+    "synthetic": {
+        "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        **{k: (lambda v: _is_int(v) and v >= 2, "an integer >= 2")
+           for k in ("num_states", "vocab_size", "train_tokens", "eval_tokens")},
+    },
+}  # fmt: skip
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_fraction(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+def _check_data_spec(data: dict[str, Any]) -> None:
+    """Raises ConfigError naming ``data.FIELD`` for a data part without its kind's fields, or with a
+    value of the wrong type."""
+    kind = data.get("kind")
+    need(kind in _DATA_FIELDS, f"data.kind must be one of {', '.join(_DATA_FIELDS)}, got {kind!r}")
+    for name, (valid, what) in _DATA_FIELDS[kind].items():
+        need(name in data, f"data.{name} is missing (the {kind} data part needs {', '.join(_DATA_FIELDS[kind])})")
+        need(valid(data[name]), f"data.{name} must be {what}, got {data[name]!r}")
 
 
 def data_spec(args: argparse.Namespace) -> dict[str, Any]:
