@@ -112,6 +112,17 @@ def test_unknown_or_missing_fields_are_refused():
 
 
 @pytest.mark.parametrize(
+    "data, message",
+    [({}, "data.kind must be one of synthetic, files, got None"),
+     ({"kind": "files", "seed": 0, "valid_fraction": 0.1}, r"data.train is missing \(the files data part needs"),
+     ({**CLASSIFY_CONFIG["data"], "signal": "x"}, "data.signal must be a number, got 'x'")],
+)  # fmt: skip
+def test_a_classify_data_part_edited_by_hand_is_named(data, message):
+    with pytest.raises(ConfigError, match=message):
+        ClassifyConfig.from_json({**CLASSIFY_CONFIG, "data": data})
+
+
+@pytest.mark.parametrize(
     "change, message",
     [({"epochs": 0}, "--epochs must be >= 1"), ({"lr_decay": 0.5}, "--lr-decay must be >= 1"),
      ({"alpha": 1.0}, r"--alpha must be in \[0, 1\)"), ({"burn_in": "x"}, "--burn-in 'x'"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -295,6 +296,22 @@ class RunConfig:
     def chain(self: C, k: int) -> C:
         """The configuration chain `k` of --chains trains with: seed + k."""
         return self.replace(seed=self.seed + k)
+
+
+#: A field of a data part: (its check, what the message says it must be).
+DataField = tuple[Callable[[Any], bool], str]
+#: A field the loader needs, of any value.
+ANY: DataField = (lambda v: True, "")
+
+
+def check_data_part(data: dict[str, Any], kinds: dict[str, dict[str, DataField]]) -> None:
+    """Raises ConfigError naming ``data.FIELD`` for a data part (of a config.json that may have been
+    edited by hand) whose kind is unknown, or that lacks a field of its kind or has a bad value."""
+    kind = data.get("kind")
+    need(kind in kinds, f"data.kind must be one of {', '.join(kinds)}, got {kind!r}")
+    for name, (valid, what) in kinds[kind].items():
+        need(name in data, f"data.{name} is missing (the {kind} data part needs {', '.join(kinds[kind])})")
+        need(valid(data[name]), f"data.{name} must be {what}, got {data[name]!r}")
 
 
 def _is_int(v: object) -> bool:

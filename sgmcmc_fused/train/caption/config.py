@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..chains import add_chains_argument
-from ..config import RunConfig
+from ..config import ANY, DataField, RunConfig, check_data_part
 from ..methods import RMS_DEFAULT_LR
 from ..options import (
     SCHEDULE_FIELDS,
@@ -98,6 +98,7 @@ class CaptionConfig(RunConfig):
         super().check()
         need(self.layers == 1, f"the caption model has one LSTM layer, got layers={self.layers}")
         data = self.data
+        check_data_part(data, _DATA_FIELDS)
         if data["kind"] == "synthetic":
             for name in ("num_train", "num_valid", "num_test"):
                 need(data[name] >= 1, f"--synthetic-{name[4:]} must be >= 1, got {data[name]}")
@@ -159,6 +160,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print, for N test images, the references, the model average's caption and a few single samples' "
         "(default 3; 0: none)",
     )  # fmt: skip
+
+
+_COUNT: DataField = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+_PATH: DataField = (lambda v: isinstance(v, str), "a path")
+#: The fields of each kind of data part (a saved config.json may have been edited by hand).
+_DATA_FIELDS: dict[str, dict[str, DataField]] = {
+    "synthetic": {"seed": _COUNT, **{k: _COUNT for k in ("num_train", "num_valid", "num_test", "image_size")},
+                  **{k: ANY for k in ("arch", "stages", "feature_image_size")}},
+    "files": {"captions": _PATH, "features": _PATH, "min_count": _COUNT},
+}  # fmt: skip
 
 
 def data_spec(args: argparse.Namespace) -> dict[str, Any]:

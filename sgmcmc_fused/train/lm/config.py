@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..chains import add_chains_argument
-from ..config import RunConfig
+from ..config import DataField, RunConfig, check_data_part
 from ..methods import RMS_DEFAULT_LR
 from ..options import (
     SCHEDULE_FIELDS,
@@ -131,7 +131,7 @@ class LMConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
-        _check_data_spec(self.data)
+        check_data_part(self.data, _DATA_FIELDS)
         need(self.max_samples >= 0, f"--max-samples must be >= 0, got {self.max_samples}")
         need(
             self.max_samples > 0 or not self.samples_dir,
@@ -260,7 +260,7 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: The fields of each kind of data part, with their checks (a saved config.json may have been edited).
-_DATA_FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
+_DATA_FIELDS: dict[str, dict[str, DataField]] = {
     "word": {"path": (lambda v: isinstance(v, str), "a path")},
     "char": {
         "path": (lambda v: isinstance(v, str), "a path"),
@@ -281,16 +281,6 @@ def _is_int(v: object) -> bool:
 
 def _is_fraction(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
-
-
-def _check_data_spec(data: dict[str, Any]) -> None:
-    """Raises ConfigError naming ``data.FIELD`` for a data part without its kind's fields, or with a
-    value of the wrong type."""
-    kind = data.get("kind")
-    need(kind in _DATA_FIELDS, f"data.kind must be one of {', '.join(_DATA_FIELDS)}, got {kind!r}")
-    for name, (valid, what) in _DATA_FIELDS[kind].items():
-        need(name in data, f"data.{name} is missing (the {kind} data part needs {', '.join(_DATA_FIELDS[kind])})")
-        need(valid(data[name]), f"data.{name} must be {what}, got {data[name]!r}")
 
 
 def data_spec(args: argparse.Namespace) -> dict[str, Any]:
