@@ -331,10 +331,58 @@ def test_activation_checkpointing_recomputes_with_the_forwards_masks(impl, devic
         for name in expected:
             close(got[name], expected[name], torch.float32, name)
     assert checkpointed.calls == plain.calls == 4
-    with pytest.raises(RuntimeError, match="ran inside a backward pass on an input no recent forward saw"):
-        y, _ = plain(xs[0, 0])
-        y.register_hook(lambda g: plain(torch.randn(4, 3, I, device=device))[0].sum() * 0 + g)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointing_a_static_input_buffer_and_a_second_backward(use_reentrant):
+    """One input buffer refilled with copy_ every step (a new version each time), and a second
+    backward through the same graph (retain_graph): every re-run takes its forward's masks."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(13)
+    plain = DropConnectLSTM(I, H, dropconnect=0.5, impl="eager", seed=6)
+    checkpointed = copy.deepcopy(plain)
+    buffers = [torch.zeros(4, 3, I, requires_grad=False) for _ in range(2)]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        batch = torch.randn(4, 3, I, generator=g)
+        grads = []
+        for module, buffer, wrap in ((plain, buffers[0], False), (checkpointed, buffers[1], True)):
+            module.zero_grad()
+            with torch.no_grad():
+                buffer.copy_(batch)
+            x = buffer.requires_grad_(use_reentrant)  # reentrant checkpointing needs an input that requires grad
+            y = checkpoint(lambda t, m=module: m(t)[0], x, use_reentrant=use_reentrant) if wrap else module(x)[0]
+            y.pow(2).sum().backward(retain_graph=True)
+            y.sin().sum().backward()
+            x.requires_grad_(False)
+            grads.append({n: p.grad.clone() for n, p in module.named_parameters()})
+        for name in grads[0]:
+            close(grads[1][name], grads[0][name], torch.float32, name)
+
+
+def test_a_checkpoint_re_run_that_cannot_know_its_masks_raises():
+    """An LSTM input made inside the checkpointed function is made again elsewhere, and an input that
+    went through the module twice in training is ambiguous: both raise rather than guess the masks.
+    Pickling a module after training forwards keeps none of this bookkeeping."""
+    import pickle
+
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(14)
+    module = DropConnectLSTM(I, H, dropconnect=0.5, impl="eager", seed=7)
+    linear = nn.Linear(I, I)
+    x = torch.randn(4, 3, I)
+    y = checkpoint(lambda t: module(linear(t))[0], x, use_reentrant=False)
+    with pytest.raises(RuntimeError, match="input no recent forward saw"):
         y.sum().backward()
+    y = checkpoint(lambda t: module(t)[0], x, use_reentrant=False)
+    with torch.no_grad():
+        module(x)  # the same input again, in training mode
+    with pytest.raises(RuntimeError, match="went through the module more than once in training mode"):
+        y.sum().backward()
+    again = pickle.loads(pickle.dumps(module))
+    assert again.calls == module.calls == 3 and again.seed == module.seed  # the re-runs count no call
 
 
 @pytest.mark.parametrize("impl, device", IMPL_DEVICE)

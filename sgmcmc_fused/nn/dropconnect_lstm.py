@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +45,14 @@ def _in_backward() -> bool:
 
 def _input_key(x: torch.Tensor) -> tuple | None:
     """What identifies a forward's input when torch.utils.checkpoint runs the forward again: the same
-    memory (a checkpoint keeps its inputs alive and re-runs with them, or with detached views).
-    None for a tensor without storage (a torch.func wrapper, a fake tensor while tracing)."""
+    memory, at the same version (a checkpoint keeps its inputs alive and re-runs with them, or with
+    detached views of them). None for a tensor without storage or version counter (a torch.func
+    wrapper, a fake tensor while tracing, an inference tensor)."""
     try:
-        pointer = x.untyped_storage().data_ptr()
+        pointer, version = x.untyped_storage().data_ptr(), x._version
     except (NotImplementedError, RuntimeError):
         return None
-    return pointer, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device
+    return pointer, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, version
 
 
 def _check_dropconnect_config(dropconnect: float, mask: str, masked: str) -> None:
@@ -103,8 +105,10 @@ class DropConnectLSTM(nn.Module):
             ``lstm_reference.dropconnect_mask(W.shape, seed, w, c, dropconnect, kind)``.
 
     Activation checkpointing (torch.utils.checkpoint, reentrant or not) runs a forward again inside
-    backward; that run takes the call of the forward it repeats (found by its input's memory, the
-    latest first) and leaves `calls` alone, so the gradients are those of the masks the forward used.
+    backward; that run takes the call of the forward it repeats (found by its input: the same live
+    memory at the same version) and leaves `calls` alone, so the gradients are those of the masks the
+    forward used. The LSTM's input must be an argument of the checkpointed function (an input made
+    inside it is made again, elsewhere): otherwise the re-run raises rather than guess the masks.
 
     Mask weight ids: ``(layer * D + direction) * 2 + (0 for weight_ih, 1 for weight_hh)``, direction 1
     the reverse one. Evaluation (module.eval()) uses the unmasked weights and is deterministic (the
@@ -195,8 +199,16 @@ class DropConnectLSTM(nn.Module):
         self.seed: int = seed
         #: Training forward calls so far; the next one uses it as the mask counter (not in the state dict).
         self.calls: int = 0
-        #: The calls of recent training forwards by `_input_key`, for a re-run under checkpointing.
-        self._recent_calls: dict[tuple, list[int]] = {}
+        #: The calls of recent training forwards by `_input_key`, with a weak reference to the input's
+        #: storage (a dead one can never be re-run), for a re-run under activation checkpointing.
+        self._recent_calls: dict[tuple, list[tuple[int, weakref.ref]]] = {}
+
+    def __getstate__(self) -> dict:
+        """For pickle and copy.deepcopy: without the recent calls (weak references to this process's
+        tensors, which neither pickle nor mean anything to a copy)."""
+        state = self.__dict__.copy()
+        state.pop("_recent_calls", None)
+        return state
 
     # ---- construction helpers ------------------------------------------------------------------
 
@@ -446,27 +458,31 @@ class DropConnectLSTM(nn.Module):
         """The mask counter of this forward (None in eval mode); advances `calls` in training mode.
 
         A forward inside backward is checkpointing's re-run of an earlier one: it takes that one's
-        call (the latest forward on the same input memory; an older one if that was re-run already).
+        call, found by its input (the same live storage, offset, shape, strides and version). An
+        input no recent forward saw (one computed inside the checkpointed function, so re-created),
+        or one that went through the module twice in training, is refused rather than guessed.
         """
         if not self.training:
             return None
         recent = self.__dict__.setdefault("_recent_calls", {})  # modules pickled before it existed
+        key = None if torch.compiler.is_compiling() else _input_key(input)  # traced tensors have no memory
         if _in_backward():
-            key = _input_key(input)
-            calls = recent.get(key) if key is not None else None
-            if not calls:
-                raise RuntimeError(
-                    "DropConnectLSTM: a training forward ran inside a backward pass on an input no recent "
-                    "forward saw, so its DropConnect masks are unknown. Activation checkpointing must re-run "
-                    "the forward on the same input; for another use, call the module in eval mode there"
-                )
-            return calls.pop() if len(calls) > 1 else calls[0]
+            storage = input.untyped_storage() if key is not None else None
+            calls = [call for call, ref in recent.get(key, ()) if ref() is storage] if key is not None else []
+            if len(calls) == 1:
+                return calls[0]
+            raise RuntimeError(
+                "DropConnectLSTM: a training forward ran inside a backward pass (activation checkpointing) on an "
+                + ("input that went through the module more than once in training mode"
+                   if calls else "input no recent forward saw")
+                + ", so its DropConnect masks are ambiguous. Checkpointing must re-run the forward on an input "
+                "that is an argument of the checkpointed function (not computed inside it), once per forward"
+            )  # fmt: skip
         call = self.calls % _CALL_MODULUS
         self.calls += 1
-        key = None if torch.compiler.is_compiling() else _input_key(input)  # traced tensors have no memory
         if key is not None:
-            calls = recent.pop(key, [])
-            recent[key] = [*calls[-7:], call]  # newest last, in calls and in the dict
+            alive = [(c, ref) for c, ref in recent.pop(key, ()) if ref() is not None]
+            recent[key] = [*alive[-7:], (call, weakref.ref(input.untyped_storage()))]  # newest last
             while len(recent) > _RECENT_INPUTS:
                 del recent[next(iter(recent))]
         return call
