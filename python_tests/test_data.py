@@ -270,8 +270,9 @@ def test_word_corpus_folders_with_other_prefixes(tmp_path):
     assert c.vocab.decode(c.test) == ["=", "Title", "=", "<eos>", "<eos>", "a", "b", "c", "<eos>"]
     for name in ("other.train.txt", "other.valid.txt", "other.test.txt"):
         _write(tmp_path / name, "x y\n")
-    with pytest.raises(FileNotFoundError, match=r"holds 2 corpora \(other\.train\.txt, wiki\.train\.tokens\)"):
+    with pytest.raises(FileNotFoundError, match=r"holds 2 corpora \(other\.train\.txt, wiki\.train\.tokens\)") as e:
         load_word_corpus_dir(tmp_path)
+    assert str(e.value).endswith(f"e.g. {tmp_path / 'other'}")  # a prefix --word-corpus takes
     data = load_lm_data({"kind": "word", "path": str(tmp_path / "wiki")})
     assert data.corpus.vocab == c.vocab
 

@@ -14,7 +14,7 @@ import pytest
 from sgmcmc_fused.train import main
 from sgmcmc_fused.train.checkpoint import load_checkpoint
 from sgmcmc_fused.train.run_control import InterruptFlag
-from sgmcmc_fused.train.run_folder import LOCK_NAME, RunFolder
+from sgmcmc_fused.train.run_folder import LOCK_NAME, RunFolder, claim_samples_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -195,6 +195,17 @@ def test_a_new_run_refused_after_claiming_its_samples_folder_leaves_no_claim(tmp
     assert not (tmp_path / "refused").exists() and not samples.exists()
     assert main([*TINY, *args, "--stop-after-steps", "20", "--out", str(tmp_path / "fixed")]) == 0
     assert json.loads((samples / "run.json").read_text()) == {"run": str((tmp_path / "fixed").resolve())}
+
+
+def test_undoing_a_claim_leaves_a_record_another_run_wrote_since(tmp_path):
+    samples, mine, theirs = tmp_path / "samples", tmp_path / "mine", tmp_path / "theirs"
+    undo = claim_samples_dir(samples, mine, resumed=False)
+    (samples / "run.json").write_text(json.dumps({"run": str(theirs.resolve())}))  # a race won by another
+    undo()
+    assert json.loads((samples / "run.json").read_text()) == {"run": str(theirs.resolve())}
+    (samples / "run.json").write_text(json.dumps({"run": str(mine.resolve())}))
+    undo()
+    assert not samples.exists()  # its own record, and the folder it made, go
 
 
 def test_a_resume_whose_samples_folder_is_gone_is_refused(tmp_path, capsys):

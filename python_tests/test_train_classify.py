@@ -425,6 +425,17 @@ def test_bad_arguments_and_malformed_files_are_usage_errors(tmp_path, capsys, ma
     assert re.search(message, err), err
 
 
+def test_a_new_lr_for_a_finished_method_leaves_its_results_as_trained(tmp_path):
+    out = tmp_path / "done"
+    assert main([*TINY, "--method", "sgld", "--epochs", "1", "--lr", "0.5", "--out", str(out)]) == 0
+    before = json.loads((out / "results.json").read_text())["methods"][0]
+    assert main(["classify", "--resume", str(out), "--lr", "sgld=0.1", "--no-progress", "--quiet"]) == 0
+    after = json.loads((out / "results.json").read_text())["methods"][0]
+    assert after["lr"] == before["lr"] == 0.5 and after["error_mean"] == before["error_mean"]
+    assert _csv(out / "results.csv")[0]["lr"] == "0.5"
+    assert json.loads((out / "config.json").read_text())["lr"]["sgld"] == 0.5
+
+
 def test_resume_after_a_stop_is_bit_identical(tmp_path):
     ref = tmp_path / "ref"
     assert main([*TINY, "--method", "psgld", "--epochs", "4", "--out", str(ref)]) == 0

@@ -493,7 +493,7 @@ def test_a_log_that_cannot_be_written_on_a_full_disk_is_a_usage_error(tmp_path, 
     do, not a traceback; --resume then finishes it as an uninterrupted run."""
     import errno
 
-    from sgmcmc_fused.train import runlog
+    from sgmcmc_fused.train import command, runlog
 
     straight = _run(tmp_path, "straight", "--method", "rmsprop", "--epochs", "2", "--no-plot", "--threads", "1")
     real_write = runlog.write_text_atomic
@@ -512,11 +512,27 @@ def test_a_log_that_cannot_be_written_on_a_full_disk_is_a_usage_error(tmp_path, 
         main([*TINY, "--out", str(out), "--method", "rmsprop", "--epochs", "2", "--no-plot", "--threads", "1"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "log.csv: cannot write it (No space left on device)" in err and "--resume" in err and "Traceback" not in err
+    assert "log.csv: No space left on device; the run's files and its last checkpoint are whole" in err
+    assert "--resume" in err and "Traceback" not in err
     monkeypatch.undo()
     assert main(["lm", "--resume", str(out), "--no-plot", "--threads", "1"]) == 0
     ours, theirs = (json.loads((o / "results.json").read_text())["methods"][0] for o in (out, straight))
     assert ours["test_ppl"] == theirs["test_ppl"] and ours["steps"] == theirs["steps"]
+    # A new run that cannot write its config.json has not begun: it leaves nothing, and says so.
+    real_json = command.write_json
+
+    def no_space_for_config(path, obj):
+        if Path(path).name == "config.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_json(path, obj)
+
+    monkeypatch.setattr(command, "write_json", no_space_for_config)
+    new = tmp_path / "new"
+    with pytest.raises(SystemExit) as exc:
+        main([*TINY, "--out", str(new), "--method", "rmsprop", "--epochs", "1", "--no-plot"])
+    assert exc.value.code == 2 and not new.exists()
+    err = capsys.readouterr().err
+    assert "config.json: No space left on device; the run had not begun and leaves nothing behind" in err
 
 
 def test_resume_takes_every_given_nan_policy(tmp_path):

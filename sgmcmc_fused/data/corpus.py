@@ -381,7 +381,7 @@ def load_word_corpus_dir(directory: str | os.PathLike, *, min_count: int = 1) ->
     if complete:
         raise FileNotFoundError(
             f"{d}: holds {len(complete)} corpora ({', '.join(p[0].name for p in complete)}); name one by its prefix, "
-            f"e.g. {d / complete[0][0].name.replace('train', '').rstrip('.')}"
+            f"e.g. {d / complete[0][0].name[: complete[0][0].name.rindex('train')].rstrip('.')}"
         )
     # Name what is wrong with a split that is there but is not a file (a folder, a broken link).
     odd = [

@@ -127,8 +127,8 @@ class Task(ABC):
             # A log, sample or results file that cannot be written: every write is atomic, so the
             # files are whole, and the last checkpoint (written before its logs) too.
             args.parser.error(
-                f"{e.filename or 'a file of the run'}: cannot write it ({e.strerror}); the run's files and its last "
-                "checkpoint are whole: free space (or fix the folder) and continue the run with --resume"
+                f"{e.filename or 'a file of the run'}: {e.strerror}; the run's files and its last checkpoint are "
+                "whole: free space (or fix the folder) and continue the run with --resume"
             )
         return 2  # not reached: parser.error exits
 
@@ -174,6 +174,14 @@ class Task(ABC):
                     if saved_config is not None and _checkpoint_times(out) == checkpoints:
                         write_text_atomic(out / "config.json", saved_config)
                     raise
+        except OSError as e:
+            if began or e.errno not in _STORAGE_ERRNOS:
+                raise
+            raise ConfigError(
+                f"{e.filename or out}: {e.strerror}; the run had not begun"
+                + (", and its checkpoints are as they were" if args.resume else " and leaves nothing behind")
+                + ": free space (or fix the folder) and run the command again"
+            ) from e
         finally:
             if began:
                 folder.release()

@@ -154,7 +154,9 @@ def claim_samples_dir(folder: Path, out: Path, resumed: bool) -> Callable[[], No
         return None
 
     def undo() -> None:
-        owner_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(owner_file.read_text()).get("run") == me:  # still this run's claim
+                owner_file.unlink()
         if made:
             with contextlib.suppress(OSError):  # not empty: a file written meanwhile stays
                 folder.rmdir()

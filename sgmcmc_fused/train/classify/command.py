@@ -158,7 +158,8 @@ def summarize(method: str, runs: list[dict[str, Any]], cfg: ClassifyConfig) -> d
         return statistics.stdev(values) if len(values) > 1 else None
 
     return {
-        "method": method, "lr": cfg.lr[method], "epochs": cfg.epochs, "folds": len(runs),
+        # The lr the folds trained with: a finished method keeps its own when resumed with another --lr.
+        "method": method, "lr": runs[0]["lr"] if runs else cfg.lr[method], "epochs": cfg.epochs, "folds": len(runs),
         "error_mean": mean("error"), "error_std": std("error"), "last_error_mean": mean("last_error"),
         "last_error_std": std("last_error"), "ece_mean": mean("ece"), "ece_std": std("ece"),
         "last_ece_mean": mean("last_ece"), "nll_mean": mean("nll"), "last_nll_mean": mean("last_nll"),
