@@ -302,6 +302,15 @@ class RunConfig:
 DataField = tuple[Callable[[Any], bool], str]
 #: A field the loader needs, of any value.
 ANY: DataField = (lambda v: True, "")
+INTEGER: DataField = (lambda v: _is_int(v), "an integer")
+NUMBER: DataField = (lambda v: _is_number(v), "a number")
+PATH: DataField = (lambda v: isinstance(v, str), "a path")
+PATH_OR_NONE: DataField = (lambda v: v is None or isinstance(v, str), "a path or null")
+
+
+def integer_at_least(least: int) -> DataField:
+    """A field that must be an integer >= `least`."""
+    return (lambda v: _is_int(v) and v >= least, f"an integer >= {least}")
 
 
 def check_data_part(data: dict[str, Any], kinds: dict[str, dict[str, DataField]]) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..kernels.lstm.reference import MASK_KINDS
+from ..nn.dropconnect_lstm import MASKED_MATRICES
 from .methods import METHODS, default_lr, parse_lrs
 from .schedule import SCHEDULES
 
@@ -20,8 +22,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: --nan-policy: what a NaN or inf loss or gradient does to the run.
 NAN_POLICIES = ("raise", "skip")
 #: DropConnect mask kinds and the matrices masked (`sgmcmc_fused.nn.DropConnectLSTM`'s mask, masked).
-MASK_CHOICES = ("bernoulli", "gaussian")
-MASKED_CHOICES = ("hh", "ih", "both")
+MASK_CHOICES = tuple(MASK_KINDS)
+MASKED_CHOICES = tuple(MASKED_MATRICES)
 
 #: Options that only steer how a run executes, not what it computes: --resume accepts them.
 RUN_CONTROL = frozenset({

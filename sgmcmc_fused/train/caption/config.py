@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..chains import add_chains_argument
-from ..config import ANY, DataField, RunConfig, check_data_part
+from ..config import ANY, INTEGER, PATH, DataField, RunConfig, check_data_part
 from ..methods import RMS_DEFAULT_LR
 from ..options import (
     SCHEDULE_FIELDS,
@@ -162,13 +162,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-_COUNT: DataField = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
-_PATH: DataField = (lambda v: isinstance(v, str), "a path")
 #: The fields of each kind of data part (a saved config.json may have been edited by hand).
 _DATA_FIELDS: dict[str, dict[str, DataField]] = {
-    "synthetic": {"seed": _COUNT, **{k: _COUNT for k in ("num_train", "num_valid", "num_test", "image_size")},
-                  **{k: ANY for k in ("arch", "stages", "feature_image_size")}},
-    "files": {"captions": _PATH, "features": _PATH, "min_count": _COUNT},
+    "synthetic": {"seed": INTEGER, **dict.fromkeys(("num_train", "num_valid", "num_test", "image_size"), INTEGER),
+                  **dict.fromkeys(("arch", "stages", "feature_image_size"), ANY)},
+    "files": {"captions": PATH, "features": PATH, "min_count": INTEGER},
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..config import ANY, DataField, RunConfig, check_data_part
+from ..config import ANY, NUMBER, PATH, PATH_OR_NONE, DataField, RunConfig, check_data_part
 from ..methods import RMS_DEFAULT_LR
 from ..options import (
     SCHEDULE_FIELDS,
@@ -236,13 +236,11 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
 # resolution
 
 
-_NUMBER: DataField = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
-_PATH_OR_NONE: DataField = (lambda v: v is None or isinstance(v, str), "a path or null")
 #: The fields of each kind of data part (a saved config.json may have been edited by hand).
 _DATA_FIELDS: dict[str, dict[str, DataField]] = {
-    "synthetic": {"seed": _NUMBER, "valid_fraction": _NUMBER, **dict.fromkeys(SYNTHETIC_DEFAULTS, _NUMBER)},
-    "files": {"seed": _NUMBER, "valid_fraction": _NUMBER, "train": (lambda v: isinstance(v, str), "a path"),
-              "test": _PATH_OR_NONE, "valid": _PATH_OR_NONE, "folds": ANY},
+    "synthetic": {"seed": NUMBER, "valid_fraction": NUMBER, **dict.fromkeys(SYNTHETIC_DEFAULTS, NUMBER)},
+    "files": {"seed": NUMBER, "valid_fraction": NUMBER, "train": PATH, "test": PATH_OR_NONE, "valid": PATH_OR_NONE,
+              "folds": ANY},
 }  # fmt: skip
 
 

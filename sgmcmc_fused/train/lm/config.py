@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..chains import add_chains_argument
-from ..config import DataField, RunConfig, check_data_part
+from ..config import NUMBER, PATH, DataField, RunConfig, check_data_part, integer_at_least
 from ..methods import RMS_DEFAULT_LR
 from ..options import (
     SCHEDULE_FIELDS,
@@ -261,26 +261,17 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
 
 #: The fields of each kind of data part, with their checks (a saved config.json may have been edited).
 _DATA_FIELDS: dict[str, dict[str, DataField]] = {
-    "word": {"path": (lambda v: isinstance(v, str), "a path")},
+    "word": {"path": PATH},
     "char": {
-        "path": (lambda v: isinstance(v, str), "a path"),
-        "split": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_fraction(x) for x in v),
+        "path": PATH,
+        "split": (lambda v: isinstance(v, list) and len(v) == 3 and all(NUMBER[0](x) and 0 < x < 1 for x in v),
                   "three fractions"),
     },
     "synthetic": {
-        "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-        **{k: (lambda v: _is_int(v) and v >= 2, "an integer >= 2")
-           for k in ("num_states", "vocab_size", "train_tokens", "eval_tokens")},
+        "seed": integer_at_least(0),
+        **dict.fromkeys(("num_states", "vocab_size", "train_tokens", "eval_tokens"), integer_at_least(2)),
     },
 }  # fmt: skip
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_fraction(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
 
 
 def data_spec(args: argparse.Namespace) -> dict[str, Any]:
