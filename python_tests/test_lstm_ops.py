@@ -298,6 +298,19 @@ def test_layer_bad_input_is_named(change, match):
         torch.ops.sgmcmc_fused.dropconnect_lstm_layer(*args.values())
 
 
+@pytest.mark.parametrize("impl,device", [("eager", "cpu"), *LSTM_BACKENDS])
+@pytest.mark.parametrize("lengths,values", [([7, 1, 1, 1], r"\[1, 7\]"), ([2, -1, 3, 6], r"\[-1, 6\]")])
+def test_every_layer_backend_refuses_lengths_outside_0_to_t(impl, device, lengths, values):
+    """A length past T or below 0 is no sequence: each backend names it as the compiled op does (the
+    eager and Triton layers used to run it as "always" or "never" active)."""
+    if impl != "eager":
+        require(impl, device)
+    t = {k: v.detach() for k, v in layer_inputs(torch.float32, device).items()}
+    with pytest.raises((ValueError, RuntimeError), match=r"lengths must lie in \[0, T = 6\], got values in " + values):
+        F_lstm.dropconnect_lstm_layer(t["input"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
+                                      torch.tensor(lengths), impl=impl)  # fmt: skip
+
+
 def _layer_backward_args(dtype=torch.float32):
     """Arguments of dropconnect_lstm_layer_backward from a real forward (T 6, B 4, I 5, H 7)."""
     t = {k: v.detach() for k, v in layer_inputs(dtype, "cpu").items()}

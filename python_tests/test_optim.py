@@ -108,6 +108,55 @@ def test_a_groups_own_prior_overrides_the_defaults():
     assert [(g["prior_std"], g["weight_decay"]) for g in opt.param_groups] == [(None, 3e-3), (0.5, pytest.approx(0.4))]
 
 
+def test_a_changed_prior_std_or_num_data_takes_effect_at_the_next_step():
+    """Like lr, a group's prior_std and num_data may change between steps (by hand or a scheduler): the
+    step then decays with 1/(N σ²) of the new values. SGD with weight decay is the reference: a zero
+    gradient leaves theta (1 - lr / (N σ²)) per step."""
+    theta = torch.nn.Parameter(torch.ones(4))
+    opt = SGLD([theta], lr=0.1, num_data=10, prior_std=1.0, add_noise=False)
+    theta.grad = torch.zeros(4)
+    opt.step()
+    expected = 1 - 0.1 / 10
+    assert torch.allclose(theta.detach(), torch.full((4,), expected), rtol=1e-6)
+    opt.param_groups[0].update(prior_std=0.5, num_data=1000)
+    opt.step()
+    expected *= 1 - 0.1 / (1000 * 0.25)
+    assert torch.allclose(theta.detach(), torch.full((4,), expected), rtol=1e-6)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1 / (1000 * 0.25), rel=1e-12)
+    # A prior set later on a group without one, and without a weight_decay of its own, applies too.
+    plain = torch.nn.Parameter(torch.ones(2))
+    opt = SGLD([plain], lr=0.1, num_data=10, add_noise=False)
+    opt.param_groups[0]["prior_std"] = 1.0
+    plain.grad = torch.zeros(2)
+    opt.step()
+    assert torch.allclose(plain.detach(), torch.full((2,), 1 - 0.1 / 10), rtol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["weight_decay beside a prior", "prior beside a weight_decay"])
+def test_two_priors_made_after_construction_are_refused_at_the_step(change):
+    theta = torch.nn.Parameter(torch.ones(3))
+    if change == "weight_decay beside a prior":
+        opt = PSGLD([theta], lr=0.1, num_data=10, prior_std=1.0)
+        opt.param_groups[0]["weight_decay"] = 0.3
+    else:
+        opt = PSGLD([theta], lr=0.1, num_data=10, weight_decay=0.2)
+        opt.param_groups[0]["prior_std"] = 1.0
+    theta.grad = torch.ones(3)
+    with pytest.raises(ValueError, match=r"parameter group 0: prior_std=1.0 beside weight_decay=0\.[23]: both are"):
+        opt.step()
+    assert torch.equal(theta.detach(), torch.ones(3)) and not opt.state
+
+
+def test_num_data_and_element_offsets_past_int64_are_named():
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match=r"num_data must be an int in \[1, 2\^63\)"):
+        PSGLD([p], lr=1e-3, num_data=2**63)
+    opt = PSGLD([p], lr=1e-3, num_data=10)
+    for bad in (2**63, -1, True):
+        with pytest.raises(ValueError, match=r"element_offset must be an int in \[0, 2\^63\)"):
+            opt.set_element_offset(p, bad)
+
+
 def test_numpy_hyperparameters_are_taken_and_stored_as_python_numbers():
     np = pytest.importorskip("numpy")
     params = list(small_model().parameters())
@@ -366,7 +415,7 @@ def test_sparse_gradients_are_refused():
     "kwargs,error,match",
     [
         (dict(lr=1e-3), TypeError, "num_data is required"),
-        (dict(lr=1e-3, num_data=0), ValueError, "num_data must be an int >= 1"),
+        (dict(lr=1e-3, num_data=0), ValueError, "num_data must be an int in \\[1, 2\\^63\\)"),
         (dict(lr=-1.0, num_data=1), ValueError, "lr must be >= 0"),
         (dict(lr=float("nan"), num_data=1), ValueError, "lr must be a finite number"),
         (dict(lr=1e-3, num_data=1, alpha=1.0), ValueError, "alpha must be < 1"),
@@ -483,7 +532,7 @@ def test_deepcopy_and_pickle_give_an_optimizer_that_continues_bit_for_bit(cls):
         (dict(temperature=float("nan")), ValueError, r"parameter group 1: temperature must be a finite number"),
         (dict(alpha=1.5), ValueError, r"parameter group 1: alpha must be < 1"),
         (dict(eps=0.0), ValueError, r"parameter group 1: eps must be > 0"),
-        (dict(num_data=0), ValueError, r"parameter group 1: num_data must be an int >= 1"),
+        (dict(num_data=0), ValueError, r"parameter group 1: num_data must be an int in \[1, 2\^63\)"),
         (dict(lr=torch.tensor(1e-3)), TypeError, r"parameter group 1: lr must be a Python number"),
     ],
 )

@@ -3,7 +3,7 @@ state entry after 7 steps, all dtypes, awkward sizes, many tensors."""
 
 import pytest
 import torch
-from conftest import BACKEND_DEVICE_PAIRS, require_backend
+from conftest import BACKEND_DEVICE_PAIRS, _needs_gpu, require_backend
 from step_cases import SIZES, SMALL_SIZES, grad_sequence, make_params, run_optimizer
 from tolerances import assert_close, assert_low_precision_close
 
@@ -131,3 +131,38 @@ def test_sharded_parameter_equals_whole(backend, device):
         for o in opt_shards:
             o.step()
     assert torch.equal(torch.cat([s.detach() for s in shards]), whole.detach())
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE_PAIRS)
+def test_bf16_subnormal_parameters_are_stepped_exactly(backend, device):
+    """bf16 subnormals (below 1.2e-38) widen to fp32 exactly: SGD steps of lr 1 on them give eager's bits,
+    and a zero gradient leaves them as they were."""
+    step = require_backend(backend, device, [torch.bfloat16]).sgld_step_
+    params = torch.tensor([0.0, 1e-39, 5e-39, -3e-39, 1e-40, 1.0], dtype=torch.bfloat16)
+    grads = torch.tensor([-1e-40, 0.0, 0.0, 2e-39, 0.0, 0.0], dtype=torch.bfloat16)
+    stepped, expected = params.clone().to(device), params.clone()
+    hyper = dict(lr=1.0, weight_decay=0.0, temperature=1.0, num_data=1, add_noise=False, seed=0)
+    step([stepped], [grads.to(device)], [0], [0], [0], **hyper)
+    require_backend("eager", "cpu").sgld_step_([expected], [grads], [0], [0], [0], **hyper)
+    assert torch.equal(stepped.cpu().view(torch.int16), expected.view(torch.int16)), (stepped, expected)
+    assert torch.equal(stepped.cpu()[1:3], params[1:3]) and torch.equal(stepped.cpu()[4:], params[4:])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_needs_gpu)])
+def test_triton_refuses_fp64_hyperparameters_it_cannot_carry_exactly(device):
+    """The Triton kernel gets an fp64 hyperparameter as three fp32 parts; below about 1e-29 they lose bits
+    (eps = 1e-50 became 0, and the parameter NaN), so such a value is refused for fp64 tensors, while one
+    above it (1e-20) steps as eager does."""
+    step = require_backend("triton", device, [torch.float64]).psgld_step_
+    hyper = dict(lr=1e-3, alpha=0.99, weight_decay=0.0, temperature=1.0, num_data=1, add_noise=True, seed=3)
+
+    def call(backend_step, eps, dev):
+        p = torch.tensor([1.0, 2.0], dtype=torch.float64, device=dev)
+        g = torch.tensor([0.0, 1.0], dtype=torch.float64, device=dev)
+        backend_step([p], [g], [torch.zeros_like(p)], [0], [0], [0], eps=eps, **hyper)
+        return p.cpu()
+
+    with pytest.raises(ValueError, match=r"eps = 1e-50 is too small for the Triton kernel to carry in fp64"):
+        call(step, 1e-50, device)
+    eager = require_backend("eager", "cpu").psgld_step_
+    assert_close(call(step, 1e-20, device), call(eager, 1e-20, "cpu"), what="eps 1e-20")

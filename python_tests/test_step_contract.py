@@ -52,6 +52,8 @@ def spoil(call: dict, what: str) -> tuple[dict, dict]:
         hyper["alpha"] = 1.0
     elif what == "seed":
         hyper["seed"] = -3
+    elif what == "num_data":
+        hyper["num_data"] = 2**64  # past the ops' int64: named, not the dispatcher's "found type 'int'"
     return call, hyper
 
 
@@ -67,6 +69,7 @@ MESSAGES = {
     "lr": "lr must be a finite number >= 0",
     "alpha": r"alpha must be in \[0, 1\)",
     "seed": r"seed must be in \[0, 2\^63\)",
+    "num_data": r"num_data must be in \[1, 2\^63\), got 18446744073709551616",
 }
 
 
@@ -94,3 +97,27 @@ def test_step_hyper_is_the_ops_keyword_arguments():
     if schema is not None:  # the op's keyword-only arguments are exactly these
         kwonly = {a.name for a in schema.arguments if a.kwarg_only}
         assert kwonly == set(psgld.op_kwargs())
+
+
+@pytest.mark.parametrize("backend", ["eager", "foreach"])
+def test_checked_backends_refuse_an_element_offset_past_int64(backend):
+    step = require_backend(backend, "cpu").psgld_step_
+    call = good_call()
+    call["element_offsets"][1] = 2**63
+    with pytest.raises(ValueError, match=r"element_offsets\[1\] = 9223372036854775808 is not below 2\^63"):
+        step(*call.values(), **HYPER)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "eager", "foreach", "triton"])
+def test_every_backend_refuses_to_write_a_tensor_that_requires_grad_with_grad_mode_on(backend):
+    """The step has no derivative: with grad mode on, every backend refuses (the C++ op's Autograd kernel
+    did, the Python backends wrote the leaf in place); under no_grad, as the optimizers call it, it steps."""
+    step = require_backend(backend, "cpu").psgld_step_
+    call = good_call()
+    call["params"][1].requires_grad_()
+    with pytest.raises(RuntimeError, match=r"params\[1\] requires grad; the op writes it in place"):
+        step(*call.values(), **HYPER)
+    assert not call["params"][0].any() and not call["params"][1].any(), "a refused call changed a parameter"
+    with torch.no_grad():
+        step(*call.values(), **HYPER)
+    assert call["params"][1].abs().sum() > 0

@@ -26,7 +26,6 @@ lstm/reference.py: "cpu" and "cuda" (the compiled layer op), "triton" and "eager
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -233,18 +232,19 @@ def select_backend(impl: str, device: torch.device, dtypes: Sequence[torch.dtype
 
 
 def _probe_device(name: str) -> torch.device:
-    """The device a backend would serve here: CUDA for "cuda", and for "triton" unless only
-    the interpreter can run it; the CPU otherwise."""
-    interpreter_only = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
-    if name == "cuda" or (name == "triton" and not interpreter_only):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """The device a backend would serve here: CUDA for "cuda", the CPU otherwise."""
+    return torch.device("cuda" if name == "cuda" else "cpu")
 
 
 def availability() -> dict[str, str]:
     """Each backend's status on this machine ("available" or why not), for users and bug reports."""
+    from .triton_common import unavailable_reason as triton_unavailable_reason
+
     status = {}
     for name, backend in BACKENDS.items():
+        if name == "triton":  # a GPU or the interpreter serves it: say both are missing, not just the GPU
+            status[name] = triton_unavailable_reason() or "available"
+            continue
         why = backend.not_supported_reasons(_probe_device(name), [torch.float32])
         status[name] = "available" if not why else "; ".join(why)
     if _library.STALE_REASON:

@@ -135,8 +135,8 @@ class LangevinOptimizer(Optimizer):
             _check_hyper("weight_decay", group["weight_decay"])
             _check_hyper("temperature", group["temperature"])
             num_data = group["num_data"]
-            if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-                raise ValueError(f"num_data must be an int >= 1 (the training-set size), got {num_data!r}")
+            if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or not 1 <= num_data < 2**63:
+                raise ValueError(f"num_data must be an int in [1, 2^63) (the training-set size), got {num_data!r}")
             if self.PRECONDITIONED:
                 _check_hyper("alpha", group["alpha"], below_one=True)
                 _check_hyper("eps", group["eps"], positive=True)
@@ -195,17 +195,55 @@ class LangevinOptimizer(Optimizer):
         super().add_param_group(_as_python_numbers(param_group))
         if decay is not None:
             self.param_groups[-1]["weight_decay"] = decay
+        self._remember_applied_priors()
         for p in self.param_groups[-1]["params"]:
             self._stream_ids[p] = self._next_stream_id
             self._next_stream_id += 1
+
+    def _remember_applied_priors(self) -> None:
+        """Note each group's (prior_std, weight_decay) as last applied: `_follow_prior` compares against
+        it to tell a changed prior from a weight_decay set by hand."""
+        self._applied_priors = [(g.get("prior_std"), g["weight_decay"]) for g in self.param_groups]
+
+    def _follow_prior(self, index: int, group: dict[str, Any]) -> None:
+        """A group with ``prior_std`` σ steps with weight_decay 1/(N σ²) of its current σ and N, so a change
+        of either (by the user or a scheduler) takes effect at the next step, like a change of lr.
+
+        Raises:
+            ValueError: σ is not a finite number > 0, or the group's weight_decay was set by hand beside
+                a prior_std, or a prior_std was set beside the group's own weight_decay (two priors, refused
+                as at add_param_group); nothing is updated.
+        """
+        std = group.get("prior_std")
+        if std is None:
+            return
+        where = f"parameter group {index}: "
+        try:
+            _check_hyper("prior_std", std, positive=True)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}{e}") from None
+        decay = prior_weight_decay(float(std), group["num_data"])
+        # A group put into param_groups by hand, not with add_param_group, has no record: its own values.
+        applied = self._applied_priors[index] if index < len(self._applied_priors) else (None, group["weight_decay"])
+        applied_std, applied_decay = applied
+        if group["weight_decay"] != decay:
+            hand_set = group["weight_decay"] != applied_decay or (applied_std is None and applied_decay != 0)
+            if hand_set:
+                raise ValueError(
+                    f"{where}prior_std={std!r} beside weight_decay={group['weight_decay']!r}: both are a Gaussian "
+                    "prior; change prior_std (or num_data) alone, or set prior_std to None to use weight_decay"
+                )
+            group["weight_decay"] = decay
+        if index < len(self._applied_priors):
+            self._applied_priors[index] = (std, decay)
 
     def set_element_offset(self, param: torch.Tensor, element_offset: int) -> None:
         """Declare `param` a shard starting at flat element `element_offset` of a
         larger parameter, so it draws exactly that slice of the whole tensor's noise."""
         if param not in self._stream_ids:
             raise ValueError("set_element_offset: the tensor is not a parameter of this optimizer")
-        if not isinstance(element_offset, int) or element_offset < 0:
-            raise ValueError(f"element_offset must be an int >= 0, got {element_offset!r}")
+        if isinstance(element_offset, bool) or not isinstance(element_offset, int) or not 0 <= element_offset < 2**63:
+            raise ValueError(f"element_offset must be an int in [0, 2^63), got {element_offset!r}")
         self._init_state(param)["element_offset"] = element_offset
 
     def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
@@ -247,6 +285,7 @@ class LangevinOptimizer(Optimizer):
             # A scheduler or the user may have changed a group since it was added; a bad value
             # found here, before any update, leaves every parameter and state as it was.
             self._check_hyperparameters(group, f"parameter group {i}: ")
+            self._follow_prior(i, group)
             for params in self._buckets(group):
                 backend = select_backend(group["impl"], params[0].device, [params[0].dtype])
                 work.append((group, params, backend))
@@ -362,6 +401,7 @@ class LangevinOptimizer(Optimizer):
         state = dict(state)
         stream_id_lists = state.pop("_stream_id_lists", None)
         super().__setstate__(state)
+        self._remember_applied_priors()
         if stream_id_lists is not None:
             self._stream_ids = {
                 p: i

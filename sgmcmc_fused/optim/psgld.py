@@ -35,7 +35,9 @@ class PSGLD(LangevinOptimizer):
         prior_std: or the prior as a standard deviation σ (N(0, σ²) on each element):
             weight_decay = 1 / (num_data · σ²) (`prior_weight_decay`). Usually given per
             parameter group, e.g. ``[{"params": emb, "prior_std": 0.1}, {"params": rest,
-            "prior_std": 0.05}]``; a group with both prior_std and weight_decay is an error.
+            "prior_std": 0.05}]``; a group with both prior_std and weight_decay is an error. A
+            group's weight_decay follows its prior_std and num_data: a change of either takes
+            effect at the next step.
         temperature: 1 samples the posterior; < 1 a cold posterior; 0 no noise.
         add_noise: False turns the step into RMSprop (burn-in / optimisation).
         seed: 63-bit seed of the noise; default a draw from torch's default

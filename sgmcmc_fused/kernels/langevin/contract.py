@@ -87,8 +87,9 @@ class StepHyper:
         _finite_at_least(op, "lr", self.lr, 0.0)
         _finite_at_least(op, "weight_decay", self.weight_decay, 0.0)
         _finite_at_least(op, "temperature", self.temperature, 0.0)
-        if self.num_data < 1:
-            raise ValueError(f"{op}: num_data must be >= 1, got {self.num_data}")
+        # The ops take 64-bit ints; past 2^63 the dispatcher's own message would not say why.
+        if not 1 <= self.num_data < INT64_LIMIT:
+            raise ValueError(f"{op}: num_data must be in [1, 2^63), got {self.num_data}")
         if not 0 <= self.seed < INT64_LIMIT:
             raise ValueError(f"{op}: seed must be in [0, 2^63), got {self.seed}")
         if self.preconditioned:
@@ -220,6 +221,8 @@ def check_step_inputs(op: str, lists: StepLists, hyper: StepHyper) -> None:
             )
         if element_offsets[i] < 0:
             raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is negative")
+        if element_offsets[i] >= INT64_LIMIT:
+            raise ValueError(f"{op}: element_offsets[{i}] = {element_offsets[i]} is not below 2^63")
         if not 0 <= steps[i] < UINT32_LIMIT:
             raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
     # Traced calls (torch.compile, opcheck's fake-tensor pass) hold fake tensors, which have no memory.
@@ -315,6 +318,9 @@ def psgld_step_entry(impl: StepImpl, *, op: str = "psgld_step_", check: bool = T
             check_step_inputs(op, lists, hyper)
         else:
             lists = _plain_lists(op, params, grads, square_avgs, stream_ids, element_offsets, steps)
+            hyper.check(op)  # a few comparisons; out-of-range ints would fail in the dispatcher, unnamed
+        if torch.is_grad_enabled():
+            refuse_written_tensors_requiring_grad(op, lists)
         impl(lists, hyper)
 
     return _named_after(psgld_step_, impl)
@@ -344,9 +350,26 @@ def sgld_step_entry(impl: StepImpl, *, op: str = "sgld_step_", check: bool = Tru
             check_step_inputs(op, lists, hyper)
         else:
             lists = _plain_lists(op, params, grads, None, stream_ids, element_offsets, steps)
+            hyper.check(op)  # a few comparisons; out-of-range ints would fail in the dispatcher, unnamed
+        if torch.is_grad_enabled():
+            refuse_written_tensors_requiring_grad(op, lists)
         impl(lists, hyper)
 
     return _named_after(sgld_step_, impl)
+
+
+def refuse_written_tensors_requiring_grad(op: str, lists: StepLists) -> None:
+    """Raise RuntimeError if the call, made with grad mode on, writes a tensor that requires grad: the
+    step has no derivative, so autograd would see a leaf changed under it. The message of the ops'
+    Autograd kernel (csrc/langevin/version_counters.cpp), so that every backend refuses alike."""
+    written = [("params", lists.params)] + ([("square_avgs", lists.square_avgs)] if lists.square_avgs else [])
+    for name, tensors in written:
+        for i, t in enumerate(tensors):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                raise RuntimeError(
+                    f"{op}: {name}[{i}] requires grad; the op writes it in place and has no derivative, so call it "
+                    "under torch.no_grad() (as the optimizers do)"
+                )
 
 
 def _plain_lists(op: str, *values: object) -> StepLists:

@@ -199,7 +199,7 @@ def _philox_normal_kernel(out_ptr, numel, element_offset, seed, stream_id, step,
 # --------------------------------------------------------------------------------------------------
 
 
-def _split_fp64(op: str, name: str, value: float) -> tuple[float, float, float]:
+def _split_fp64(op: str, name: str, value: float, exact: bool) -> tuple[float, float, float]:
     """Three fp32 numbers (hi, mid, lo) with hi = value rounded to fp32 and (lo + mid) + hi == value in fp64.
 
     Why: Triton passes Python floats to a kernel as fp32 (the interpreter rounds them to fp32 too), so
@@ -209,6 +209,11 @@ def _split_fp64(op: str, name: str, value: float) -> tuple[float, float, float]:
     receives these numbers exactly and rebuilds the double (_hyperparameter). Exact for 0 and for
     2^-78 (about 3e-24) <= |value| < 2^128; below that ``lo`` is an fp32 subnormal and the rebuilt
     value is off by at most 2^-149.
+
+    Raises:
+        ValueError: `value` is outside the fp32 range, or, with `exact` (the call updates fp64
+            tensors), so small (|value| below about 1e-29) that the rebuilt double is off by more
+            than an fp64 ulp: the fp64 contract could not be kept.
     """
     hi = _round_to_fp32(value)
     if not math.isfinite(hi):
@@ -216,6 +221,11 @@ def _split_fp64(op: str, name: str, value: float) -> tuple[float, float, float]:
     rest = value - hi
     mid = _round_to_fp32(rest)
     lo = _round_to_fp32(rest - mid)
+    if exact and abs((lo + mid) + hi - value) > abs(value) * 2.0**-52:
+        raise ValueError(
+            f"{op}: {name} = {value!r} is too small for the Triton kernel to carry in fp64 (it takes 0 or "
+            "|value| above about 1e-29); the cuda, cpu and eager backends take it"
+        )
     return hi, mid, lo
 
 
@@ -235,12 +245,13 @@ def _launch_langevin_steps(op: str, lists: StepLists, hyper: StepHyper) -> None:
         alpha, eps, noise = hyper.alpha, hyper.eps, nvs  # the kernel scales nvs by G, then takes the root
     else:  # alpha / eps unused; 0.0 keeps their (ignored) arguments valid
         alpha, eps, noise = 0.0, 0.0, math.sqrt(nvs)
-    lr_parts = _split_fp64(op, "lr", hyper.lr)
-    alpha_parts = _split_fp64(op, "alpha", alpha)
-    one_minus_alpha_parts = _split_fp64(op, "1 - alpha", 1.0 - alpha)
-    eps_parts = _split_fp64(op, "eps", eps)
-    weight_decay_parts = _split_fp64(op, "weight_decay", hyper.weight_decay)
-    noise_parts = _split_fp64(op, "the noise scale 2 * lr * temperature / num_data", noise)
+    fp64 = any(p.dtype == torch.float64 for p in params)
+    lr_parts = _split_fp64(op, "lr", hyper.lr, fp64)
+    alpha_parts = _split_fp64(op, "alpha", alpha, fp64)
+    one_minus_alpha_parts = _split_fp64(op, "1 - alpha", 1.0 - alpha, fp64)
+    eps_parts = _split_fp64(op, "eps", eps, fp64)
+    weight_decay_parts = _split_fp64(op, "weight_decay", hyper.weight_decay, fp64)
+    noise_parts = _split_fp64(op, "the noise scale 2 * lr * temperature / num_data", noise, fp64)
     if launches_skipped(params):
         return
     block_quads = quads_per_program()

@@ -167,6 +167,16 @@ def lstm_cell_backward(
     return torch.cat([di, df, dg, do], dim=1).to(dtype), (dc_total * f).to(dtype)
 
 
+def check_lengths(op: str, lengths: torch.Tensor, steps: int) -> None:
+    """Raise ValueError unless every length lies in [0, T = steps] (the message of the compiled op,
+    csrc/lstm/lstm_layer.cpp): a length past T or below 0 is no sequence, whatever a loop would make of it."""
+    if lengths.numel() == 0:
+        return
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 0 or hi > steps:
+        raise ValueError(f"{op}: lengths must lie in [0, T = {steps}], got values in [{lo}, {hi}]")
+
+
 def lstm_layer(
     input: torch.Tensor,
     h0: torch.Tensor,
@@ -187,6 +197,8 @@ def lstm_layer(
     """
     steps = input.shape[0]
     hidden = w_hh.shape[1]
+    if lengths is not None and not torch.compiler.is_compiling():  # traced, the check would break the graph
+        check_lengths("lstm_layer", lengths, steps)
     if bias is None:
         bias = input.new_zeros(4 * hidden)
     xproj = torch.matmul(input, w_ih.t())

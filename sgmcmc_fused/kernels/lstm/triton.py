@@ -88,7 +88,7 @@ from ..triton_common import (
 )
 from ..triton_common import not_supported_reasons as _triton_not_supported_reasons
 from .autograd import first_order_only
-from .reference import BERNOULLI, GAUSSIAN, MASK_STREAM_BIT
+from .reference import BERNOULLI, GAUSSIAN, MASK_STREAM_BIT, check_lengths
 
 __all__ = [
     "dropconnect_lstm_layer",
@@ -856,6 +856,7 @@ def dropconnect_lstm_layer(
         if tuple(lengths.shape) != (batch,):
             raise ValueError(f"{op}: lengths has shape {tuple(lengths.shape)}, expected ({batch},)")
         lengths = lengths.to(device=input.device, dtype=torch.int64).contiguous()
+        check_lengths(op, lengths, steps)
     if masks is not None and masks.active():
         _check_mask_args(op, masks.seed, masks.ih_weight_id, masks.call, masks.p, masks.kind)
         _check_mask_args(op, masks.seed, masks.hh_weight_id, masks.call, masks.p, masks.kind)
