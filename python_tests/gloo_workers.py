@@ -31,14 +31,14 @@ def spawn(worker, tmp_path, *args) -> None:
 
 
 @contextlib.contextmanager
-def gloo_world(rank: int, world_size: int, rendezvous_file: str) -> Iterator[World]:
-    """Join the gloo group (1 thread per process) for the body, then leave it: after every rank is
-    done when the body returns, at once when it raises."""
+def gloo_world(rank: int, world_size: int, rendezvous_file: str, timeout=TIMEOUT) -> Iterator[World]:
+    """Join the gloo group (1 thread per process; collectives time out after `timeout`) for the body,
+    then leave it: after every rank is done when the body returns, at once when it raises."""
     faulthandler.enable()
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(
-        "gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size, timeout=TIMEOUT
+        "gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size, timeout=timeout
     )
     world = World(rank, world_size)
     try:

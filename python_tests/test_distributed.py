@@ -209,3 +209,48 @@ def test_sharded_psgld_equals_unsharded_exactly(tmp_path):
             p.grad = _grad(p.detach(), data)
         opt_q.step()
     assert any(not torch.equal(q.detach(), p.detach()) for q, p in zip(quiet, whole, strict=True))
+
+
+class _Interrupted:
+    """A trainer's InterruptFlag after Ctrl-C."""
+
+    status, name = 130, "SIGINT"
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def _wait_worker(rank: int, world_size: int, rendezvous_file: str, case: str) -> None:
+    import datetime
+    import time
+
+    from sgmcmc_fused.train.distributed import announce_stop, wait_for_ranks
+    from sgmcmc_fused.train.run_control import Stop
+
+    with gloo_world(rank, world_size, rendezvous_file, timeout=datetime.timedelta(seconds=2)) as world:
+        if case == "late":  # rank 1 comes 4 s after rank 0, twice the group's timeout
+            if rank == 1:
+                time.sleep(4)
+            wait_for_ranks(world, "the late rank", interrupted=False, poll_seconds=0.05)
+            return
+        if case == "stops" and rank == 1:  # rank 1 stops early (--stop-after-steps) instead of coming
+            announce_stop(world, 0)
+            return
+        interrupted = _Interrupted() if (case == "interrupted" and rank == 0) else False
+        if case == "interrupted" and rank == 1:
+            time.sleep(0.5)  # rank 0 is interrupted while rank 1 has not come yet
+        status = None
+        try:
+            wait_for_ranks(world, "a rank that will not come", interrupted=interrupted, poll_seconds=0.05)
+        except Stop as stop:
+            status = stop.status
+        assert status == (0 if case == "stops" else 130), (case, rank, status)
+
+
+@pytest.mark.parametrize("case", ["late", "stops", "interrupted"])
+def test_ranks_wait_for_each_other_past_the_group_timeout_and_leave_together_when_one_stops(tmp_path, case):
+    """Chains of one rank can take hours longer than another's (--chains 3 on 2 processes): the wait for
+    them outlasts the process group's timeout (2 s here; 30 min in the trainers), and a rank that stops
+    (or is interrupted while waiting) makes the waiting ranks stop with its exit status instead of
+    waiting for chains that will not come."""
+    spawn(_wait_worker, tmp_path, case)

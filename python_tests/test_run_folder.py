@@ -197,6 +197,24 @@ def test_a_new_run_refused_after_claiming_its_samples_folder_leaves_no_claim(tmp
     assert json.loads((samples / "run.json").read_text()) == {"run": str((tmp_path / "fixed").resolve())}
 
 
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_a_new_run_refused_when_its_trainer_is_built_leaves_nothing(tmp_path, capsys, task):
+    """--cycles beyond the training steps is found once a trainer knows the epoch's length, after
+    config.json is written: the refused run leaves no folder (nor an lm's --samples-dir claim), so the corrected
+    command can use it, where it used to need --resume, which the same --cycles refused again."""
+    out, samples = tmp_path / "run", tmp_path / "samples"
+    if task == "lm":
+        args = [*TINY, "--samples-dir", str(samples)]
+    else:  # classify keeps its samples in memory
+        args = ["classify", "--quiet", "--threads", "1", "--epochs", "1"]
+    args += ["--method", "psgld", "--schedule", "cyclical", "--out", str(out)]
+    err = _usage_error(capsys, [*args, "--cycles", "100000"])
+    assert "--cycles 100000 exceeds the" in err and "training steps: each cycle needs a step" in err
+    assert not out.exists() and not samples.exists()
+    assert main([*args, "--cycles", "2", "--stop-after-steps", "5"]) == 0
+    assert (out / "psgld" / "checkpoint.pt").is_file()
+
+
 def test_undoing_a_claim_leaves_a_record_another_run_wrote_since(tmp_path):
     samples, mine, theirs = tmp_path / "samples", tmp_path / "mine", tmp_path / "theirs"
     undo = claim_samples_dir(samples, mine, resumed=False)

@@ -30,7 +30,7 @@ from sgmcmc_fused.train.classify.data import (
     load_classify_data,
     make_synthetic_task,
 )
-from sgmcmc_fused.train.classify.trainer import near_boundary, shuffled_sentences
+from sgmcmc_fused.train.classify.trainer import ClassifierTrainer, near_boundary, shuffled_sentences
 from sgmcmc_fused.train.options import ConfigError
 
 #: 1350 training sentences / batch 50 = 27 steps per epoch; burn-in 2 epochs (54 steps), a sample every
@@ -514,3 +514,34 @@ def test_download_command_fetches_prints_and_feeds_classify(http_root, tmp_path,
     assert main(argv) == 0
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     assert run["num_test"] == 30 and math.isfinite(run["nll"])
+
+
+def test_a_new_lr_given_after_one_fold_finished_stays_with_the_unfinished_fold(tmp_path, monkeypatch, capsys):
+    """k-fold, fold 1 finished and fold 2 stopped: --resume --lr trains fold 2 on at the new lr, and so does a
+    later plain --resume (fold 1's restore used to write its own lr back to config.json); the results say
+    the folds' lrs differ."""
+    task = make_synthetic_task(train_size=200, test_size=2, seed=1)
+    data = tmp_path / "all.txt"
+    _write_sentences(data, task.train.labels.tolist(), task.train.sentences)
+    out = tmp_path / "cv"
+    real_train = ClassifierTrainer.train
+
+    def fold_2_stops_at_3(self, stop_after=None, **options):
+        return real_train(self, stop_after=3 if self.fold == 2 else stop_after, **options)
+
+    monkeypatch.setattr(ClassifierTrainer, "train", fold_2_stops_at_3)
+    base = ["classify", "--train", str(data), "--folds", "2", "--epochs", "2", "--hidden", "8", "--embedding-dim",
+            "8", "--method", "rmsprop", "--no-progress", "--quiet", "--threads", "1"]  # fmt: skip
+    assert main([*base, "--out", str(out)]) == 0
+    monkeypatch.setattr(ClassifierTrainer, "train", real_train)
+    resume = ["classify", "--resume", str(out), "--no-progress", "--quiet", "--threads", "1"]
+    assert main([*resume, "--lr", "rmsprop=0.0005", "--stop-after-steps", "5"]) == 0
+    assert "rmsprop fold 1: finished its 2 epochs at lr 0.001; --lr 0.0005 changes nothing" in capsys.readouterr().out
+    assert main(resume) == 0
+    lrs = [load_checkpoint(out / "rmsprop" / f"fold-{k}" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
+           for k in (1, 2)]  # fmt: skip
+    assert lrs[1] == pytest.approx(lrs[0] / 2, rel=1e-12), lrs
+    result = json.loads((out / "results.json").read_text())["methods"][0]
+    assert result["lr"] is None and result["fold_lr"] == [0.001, 0.0005]
+    assert re.search(r"^rmsprop\s+mixed\s", capsys.readouterr().out, re.M)
+    assert json.loads((out / "config.json").read_text())["lr"]["rmsprop"] == 0.0005

@@ -640,6 +640,35 @@ def test_chains_pool_their_samples_and_report_split_rhat(tmp_path):
     assert (out / "psgld" / "pooled.json").is_file()
 
 
+def test_a_new_lr_given_after_one_chain_finished_stays_with_the_unfinished_chain(tmp_path, monkeypatch, capsys):
+    """Chain 0 finished, chain 1 stopped at step 50: --resume --lr trains chain 1 on at the new lr, and so
+    does a later plain --resume (config.json keeps the given lr while a chain still trains at it, where
+    chain 0's restore used to write its own lr back); the pooled row says the chains' lrs differ."""
+    real_train = LMTrainer.train
+
+    def chain_1_stops_at_50(self, stop_after=None, **options):
+        return real_train(self, stop_after=50 if self.run_dir.name == "chain-1" else stop_after, **options)
+
+    monkeypatch.setattr(LMTrainer, "train", chain_1_stops_at_50)
+    out = _run(tmp_path, "c", "--method", "psgld", "--burn-in", "0.5ep", "--thin", "0.25ep", "--epochs", "1",
+               "--chains", "2", "--no-plot", "--threads", "1")  # fmt: skip
+    monkeypatch.setattr(LMTrainer, "train", real_train)
+    resume = ["lm", "--resume", str(out), "--no-plot", "--quiet", "--threads", "1"]
+    assert main([*resume, "--lr", "psgld=0.002", "--stop-after-steps", "100"]) == 0
+    assert "psgld chain 0: finished its 1 epochs at lr 0.01; --lr 0.002 changes nothing" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["lr"]["psgld"] == 0.002
+    assert main(resume) == 0
+    lrs = [load_checkpoint(out / "psgld" / f"chain-{k}" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
+           for k in range(2)]  # fmt: skip
+    assert lrs[1] == pytest.approx(lrs[0] * 0.2, rel=1e-12), lrs  # chain 1 ended at 0.002, chain 0 at 0.01
+    result = json.loads((out / "results.json").read_text())["methods"][0]
+    assert result["lr"] is None and result["chain_lr"] == [0.01, 0.002]
+    assert json.loads((out / "psgld" / "pooled.json").read_text())["chain_lr"] == [0.01, 0.002]
+    printed = capsys.readouterr().out
+    assert re.search(r"^psgld\s+mixed\s", printed, re.M) and "each chain's lr: 0.01, 0.002" in printed
+    assert json.loads((out / "config.json").read_text())["lr"]["psgld"] == 0.002
+
+
 class _NaNGradient(torch.autograd.Function):
     """Identity forward; NaN gradients backward (a finite loss whose gradient is not)."""
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..bayes import split_rhat
 from .checkpoint import load_checkpoint
-from .distributed import SINGLE, World, barrier
+from .distributed import SINGLE, World, announce_stop, wait_for_ranks
 from .options import ConfigError
+from .run_control import Stop
 
 if TYPE_CHECKING:
     from .command import Session
@@ -64,13 +65,20 @@ def train_chains(method: str, session: Session, make_trainer: Callable[..., T]) 
     cfg, world = session.cfg, session.world
     options = {**session.trainer_options(), "world": SINGLE}
     first = None
-    for k in range(world.rank, cfg.chains, world.size):
-        trainer = make_trainer(cfg.chain(k), chain_dir(session.out, method, k), label=f"{method} chain {k}",
-                               samples_subdir=str(chain_dir(Path(), method, k)), **options)  # fmt: skip
-        trainer.train(**session.train_options())
-        if first is None:
-            first = trainer
-    barrier(world)
+    try:
+        for k in range(world.rank, cfg.chains, world.size):
+            trainer = make_trainer(cfg.chain(k), chain_dir(session.out, method, k), label=f"{method} chain {k}",
+                                   samples_subdir=str(chain_dir(Path(), method, k)), **options)  # fmt: skip
+            trainer.train(**session.train_options())
+            if first is None:
+                first = trainer
+    except Stop as stop:
+        announce_stop(world, stop.status)  # the ranks waiting for this one's chains stop too
+        raise
+    try:
+        wait_for_ranks(world, f"the end of {method}'s chains", session.interrupted)
+    except Stop as stop:
+        raise Stop(f"{stop}; the chains are checkpointed: continue with --resume {session.out}", stop.status) from None
     return first
 
 

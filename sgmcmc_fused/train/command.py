@@ -9,6 +9,7 @@ report. `Task.register` adds it to ``python -m sgmcmc_fused.train``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import sys
@@ -25,6 +26,7 @@ from ..kernels.registry import select_backend, select_lstm_backend
 from .checkpoint import CheckpointError
 from .config import RunConfig
 from .distributed import World, barrier, gather_objects, run_in_world
+from .methods import shared_lr
 from .options import RUN_CONTROL, ConfigError, cpu_threads, given_learning_rates
 from .run_control import InterruptFlag, Printer, Stop, resolve_device
 from .run_folder import RunFolder
@@ -55,6 +57,20 @@ class Session:
     def trainer_options(self) -> dict[str, Any]:
         """The keyword arguments every `SamplerTrainer` takes from the session."""
         return dict(world=self.world, say=self.say, progress=self.progress, run_root=self.out)
+
+    def trained_lr(self, method: str, lrs: list[float]) -> float | None:
+        """The lr `method` trained with, from its runs' results (one run, or one per chain or fold): the lr
+        they share, or None when they differ (``--resume --lr`` came after some chains or folds had
+        finished, which keep their own). A shared lr is kept in config.json on rank 0, for a later
+        --epochs: a method that had finished when --lr was given trains no more, and keeps its lr."""
+        common = shared_lr(lrs)
+        path = self.out / "config.json"
+        if common is not None and self.world.is_main and path.is_file():  # the file: the CLI's run
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved["lr"].get(method) != common:
+                saved["lr"][method] = common
+                write_json(path, saved)
+        return common
 
     def train_options(self) -> dict[str, Any]:
         """The keyword arguments of `SamplerTrainer.train`."""
@@ -173,6 +189,13 @@ class Task(ABC):
                 except (ConfigError, CheckpointError):
                     if saved_config is not None and _checkpoint_times(out) == checkpoints:
                         write_text_atomic(out / "config.json", saved_config)
+                    elif not args.resume and not _checkpoint_times(out):
+                        # A new run refused before it checkpointed anything (a schedule its data cannot
+                        # hold, found when a trainer is built) has not begun: it leaves nothing behind,
+                        # so that the corrected command can use the folder.
+                        if world.is_main:
+                            _remove_unbegun_run(out)
+                        began = False
                     raise
         except OSError as e:
             if began or e.errno not in _STORAGE_ERRNOS:
@@ -279,6 +302,15 @@ def _check_backends(cfg: RunConfig, device: torch.device) -> None:
             select(impl, device, [torch.float32])
         except ValueError as e:
             raise ConfigError(f"{option} {impl} on {device}: {e}") from None
+
+
+def _remove_unbegun_run(out: Path) -> None:
+    """Remove what a new run wrote in its folder before it trained (config.json, empty method folders);
+    its lock file and the folder itself go with `RunFolder.discard`."""
+    (out / "config.json").unlink(missing_ok=True)
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: something else stays
+            folder.rmdir()
 
 
 def _checkpoint_times(out: Path) -> dict[Path, int]:

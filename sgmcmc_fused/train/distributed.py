@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import content_digest
 from .options import ConfigError
+from .run_control import Stop
+
+#: The store key where a rank that stops early (Ctrl-C, --stop-after-steps, an error) leaves its exit
+#: status, for the ranks waiting in `wait_for_ranks`.
+_STOP_KEY = "sgmcmc_fused/stopped"
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ def run_in_world(device: torch.device, body: Callable[[World, torch.device], int
     try:
         status = body(world, device)
     except BaseException:
+        announce_stop(world, 1)  # ranks waiting for this one's chains leave instead of waiting on
         shutdown(world, wait_for_all=False)
         raise
     shutdown(world)
@@ -119,6 +126,43 @@ def shard(n: int, world: World) -> slice:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def wait_for_ranks(world: World, name: str, interrupted: Any, poll_seconds: float = 0.5) -> None:
+    """Wait until every rank has reached the point `name` (a barrier for ranks that work alone, such as
+    independent chains), without the process group's timeout and heeding Ctrl-C: one rank's chains may
+    take hours longer than another's (--chains 3 on 2 processes: rank 0 trains a chain more).
+
+    Raises:
+        Stop: this rank was interrupted while waiting (it tells the others), or another rank stopped
+            early (`announce_stop`): the chains waited for will not come in this run.
+    """
+    if not world.distributed:
+        return
+    store = dist.distributed_c10d._get_default_store()
+    key = f"sgmcmc_fused/arrived/{name}"
+    store.add(key, 1)
+    while True:
+        # A stop first: a rank that arrived and was then interrupted has left, though it counts as arrived.
+        if store.check([_STOP_KEY]):
+            status = int(store.get(_STOP_KEY))
+            raise Stop(f"another process stopped (exit status {status}) before every rank reached {name}", status)
+        if store.add(key, 0) >= world.size:
+            return
+        if interrupted:
+            announce_stop(world, interrupted.status)
+            raise Stop(f"{interrupted.name} while waiting for the other processes at {name}", interrupted.status)
+        time.sleep(poll_seconds)
+
+
+def announce_stop(world: World, status: int) -> None:
+    """Tell the ranks waiting in `wait_for_ranks` that this one stopped early, with its exit status."""
+    if not (world.distributed and dist.is_initialized()):
+        return
+    try:
+        dist.distributed_c10d._get_default_store().set(_STOP_KEY, str(status))
+    except RuntimeError:  # the store is gone with its host rank: its waiters are gone too
+        pass
 
 
 def any_rank(flag: bool, world: World, device: torch.device) -> bool:

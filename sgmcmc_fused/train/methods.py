@@ -115,3 +115,14 @@ def set_noise(optimizer: torch.optim.Optimizer, on: bool) -> None:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = float(lr)
+
+
+def shared_lr(lrs: list[float]) -> float | None:
+    """The lr a method's runs (its chains, or folds) all trained with; None when they differ, as when
+    ``--resume --lr`` came after some had finished (a finished run keeps its own lr)."""
+    return lrs[0] if lrs and len(set(lrs)) == 1 else None
+
+
+def format_lr(lr: float | None) -> str:
+    """A result row's lr; "mixed" where its chains or folds trained with different ones."""
+    return "mixed" if lr is None else f"{lr:.3g}"

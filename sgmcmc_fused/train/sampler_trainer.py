@@ -18,7 +18,6 @@ bitwise equal across ranks (checked at every checkpoint).
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -48,7 +47,7 @@ from .methods import SAMPLERS, make_optimizer, set_lr, set_noise
 from .options import PRECISIONS, ConfigError
 from .priors import prior_param_groups
 from .run_control import Printer, Stop
-from .runlog import write_json, write_run_logs
+from .runlog import write_run_logs
 from .schedule import CyclicalSchedule
 
 
@@ -515,16 +514,11 @@ class SamplerTrainer(ABC):
             )
         trained_lr, lr = saved.lr.get(self.method), self.cfg.lr[self.method]
         if self.epoch == self.cfg.epochs and trained_lr is not None and trained_lr != lr:
-            # A finished method trains no more: its logs, its result and the run's config.json keep
-            # the lr it trained with (a later --epochs extends it at that lr, unless --lr is given then).
+            # A finished run trains no more: its logs and result keep the lr it trained with (and, once
+            # every chain or fold of the method agrees, the run's config.json: Session.trained_lr).
             self.say(f"{self.label}: finished its {self.epoch} epochs at lr {trained_lr:g}; --lr {lr:g} changes "
                      "nothing for it (give --epochs to train it further)", force=True)  # fmt: skip
             self.cfg = self.cfg.replace(lr={**self.cfg.lr, self.method: trained_lr})
-            path = self.run_root / "config.json"
-            if self.world.is_main and path.is_file():  # the CLI's run (not a trainer used alone)
-                saved_run = json.loads(path.read_text(encoding="utf-8"))
-                saved_run["lr"][self.method] = trained_lr
-                write_json(path, saved_run)
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
         if self.epoch < self.cfg.epochs:  # a finished method computes nothing more
             warn_if_threads_changed(ck, self.device, self.label)

@@ -13,6 +13,7 @@ import torch
 
 from ...bayes import PredictiveAverager, SampleCollector
 from ..chains import chain_dir, finished_chains, validation_rhat
+from ..methods import shared_lr
 from ..runlog import write_json
 from .config import CaptionConfig
 from .data import CaptionData
@@ -58,7 +59,8 @@ def pool_caption_chains(method: str, cfg: CaptionConfig, data: CaptionData, out:
         write_per_image_csv(out / method / "captions.csv", test.filenames, captions, average)
     pooled_valid = PredictiveAverager.pooled(averagers)
     pooled: dict[str, Any] = {
-        "method": method, "lr": cfg.lr[method], "epochs": results[0]["epochs"], "steps": results[0]["steps"],
+        "method": method, "lr": shared_lr([r["lr"] for r in results]), "chain_lr": [r["lr"] for r in results],
+        "epochs": results[0]["epochs"], "steps": results[0]["steps"],
         "num_samples": len(states), "samples_taken": sum(r["samples_taken"] for r in results),
         "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in results), "tokenizer": results[0]["tokenizer"],
         "unavailable": {**results[0]["unavailable"], **(average.unavailable if average is not None else {})},

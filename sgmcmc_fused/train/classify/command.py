@@ -49,6 +49,7 @@ import torch
 
 from ..command import Session, Task
 from ..distributed import World
+from ..methods import format_lr, shared_lr
 from ..options import ConfigError
 from ..runlog import write_csv, write_json
 from . import config
@@ -133,6 +134,8 @@ class ClassifyTask(Task):
         for method, rows in predictions.items():
             write_csv(out / method / "predictions.csv", columns, rows)
         results = [summarize(method, [r for r in runs if r["method"] == method], cfg) for method in cfg.methods]
+        for r in results:
+            session.trained_lr(r["method"], r["fold_lr"])
         majority = statistics.fmean(r["majority_error"] for r in runs)
         write_json(out / "results.json", {
             "data": data.description, "num_classes": data.num_classes, "folds": data.folds,
@@ -158,8 +161,10 @@ def summarize(method: str, runs: list[dict[str, Any]], cfg: ClassifyConfig) -> d
         return statistics.stdev(values) if len(values) > 1 else None
 
     return {
-        # The lr the folds trained with: a finished method keeps its own when resumed with another --lr.
-        "method": method, "lr": runs[0]["lr"] if runs else cfg.lr[method], "epochs": cfg.epochs, "folds": len(runs),
+        # The lr the folds trained with (None where they differ): a finished fold keeps its own when the run
+        # is resumed with another --lr.
+        "method": method, "lr": shared_lr([r["lr"] for r in runs]) if runs else cfg.lr[method],
+        "fold_lr": [r["lr"] for r in runs], "epochs": cfg.epochs, "folds": len(runs),
         "error_mean": mean("error"), "error_std": std("error"), "last_error_mean": mean("last_error"),
         "last_error_std": std("last_error"), "ece_mean": mean("ece"), "ece_std": std("ece"),
         "last_ece_mean": mean("last_ece"), "nll_mean": mean("nll"), "last_nll_mean": mean("last_nll"),
@@ -192,7 +197,7 @@ def format_table(results: list[dict[str, Any]], data: ClassifyData, cfg: Classif
 
     for r in results:
         lines.append(
-            f"{r['method']:<9} {r['lr']:>7.3g} {pm(r['error_mean'], r['error_std']):>14} "
+            f"{r['method']:<9} {format_lr(r['lr']):>7} {pm(r['error_mean'], r['error_std']):>14} "
             f"{pm(r['ece_mean'], r['ece_std']):>12} {r['nll_mean']:>7.4f} {100 * r['last_error_mean']:>7.2f} "
             f"{100 * r['last_ece_mean']:>8.2f} {r['last_nll_mean']:>8.4f} {r['mean_entropy']:>8.4f} "
             f"{r['mean_mutual_information']:>8.4f} {r['mean_std']:>7.4f} {r['num_samples']:>8.3g} "

@@ -10,12 +10,14 @@ from typing import Any
 
 from ...bayes import PredictiveAverager
 from ..chains import finished_chains, validation_rhat
+from ..methods import shared_lr
 from .config import LMConfig
 
 
 def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -> dict[str, Any]:
     """The result row of `method`'s `cfg.chains` finished chains under `out`.
 
+    lr: the lr every chain trained with (None where they differ: `shared_lr`), chain_lr: each chain's;
     test_avg_ppl / valid_avg_ppl: perplexity of the average over all the chains' samples (each chain's
     running mean weighted by its total sample weight: its sample count, for uniform averaging);
     test_ppl / valid_ppl: the mean over chains of the last sample's perplexity; split_rhat: split-R̂
@@ -38,7 +40,8 @@ def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -
     valid, test = PredictiveAverager.pooled(valid_avgs), PredictiveAverager.pooled(test_avgs)
     has_avg = test.num_samples > 0
     return {
-        "method": method, "lr": cfg.lr[method], "epochs": results[0]["epochs"], "steps": results[0]["steps"],
+        "method": method, "lr": shared_lr([r["lr"] for r in results]), "chain_lr": [r["lr"] for r in results],
+        "epochs": results[0]["epochs"], "steps": results[0]["steps"],
         "test_ppl": statistics.fmean(r["test_ppl"] for r in results),
         "test_avg_ppl": test.perplexity() if has_avg else None,
         "valid_ppl": statistics.fmean(r["valid_ppl"] for r in results),

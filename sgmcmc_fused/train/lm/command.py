@@ -50,6 +50,7 @@ import torch
 from ..chains import check_chains_world, train_chains
 from ..command import Session, Task
 from ..distributed import World
+from ..methods import format_lr
 from ..options import RUN_CONTROL, ConfigError
 from ..run_folder import claim_samples_dir
 from ..runlog import write_csv, write_json
@@ -115,6 +116,8 @@ class LanguageModelTask(Task):
                 trainer, result = _run_chains(method, session, data)
             if not world.is_main:
                 continue
+            if cfg.chains == 1:
+                session.trained_lr(method, [result["lr"]])
             results.append(result)
             histories[method], curves[method] = trainer.history, trainer.curve
             if session.args.plot:
@@ -140,6 +143,7 @@ def _run_chains(method: str, session: Session, data: LMData) -> tuple[LMTrainer 
     if not world.is_main:
         return None, None
     result = pool_chains(method, cfg, out, LMTrainer.CHECKPOINT_FORMAT)
+    session.trained_lr(method, result["chain_lr"])
     write_json(out / method / "pooled.json", result)
     session.say(
         f"{method}: {cfg.chains} chains, {result['num_samples']} samples pooled; test perplexity of the pooled "
@@ -179,7 +183,7 @@ def format_table(
     for r in results:
         avg = "-" if r["test_avg_ppl"] is None else f"{r['test_avg_ppl']:.3f}"
         lines.append(
-            f"{r['method']:<10} {r['lr']:>8.3g} {r['test_ppl']:>12.3f} {avg:>14} {r['num_samples']:>8d} "
+            f"{r['method']:<10} {format_lr(r['lr']):>8} {r['test_ppl']:>12.3f} {avg:>14} {r['num_samples']:>8d} "
             f"{r['sec_per_epoch']:>8.2f}"
         )
     lines.append(f"{'unigram (training counts)':<32} {unigram:>12.3f}")
@@ -191,6 +195,7 @@ def format_table(
             lines.append(
                 f"{r['method']}: {r['chains']} chains pooled (last sample: mean over chains); split-R-hat of the "
                 f"validation log-likelihood {_fmt(r['split_rhat'])}; each chain's own model average: {own}"
+                + ("" if r["lr"] is not None else "; each chain's lr: " + ", ".join(f"{x:g}" for x in r["chain_lr"]))
             )
     for r in results:
         curve = r.get("test_avg_ppl_by_samples") or []
