@@ -147,6 +147,48 @@ def test_two_priors_made_after_construction_are_refused_at_the_step(change):
     assert torch.equal(theta.detach(), torch.ones(3)) and not opt.state
 
 
+def test_a_second_prior_set_by_hand_is_refused_after_a_copy_or_a_new_group_too():
+    """The record of each group's last prior survives add_param_group, deepcopy and pickling, so a
+    weight_decay set by hand beside a prior is still refused; switching a group from its own weight decay
+    to a prior (weight_decay 0) is taken."""
+    import copy
+    import pickle
+
+    theta = torch.nn.Parameter(torch.ones(3))
+    opt = SGLD([theta], lr=0.1, num_data=10, prior_std=1.0, add_noise=False)
+    opt.param_groups[0]["weight_decay"] = 0.3
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))]})
+    for copied in (opt, copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        for p in copied.param_groups[0]["params"]:
+            p.grad = torch.zeros_like(p)
+        with pytest.raises(ValueError, match=r"parameter group 0: prior_std=1.0 beside weight_decay=0.3"):
+            copied.step()
+    own = torch.nn.Parameter(torch.ones(3))
+    opt = SGLD([own], lr=0.1, num_data=10, weight_decay=0.2, add_noise=False)
+    opt.param_groups[0].update(prior_std=1.0, weight_decay=0.0)
+    own.grad = torch.zeros(3)
+    opt.step()
+    assert torch.allclose(own.detach(), torch.full((3,), 1 - 0.1 / 10), rtol=1e-6)
+
+
+def test_a_loaded_state_keeps_its_weight_decay_until_its_prior_changes():
+    """A state saved with a weight_decay other than its prior's 1/(N σ²) (by an earlier version, after
+    num_data was changed) steps with the weight_decay it was saved with: resuming does not change the
+    posterior; a change of prior_std or num_data afterwards recomputes it."""
+    theta = torch.nn.Parameter(torch.ones(3))
+    opt = SGLD([theta], lr=0.1, num_data=10, prior_std=1.0, add_noise=False)
+    saved = opt.state_dict()
+    saved["param_groups"][0]["num_data"] = 1000  # weight_decay stays 0.1, as an earlier version left it
+    opt.load_state_dict(saved)
+    theta.grad = torch.zeros(3)
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == 0.1
+    assert torch.allclose(theta.detach(), torch.full((3,), 0.99), rtol=1e-6)
+    opt.param_groups[0]["num_data"] = 100
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.01, rel=1e-12)
+
+
 def test_num_data_and_element_offsets_past_int64_are_named():
     p = torch.nn.Parameter(torch.ones(3))
     with pytest.raises(ValueError, match=r"num_data must be an int in \[1, 2\^63\)"):

@@ -99,13 +99,26 @@ def test_step_hyper_is_the_ops_keyword_arguments():
         assert kwonly == set(psgld.op_kwargs())
 
 
-@pytest.mark.parametrize("backend", ["eager", "foreach"])
-def test_checked_backends_refuse_an_element_offset_past_int64(backend):
+@pytest.mark.parametrize("backend", ["cpu", "eager", "foreach", "triton"])
+def test_every_backend_names_an_element_offset_past_int64(backend):
+    """The ops' dispatcher refuses an int beyond 64 bits before their own checks, naming neither the list
+    nor the entry: every backend names it as the Python backends do."""
     step = require_backend(backend, "cpu").psgld_step_
     call = good_call()
     call["element_offsets"][1] = 2**63
     with pytest.raises(ValueError, match=r"element_offsets\[1\] = 9223372036854775808 is not below 2\^63"):
         step(*call.values(), **HYPER)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "eager", "foreach", "triton"])
+def test_every_backend_names_the_same_first_problem(backend):
+    """A call with two problems (a missing grad and lr < 0): every backend names the first in the order of
+    csrc/langevin/step_inputs.cpp, the list lengths."""
+    step = require_backend(backend, "cpu").psgld_step_
+    call = good_call()
+    call["grads"] = call["grads"][:1]
+    with pytest.raises((ValueError, RuntimeError), match="got 2 params but 1 grads"):
+        step(*call.values(), **{**HYPER, "lr": -1.0})
 
 
 @pytest.mark.parametrize("backend", ["cpu", "eager", "foreach", "triton"])

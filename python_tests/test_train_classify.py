@@ -536,7 +536,7 @@ def test_a_new_lr_given_after_one_fold_finished_stays_with_the_unfinished_fold(t
     monkeypatch.setattr(ClassifierTrainer, "train", real_train)
     resume = ["classify", "--resume", str(out), "--no-progress", "--quiet", "--threads", "1"]
     assert main([*resume, "--lr", "rmsprop=0.0005", "--stop-after-steps", "5"]) == 0
-    assert "rmsprop fold 1: finished its 2 epochs at lr 0.001; --lr 0.0005 changes nothing" in capsys.readouterr().out
+    assert "rmsprop fold 1: finished its 2 epochs at lr 0.001, and keeps it" in capsys.readouterr().out
     assert main(resume) == 0
     lrs = [load_checkpoint(out / "rmsprop" / f"fold-{k}" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
            for k in (1, 2)]  # fmt: skip

@@ -655,7 +655,7 @@ def test_a_new_lr_given_after_one_chain_finished_stays_with_the_unfinished_chain
     monkeypatch.setattr(LMTrainer, "train", real_train)
     resume = ["lm", "--resume", str(out), "--no-plot", "--quiet", "--threads", "1"]
     assert main([*resume, "--lr", "psgld=0.002", "--stop-after-steps", "100"]) == 0
-    assert "psgld chain 0: finished its 1 epochs at lr 0.01; --lr 0.002 changes nothing" in capsys.readouterr().out
+    assert "psgld chain 0: finished its 1 epochs at lr 0.01, and keeps it" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["lr"]["psgld"] == 0.002
     assert main(resume) == 0
     lrs = [load_checkpoint(out / "psgld" / f"chain-{k}" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
@@ -667,6 +667,27 @@ def test_a_new_lr_given_after_one_chain_finished_stays_with_the_unfinished_chain
     printed = capsys.readouterr().out
     assert re.search(r"^psgld\s+mixed\s", printed, re.M) and "each chain's lr: 0.01, 0.002" in printed
     assert json.loads((out / "config.json").read_text())["lr"]["psgld"] == 0.002
+    # Every chain has finished now: another --lr changes nothing, config.json included.
+    assert main([*resume, "--lr", "psgld=0.5"]) == 0
+    assert "psgld: finished its 1 epochs at lr 0.002, 0.01; --lr 0.5 changes nothing" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["lr"]["psgld"] == 0.002
+
+
+def test_a_finished_method_keeps_its_lr_when_a_resume_with_a_new_one_is_cut_short(tmp_path, monkeypatch, capsys):
+    """rmsprop finished, psgld stopped: --resume --lr for both, stopped again, leaves rmsprop's lr in
+    config.json (a later --epochs extends it at the lr it trained with), and psgld's new one."""
+    real_train = LMTrainer.train
+
+    def psgld_stops_at_50(self, stop_after=None, **options):
+        return real_train(self, stop_after=50 if self.method == "psgld" else stop_after, **options)
+
+    monkeypatch.setattr(LMTrainer, "train", psgld_stops_at_50)
+    out = _run(tmp_path, "m", "--method", "rmsprop", "psgld", "--epochs", "1", "--no-plot", "--threads", "1")
+    monkeypatch.setattr(LMTrainer, "train", real_train)
+    lrs = ["--lr", "rmsprop=0.1", "--lr", "psgld=0.002"]
+    assert main(["lm", "--resume", str(out), *lrs, "--stop-after-steps", "100", "--no-plot", "--quiet"]) == 0
+    assert "rmsprop: finished its 1 epochs at lr 0.01; --lr 0.1 changes nothing" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["lr"] == {"rmsprop": 0.01, "psgld": 0.002}
 
 
 class _NaNGradient(torch.autograd.Function):

@@ -125,6 +125,8 @@ class LangevinOptimizer(Optimizer):
         self.skipped_steps = 0
         self._next_stream_id = 0
         self._stream_ids: dict[torch.Tensor, int] = {}
+        #: Per group, (prior_std, num_data, weight_decay) as of its last step (`_follow_prior`).
+        self._applied_priors: list[tuple[Any, Any, Any]] = []
         super().__init__(params, defaults)
 
     def _check_hyperparameters(self, group: dict[str, Any], where: str = "") -> None:
@@ -195,47 +197,53 @@ class LangevinOptimizer(Optimizer):
         super().add_param_group(_as_python_numbers(param_group))
         if decay is not None:
             self.param_groups[-1]["weight_decay"] = decay
-        self._remember_applied_priors()
+        self._applied_priors.append(self._applied_prior(self.param_groups[-1]))
         for p in self.param_groups[-1]["params"]:
             self._stream_ids[p] = self._next_stream_id
             self._next_stream_id += 1
 
-    def _remember_applied_priors(self) -> None:
-        """Note each group's (prior_std, weight_decay) as last applied: `_follow_prior` compares against
-        it to tell a changed prior from a weight_decay set by hand."""
-        self._applied_priors = [(g.get("prior_std"), g["weight_decay"]) for g in self.param_groups]
+    @staticmethod
+    def _applied_prior(group: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """(prior_std, num_data, weight_decay) of `group` as it stands: the record `_follow_prior` compares
+        the group with at the next step."""
+        return group.get("prior_std"), group["num_data"], group["weight_decay"]
 
     def _follow_prior(self, index: int, group: dict[str, Any]) -> None:
-        """A group with ``prior_std`` σ steps with weight_decay 1/(N σ²) of its current σ and N, so a change
-        of either (by the user or a scheduler) takes effect at the next step, like a change of lr.
+        """A group with ``prior_std`` σ steps with weight_decay 1/(N σ²): when σ or N changed since the last
+        step (by the user or a scheduler), its weight_decay is recomputed, so the change takes effect now,
+        like a change of lr. While neither changes, the weight_decay stays as it is (a loaded state keeps
+        the one it was saved with).
 
         Raises:
-            ValueError: σ is not a finite number > 0, or the group's weight_decay was set by hand beside
-                a prior_std, or a prior_std was set beside the group's own weight_decay (two priors, refused
-                as at add_param_group); nothing is updated.
+            ValueError: σ is not a finite number > 0, or two priors: a weight_decay set by hand beside a
+                prior_std (other than 1/(N σ²)), or a prior_std set beside the group's own non-zero
+                weight_decay, as add_param_group refuses. No parameter is updated.
         """
-        std = group.get("prior_std")
-        if std is None:
-            return
-        where = f"parameter group {index}: "
-        try:
-            _check_hyper("prior_std", std, positive=True)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{where}{e}") from None
-        decay = prior_weight_decay(float(std), group["num_data"])
         # A group put into param_groups by hand, not with add_param_group, has no record: its own values.
-        applied = self._applied_priors[index] if index < len(self._applied_priors) else (None, group["weight_decay"])
-        applied_std, applied_decay = applied
-        if group["weight_decay"] != decay:
-            hand_set = group["weight_decay"] != applied_decay or (applied_std is None and applied_decay != 0)
-            if hand_set:
+        record = self._applied_priors[index] if index < len(self._applied_priors) else self._applied_prior(group)
+        std = group.get("prior_std")
+        if std is not None:
+            where = f"parameter group {index}: "
+            try:
+                _check_hyper("prior_std", std, positive=True)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{where}{e}") from None
+            recorded_std, recorded_num_data, recorded_decay = record
+            decay = prior_weight_decay(float(std), group["num_data"])
+            weight_decay = group["weight_decay"]
+            if recorded_std is None:  # a prior set since the last step: the group's own decay must be 0
+                own_decay = weight_decay != 0
+            else:  # a weight_decay set by hand, unless to the prior's own value
+                own_decay = weight_decay != recorded_decay and weight_decay != decay
+            if own_decay:
                 raise ValueError(
-                    f"{where}prior_std={std!r} beside weight_decay={group['weight_decay']!r}: both are a Gaussian "
-                    "prior; change prior_std (or num_data) alone, or set prior_std to None to use weight_decay"
+                    f"{where}prior_std={std!r} beside weight_decay={weight_decay!r}: both are a Gaussian prior; "
+                    "change prior_std (or num_data) alone, or set prior_std to None to use weight_decay"
                 )
-            group["weight_decay"] = decay
+            if recorded_std is None or (std, group["num_data"]) != (recorded_std, recorded_num_data):
+                group["weight_decay"] = decay
         if index < len(self._applied_priors):
-            self._applied_priors[index] = (std, decay)
+            self._applied_priors[index] = self._applied_prior(group)
 
     def set_element_offset(self, param: torch.Tensor, element_offset: int) -> None:
         """Declare `param` a shard starting at flat element `element_offset` of a
@@ -395,13 +403,16 @@ class LangevinOptimizer(Optimizer):
         state["skipped_steps"] = self.skipped_steps
         state["_next_stream_id"] = self._next_stream_id
         state["_stream_id_lists"] = [[self._stream_ids[p] for p in g["params"]] for g in self.param_groups]
+        state["_applied_priors"] = list(self._applied_priors)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         stream_id_lists = state.pop("_stream_id_lists", None)
+        applied_priors = state.pop("_applied_priors", None)
         super().__setstate__(state)
-        self._remember_applied_priors()
+        # A pickled optimizer carries its records; a loaded state_dict starts from its groups as saved.
+        self._applied_priors = applied_priors or [self._applied_prior(g) for g in self.param_groups]
         if stream_id_lists is not None:
             self._stream_ids = {
                 p: i

@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 import torch
 
 from ..kernels.registry import select_backend, select_lstm_backend
+from .chains import chain_dir
 from .checkpoint import CheckpointError
 from .config import RunConfig
 from .distributed import World, barrier, gather_objects, run_in_world
-from .methods import shared_lr
 from .options import RUN_CONTROL, ConfigError, cpu_threads, given_learning_rates
 from .run_control import InterruptFlag, Printer, Stop, resolve_device
 from .run_folder import RunFolder
@@ -57,20 +57,6 @@ class Session:
     def trainer_options(self) -> dict[str, Any]:
         """The keyword arguments every `SamplerTrainer` takes from the session."""
         return dict(world=self.world, say=self.say, progress=self.progress, run_root=self.out)
-
-    def trained_lr(self, method: str, lrs: list[float]) -> float | None:
-        """The lr `method` trained with, from its runs' results (one run, or one per chain or fold): the lr
-        they share, or None when they differ (``--resume --lr`` came after some chains or folds had
-        finished, which keep their own). A shared lr is kept in config.json on rank 0, for a later
-        --epochs: a method that had finished when --lr was given trains no more, and keeps its lr."""
-        common = shared_lr(lrs)
-        path = self.out / "config.json"
-        if common is not None and self.world.is_main and path.is_file():  # the file: the CLI's run
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved["lr"].get(method) != common:
-                saved["lr"][method] = common
-                write_json(path, saved)
-        return common
 
     def train_options(self) -> dict[str, Any]:
         """The keyword arguments of `SamplerTrainer.train`."""
@@ -148,6 +134,11 @@ class Task(ABC):
             )
         return 2  # not reached: parser.error exits
 
+    def run_dirs(self, cfg: RunConfig, out: Path, method: str) -> list[Path]:
+        """The folders of `method`'s runs in the run folder `out`: its own, or one per chain."""
+        chains = getattr(cfg, "chains", 1)
+        return [out / method] if chains == 1 else [chain_dir(out, method, k) for k in range(chains)]
+
     def claim(self, cfg: RunConfig, out: Path, resumed: bool) -> Callable[[], None] | None:
         """Take what else the run writes to besides its folder (rank 0, holding the folder's lock).
         Returns what undoes the claim (for a run refused before it begins), or None. Raises
@@ -155,9 +146,10 @@ class Task(ABC):
         return None
 
     def _run(self, args: argparse.Namespace, world: World, device: torch.device) -> int:
+        notes: list[str] = []  # what the resume says of the options it was given
         if args.resume:
             out = Path(args.resume)
-            cfg = self._resumed_config(args, out)
+            cfg = self._resumed_config(args, out, notes)
         else:
             cfg = self.new_config(args)
             default = f"runs/{self.run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -179,6 +171,8 @@ class Task(ABC):
             barrier(world)
             progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
             say = Printer(args.quiet, silent=not world.is_main)
+            for note in notes:
+                say(note, force=True)
             with InterruptFlag() as interrupted:
                 session = Session(args, cfg, out, world, device, say, progress and world.is_main, interrupted)
                 try:
@@ -237,8 +231,9 @@ class Task(ABC):
         if problem is not None:
             raise ConfigError(problem)
 
-    def _resumed_config(self, args: argparse.Namespace, out: Path) -> RunConfig:
-        """The saved configuration of the run in `out`, with --epochs changed if given.
+    def _resumed_config(self, args: argparse.Namespace, out: Path, notes: list[str]) -> RunConfig:
+        """The saved configuration of the run in `out`, with --epochs, --lr and --nan-policy changed if
+        given (`notes` gets what the user should know of them).
 
         Raises:
             ConfigError: no run in `out`, or options that would change what the run computes.
@@ -277,10 +272,40 @@ class Task(ABC):
                 )
             changes["epochs"] = args.epochs
         if args.lr:
-            changes["lr"] = {**cfg.lr, **given_learning_rates(args.lr, cfg.methods)}
+            given_lrs = given_learning_rates(args.lr, cfg.methods)
+            epochs = changes.get("epochs", cfg.epochs)
+            changes["lr"] = {**cfg.lr, **self._lrs_for_unfinished(cfg, out, given_lrs, epochs, notes)}
         if "nan_policy" in given:
             changes["nan_policy"] = args.nan_policy
         return cfg.replace(**changes) if changes else cfg
+
+    def _lrs_for_unfinished(
+        self, cfg: RunConfig, out: Path, given: dict[str, float], epochs: int, notes: list[str]
+    ) -> dict[str, float]:
+        """The --lr values of the methods that still train: a method whose every run (chain, fold) has
+        finished its `epochs` trains no more, so its lr stays in config.json (for a later --epochs), and
+        `notes` gets a line saying so. Within a method, finished chains or folds keep theirs
+        (`SamplerTrainer`)."""
+        kept = {}
+        for method, lr in given.items():
+            results = [_finished_result(d, epochs) for d in self.run_dirs(cfg, out, method)]
+            if lr == cfg.lr[method] or not all(results):
+                kept[method] = lr
+                continue
+            trained = sorted({r["lr"] for r in results})
+            at = "lr " + ", ".join(f"{x:g}" for x in trained)
+            notes.append(f"{method}: finished its {epochs} epochs at {at}; --lr {lr:g} changes nothing for "
+                                     "it (give --epochs to train it further)")  # fmt: skip
+        return kept
+
+
+def _finished_result(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """The result in run_dir/log.json if that run has finished `epochs` epochs, else None."""
+    try:
+        result = json.loads((run_dir / "log.json").read_text(encoding="utf-8")).get("result")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return result if isinstance(result, dict) and result.get("epochs", 0) >= epochs else None
 
 
 #: OSErrors of the storage (a full disk or quota, an I/O error, a read-only file system): reported

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import content_digest
 from .options import ConfigError
-from .run_control import Stop
+from .run_control import InterruptFlag, Stop
 
 #: The store key where a rank that stops early (Ctrl-C, --stop-after-steps, an error) leaves its exit
 #: status, for the ranks waiting in `wait_for_ranks`.
@@ -128,7 +128,7 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def wait_for_ranks(world: World, name: str, interrupted: Any, poll_seconds: float = 0.5) -> None:
+def wait_for_ranks(world: World, name: str, interrupted: InterruptFlag | bool, poll_seconds: float = 0.5) -> None:
     """Wait until every rank has reached the point `name` (a barrier for ranks that work alone, such as
     independent chains), without the process group's timeout and heeding Ctrl-C: one rank's chains may
     take hours longer than another's (--chains 3 on 2 processes: rank 0 trains a chain more).
@@ -142,25 +142,26 @@ def wait_for_ranks(world: World, name: str, interrupted: Any, poll_seconds: floa
     store = dist.distributed_c10d._get_default_store()
     key = f"sgmcmc_fused/arrived/{name}"
     store.add(key, 1)
-    while True:
-        # A stop first: a rank that arrived and was then interrupted has left, though it counts as arrived.
+    while store.add(key, 0) < world.size:  # all arrived: done, whatever a rank announces afterwards
         if store.check([_STOP_KEY]):
             status = int(store.get(_STOP_KEY))
             raise Stop(f"another process stopped (exit status {status}) before every rank reached {name}", status)
-        if store.add(key, 0) >= world.size:
-            return
         if interrupted:
+            store.add(key, -1)  # this rank leaves: the others must not count it as arrived
             announce_stop(world, interrupted.status)
             raise Stop(f"{interrupted.name} while waiting for the other processes at {name}", interrupted.status)
         time.sleep(poll_seconds)
 
 
 def announce_stop(world: World, status: int) -> None:
-    """Tell the ranks waiting in `wait_for_ranks` that this one stopped early, with its exit status."""
+    """Tell the ranks waiting in `wait_for_ranks` that this one stopped early, with its exit status (the
+    first rank's to stop stands)."""
     if not (world.distributed and dist.is_initialized()):
         return
     try:
-        dist.distributed_c10d._get_default_store().set(_STOP_KEY, str(status))
+        store = dist.distributed_c10d._get_default_store()
+        if not store.check([_STOP_KEY]):
+            store.set(_STOP_KEY, str(status))
     except RuntimeError:  # the store is gone with its host rank: its waiters are gone too
         pass
 

@@ -514,10 +514,10 @@ class SamplerTrainer(ABC):
             )
         trained_lr, lr = saved.lr.get(self.method), self.cfg.lr[self.method]
         if self.epoch == self.cfg.epochs and trained_lr is not None and trained_lr != lr:
-            # A finished run trains no more: its logs and result keep the lr it trained with (and, once
-            # every chain or fold of the method agrees, the run's config.json: Session.trained_lr).
-            self.say(f"{self.label}: finished its {self.epoch} epochs at lr {trained_lr:g}; --lr {lr:g} changes "
-                     "nothing for it (give --epochs to train it further)", force=True)  # fmt: skip
+            # A finished run trains no more: its logs and result keep the lr it trained with. (A method whose
+            # runs have all finished keeps its lr in config.json too: Task._lrs_for_unfinished.)
+            self.say(f"{self.label}: finished its {self.epoch} epochs at lr {trained_lr:g}, and keeps it (the run's "
+                     f"lr {lr:g} is for its chains or folds still training)", force=True)  # fmt: skip
             self.cfg = self.cfg.replace(lr={**self.cfg.lr, self.method: trained_lr})
         restore_replica_state(ck, self.world, self.device, self.checkpoint_path)
         if self.epoch < self.cfg.epochs:  # a finished method computes nothing more

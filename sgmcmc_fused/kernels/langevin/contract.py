@@ -318,10 +318,9 @@ def psgld_step_entry(impl: StepImpl, *, op: str = "psgld_step_", check: bool = T
             check_step_inputs(op, lists, hyper)
         else:
             lists = _plain_lists(op, params, grads, square_avgs, stream_ids, element_offsets, steps)
-            hyper.check(op)  # a few comparisons; out-of-range ints would fail in the dispatcher, unnamed
         if torch.is_grad_enabled():
             refuse_written_tensors_requiring_grad(op, lists)
-        impl(lists, hyper)
+        _call(impl, op, lists, hyper, checked=check)
 
     return _named_after(psgld_step_, impl)
 
@@ -350,10 +349,9 @@ def sgld_step_entry(impl: StepImpl, *, op: str = "sgld_step_", check: bool = Tru
             check_step_inputs(op, lists, hyper)
         else:
             lists = _plain_lists(op, params, grads, None, stream_ids, element_offsets, steps)
-            hyper.check(op)  # a few comparisons; out-of-range ints would fail in the dispatcher, unnamed
         if torch.is_grad_enabled():
             refuse_written_tensors_requiring_grad(op, lists)
-        impl(lists, hyper)
+        _call(impl, op, lists, hyper, checked=check)
 
     return _named_after(sgld_step_, impl)
 
@@ -370,6 +368,20 @@ def refuse_written_tensors_requiring_grad(op: str, lists: StepLists) -> None:
                     f"{op}: {name}[{i}] requires grad; the op writes it in place and has no derivative, so call it "
                     "under torch.no_grad() (as the optimizers do)"
                 )
+
+
+def _call(impl: StepImpl, op: str, lists: StepLists, hyper: StepHyper, *, checked: bool) -> None:
+    """impl(lists, hyper). An op that checks its inputs itself (`checked` False) is reached through the
+    dispatcher, which refuses an int beyond 64 bits or an entry of the wrong type before the op's checks
+    run, with a message that names neither: that failure is named by the checks of the Python backends."""
+    if checked:
+        impl(lists, hyper)
+        return
+    try:
+        impl(lists, hyper)
+    except (RuntimeError, TypeError):
+        check_step_inputs(op, step_lists(op, *lists), hyper)
+        raise
 
 
 def _plain_lists(op: str, *values: object) -> StepLists:

@@ -172,7 +172,7 @@ def check_lengths(op: str, lengths: torch.Tensor, steps: int) -> None:
     csrc/lstm/lstm_layer.cpp): a length past T or below 0 is no sequence, whatever a loop would make of it."""
     if lengths.numel() == 0:
         return
-    lo, hi = int(lengths.min()), int(lengths.max())
+    lo, hi = (int(x) for x in torch.aminmax(lengths))  # one pass, one sync where lengths is on a GPU
     if lo < 0 or hi > steps:
         raise ValueError(f"{op}: lengths must lie in [0, T = {steps}], got values in [{lo}, {hi}]")
 

@@ -855,8 +855,9 @@ def dropconnect_lstm_layer(
             raise TypeError(f"{op}: lengths must be an integer tensor, got {lengths.dtype}")
         if tuple(lengths.shape) != (batch,):
             raise ValueError(f"{op}: lengths has shape {tuple(lengths.shape)}, expected ({batch},)")
+        if not torch.compiler.is_compiling():  # traced, the check would break the graph
+            check_lengths(op, lengths, steps)  # before the copy: lengths usually come on the CPU
         lengths = lengths.to(device=input.device, dtype=torch.int64).contiguous()
-        check_lengths(op, lengths, steps)
     if masks is not None and masks.active():
         _check_mask_args(op, masks.seed, masks.ih_weight_id, masks.call, masks.p, masks.kind)
         _check_mask_args(op, masks.seed, masks.hh_weight_id, masks.call, masks.p, masks.kind)

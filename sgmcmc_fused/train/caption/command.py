@@ -124,8 +124,6 @@ class CaptionTask(Task):
                 trainer = CaptionTrainer(method, cfg, data, session.out / method, session.device,
                                          show=session.args.show, **session.trainer_options())  # fmt: skip
                 result = trainer.train(**session.train_options())
-                if session.world.is_main:
-                    session.trained_lr(method, [result["lr"]])
             else:
                 trainer, result = _run_chains(method, session, data)
             if not session.world.is_main:
@@ -184,7 +182,6 @@ def _run_chains(method: str, session: Session, data: CaptionData) -> tuple[Capti
     if not world.is_main:
         return None, None
     result = pool_caption_chains(method, cfg, data, out, session.device, show=session.args.show)
-    session.trained_lr(method, result["chain_lr"])
     rhat = "-" if result["split_rhat"] is None else f"{result['split_rhat']:.3f}"
     session.say(f"{method}: {cfg.chains} chains, {result['num_samples']} samples pooled for decoding; split-R-hat "
                 f"of the validation log-likelihood {rhat}")  # fmt: skip

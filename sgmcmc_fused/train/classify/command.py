@@ -84,6 +84,14 @@ class ClassifyTask(Task):
     def run_name(self, cfg: ClassifyConfig) -> str:
         return "classify-" + ("synthetic" if cfg.data["kind"] == "synthetic" else Path(cfg.data["train"]).name)
 
+    def run_dirs(self, cfg: ClassifyConfig, out: Path, method: str) -> list[Path]:
+        """The folders of `method`'s runs: one per fold of a k-fold run (fold-1 ...), else its own."""
+        spec = cfg.data
+        if spec["kind"] != "files" or spec["test"] is not None:
+            return [out / method]
+        folds = min(int(spec["folds"]), spec.get("max_folds") or int(spec["folds"]))
+        return [out / method / f"fold-{fold}" for fold in range(1, folds + 1)]
+
     def load_data(
         self, cfg: ClassifyConfig, args: argparse.Namespace, world: World
     ) -> tuple[ClassifyConfig, ClassifyData]:
@@ -134,8 +142,6 @@ class ClassifyTask(Task):
         for method, rows in predictions.items():
             write_csv(out / method / "predictions.csv", columns, rows)
         results = [summarize(method, [r for r in runs if r["method"] == method], cfg) for method in cfg.methods]
-        for r in results:
-            session.trained_lr(r["method"], r["fold_lr"])
         majority = statistics.fmean(r["majority_error"] for r in runs)
         write_json(out / "results.json", {
             "data": data.description, "num_classes": data.num_classes, "folds": data.folds,

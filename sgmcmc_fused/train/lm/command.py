@@ -116,8 +116,6 @@ class LanguageModelTask(Task):
                 trainer, result = _run_chains(method, session, data)
             if not world.is_main:
                 continue
-            if cfg.chains == 1:
-                session.trained_lr(method, [result["lr"]])
             results.append(result)
             histories[method], curves[method] = trainer.history, trainer.curve
             if session.args.plot:
@@ -143,7 +141,6 @@ def _run_chains(method: str, session: Session, data: LMData) -> tuple[LMTrainer 
     if not world.is_main:
         return None, None
     result = pool_chains(method, cfg, out, LMTrainer.CHECKPOINT_FORMAT)
-    session.trained_lr(method, result["chain_lr"])
     write_json(out / method / "pooled.json", result)
     session.say(
         f"{method}: {cfg.chains} chains, {result['num_samples']} samples pooled; test perplexity of the pooled "
