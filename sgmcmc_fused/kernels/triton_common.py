@@ -92,8 +92,7 @@ def to_math_dtype(x, IS_FP64: tl.constexpr):
     """fp16 / bf16 / fp32 -> fp32; fp64 stays fp64.
 
     bf16 is the top half of an fp32, so it is widened by moving its bits: exact for every value,
-    subnormals included, where the interpreter's float conversion renormalises bf16 subnormals
-    wrongly (compiled, the two are the same instruction)."""
+    subnormals included (the interpreter's float conversion renormalises bf16 subnormals wrongly)."""
     if IS_FP64:
         return x.to(tl.float64)
     elif x.dtype == tl.bfloat16:

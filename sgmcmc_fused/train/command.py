@@ -294,8 +294,10 @@ class Task(ABC):
                 continue
             trained = sorted({r["lr"] for r in results})
             at = "lr " + ", ".join(f"{x:g}" for x in trained)
-            notes.append(f"{method}: finished its {epochs} epochs at {at}; --lr {lr:g} changes nothing for "
-                                     "it (give --epochs to train it further)")  # fmt: skip
+            notes.append(
+                f"{method}: finished its {epochs} epochs at {at}; --lr {lr:g} changes nothing for it (give --epochs "
+                "to train it further)"
+            )
         return kept
 
 
