@@ -22,16 +22,12 @@ from .checkpoint import load_checkpoint
 from .distributed import SINGLE, World, announce_stop, wait_for_ranks
 from .options import ConfigError
 from .run_control import Stop
+from .run_folder import chain_dir
 
 if TYPE_CHECKING:
     from .command import Session
 
 T = TypeVar("T")
-
-
-def chain_dir(out: Path, method: str, k: int) -> Path:
-    """The folder of chain `k` of `method` in the run folder `out`."""
-    return Path(out) / method / f"chain-{k}"
 
 
 def add_chains_argument(group: argparse._ArgumentGroup) -> None:

@@ -23,13 +23,12 @@ from typing import Any, ClassVar
 import torch
 
 from ..kernels.registry import select_backend, select_lstm_backend
-from .chains import chain_dir
 from .checkpoint import CheckpointError
 from .config import RunConfig
 from .distributed import World, barrier, gather_objects, run_in_world
 from .options import RUN_CONTROL, ConfigError, cpu_threads, given_learning_rates
 from .run_control import InterruptFlag, Printer, Stop, resolve_device
-from .run_folder import RunFolder
+from .run_folder import RunFolder, chain_dir
 from .runlog import write_json, write_text_atomic
 
 

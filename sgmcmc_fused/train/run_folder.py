@@ -100,6 +100,11 @@ class RunFolder:
         return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
 
 
+def chain_dir(out: Path, method: str, k: int) -> Path:
+    """The folder of chain `k` of `method` in the run folder `out`."""
+    return Path(out) / method / f"chain-{k}"
+
+
 #: The file in a --samples-dir that names the run it belongs to.
 SAMPLES_OWNER = "run.json"
 

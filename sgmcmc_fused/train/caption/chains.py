@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from ...bayes import PredictiveAverager, SampleCollector
-from ..chains import chain_dir, finished_chains, validation_rhat
+from ..chains import finished_chains, validation_rhat
 from ..methods import shared_lr
+from ..run_folder import chain_dir
 from ..runlog import write_json
 from .config import CaptionConfig
 from .data import CaptionData
