@@ -45,6 +45,7 @@ def pool_caption_chains(method: str, cfg: CaptionConfig, data: CaptionData, out:
     """
     finished = finished_chains(out, method, cfg.chains, CaptionTrainer.CHECKPOINT_FORMAT)
     results = [result for result, _ in finished]
+    chain_lr = [r["lr"] for r in results]
     averagers, collectors = [], []
     for k, (_, ck) in enumerate(finished):
         valid = PredictiveAverager(1)
@@ -60,7 +61,7 @@ def pool_caption_chains(method: str, cfg: CaptionConfig, data: CaptionData, out:
         write_per_image_csv(out / method / "captions.csv", test.filenames, captions, average)
     pooled_valid = PredictiveAverager.pooled(averagers)
     pooled: dict[str, Any] = {
-        "method": method, "lr": shared_lr([r["lr"] for r in results]), "chain_lr": [r["lr"] for r in results],
+        "method": method, "lr": shared_lr(chain_lr), "chain_lr": chain_lr,
         "epochs": results[0]["epochs"], "steps": results[0]["steps"],
         "num_samples": len(states), "samples_taken": sum(r["samples_taken"] for r in results),
         "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in results), "tokenizer": results[0]["tokenizer"],

@@ -166,11 +166,12 @@ def summarize(method: str, runs: list[dict[str, Any]], cfg: ClassifyConfig) -> d
         values = [r[key] for r in runs if r[key] is not None]
         return statistics.stdev(values) if len(values) > 1 else None
 
+    fold_lr = [r["lr"] for r in runs]
     return {
         # The lr the folds trained with (None where they differ): a finished fold keeps its own when the run
         # is resumed with another --lr.
-        "method": method, "lr": shared_lr([r["lr"] for r in runs]) if runs else cfg.lr[method],
-        "fold_lr": [r["lr"] for r in runs], "epochs": cfg.epochs, "folds": len(runs),
+        "method": method, "lr": shared_lr(fold_lr) if runs else cfg.lr[method],
+        "fold_lr": fold_lr, "epochs": cfg.epochs, "folds": len(runs),
         "error_mean": mean("error"), "error_std": std("error"), "last_error_mean": mean("last_error"),
         "last_error_std": std("last_error"), "ece_mean": mean("ece"), "ece_std": std("ece"),
         "last_ece_mean": mean("last_ece"), "nll_mean": mean("nll"), "last_nll_mean": mean("last_nll"),

@@ -31,6 +31,7 @@ def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -
     """
     finished = finished_chains(out, method, cfg.chains, checkpoint_format)
     results = [result for result, _ in finished]
+    chain_lr = [r["lr"] for r in results]
     valid_avgs, test_avgs = [], []
     for _, ck in finished:
         for averagers, split in ((valid_avgs, "valid"), (test_avgs, "test")):
@@ -40,7 +41,7 @@ def pool_chains(method: str, cfg: LMConfig, out: Path, checkpoint_format: str) -
     valid, test = PredictiveAverager.pooled(valid_avgs), PredictiveAverager.pooled(test_avgs)
     has_avg = test.num_samples > 0
     return {
-        "method": method, "lr": shared_lr([r["lr"] for r in results]), "chain_lr": [r["lr"] for r in results],
+        "method": method, "lr": shared_lr(chain_lr), "chain_lr": chain_lr,
         "epochs": results[0]["epochs"], "steps": results[0]["steps"],
         "test_ppl": statistics.fmean(r["test_ppl"] for r in results),
         "test_avg_ppl": test.perplexity() if has_avg else None,
