@@ -162,7 +162,9 @@ def test_word_files_without_words_and_splits_that_are_not_files_are_named(tmp_pa
     (d / "ptb.train.txt").mkdir()
     (d / "ptb.valid.txt").symlink_to(d / "gone.txt")
     _write(d / "ptb.test.txt", "a\n")
-    with pytest.raises(FileNotFoundError, match=r"\(ptb\.train\.txt is a folder; ptb\.valid\.txt is a broken link\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"ptb: ptb\.train\.txt is a folder; ptb\.valid\.txt is a broken link, beside ptb\.test"
+    ):
         load_word_corpus_dir(d)
 
 
@@ -275,6 +277,25 @@ def test_word_corpus_folders_with_other_prefixes(tmp_path):
     assert str(e.value).endswith(f"e.g. {tmp_path / 'other'}")  # a prefix --word-corpus takes
     data = load_lm_data({"kind": "word", "path": str(tmp_path / "wiki")})
     assert data.corpus.vocab == c.vocab
+
+
+def test_word_corpus_folder_with_a_split_missing(tmp_path):
+    """A PTB triple with its test split missing is refused, though a complete train/valid/test.txt
+    triple lies beside it: that one would be trained on in its place, unannounced."""
+    for name in ("train.txt", "valid.txt", "test.txt", "ptb.train.txt", "ptb.valid.txt"):
+        _write(tmp_path / name, "a b\n")
+    with pytest.raises(
+        FileNotFoundError, match=r"ptb\.test\.txt is missing, beside ptb\.train\.txt, ptb\.valid\.txt: an incomplete"
+    ):
+        load_word_corpus_dir(tmp_path)
+    (tmp_path / "ptb.test.txt").mkdir()  # there, but not a file: named as such
+    with pytest.raises(FileNotFoundError, match=r"ptb\.test\.txt is a folder, beside ptb\.train\.txt, ptb\.valid"):
+        load_word_corpus_dir(tmp_path)
+    (tmp_path / "ptb.test.txt").rmdir()
+    for name in ("ptb.train.txt", "ptb.valid.txt"):
+        (tmp_path / name).unlink()
+    _write(tmp_path / "notes_train.txt", "x\n")  # one stray file of a name like a split's: no corpus, ignored
+    assert load_word_corpus_dir(tmp_path).num_tokens == 3
 
 
 # -- minibatches ----------------------------------------------------------------------------------
@@ -526,7 +547,7 @@ def test_kfold_splits():
 
 def test_word2vec_text(tmp_path):
     vocab = Vocabulary(["the", "cat", "zebra", "<unk>"], unk="<unk>")
-    path = _write(tmp_path / "w.txt", "3 2\nthe 0.5 -1 \ndog 1 1\ncat 2e-1 3\nthe 9 9\n")
+    path = _write(tmp_path / "w.txt", "4 2\nthe 0.5 -1 \ndog 1 1\ncat 2e-1 3\nthe 9 9\n")
     emb, found = load_word2vec_text(path, vocab, generator=torch.Generator().manual_seed(0))
     assert emb.shape == (4, 2) and emb.dtype == torch.float32 and found == 2
     assert emb[0].tolist() == [0.5, -1.0] and torch.allclose(emb[1], torch.tensor([0.2, 3.0]))
@@ -553,6 +574,20 @@ def test_word2vec_text(tmp_path):
     with pytest.warns(UserWarning, match=r"glove\.txt:2: 2 line\(s\) hold a word with spaces"):
         emb, found = load_word2vec_text(spaced, vocab)
     assert found == 2 and emb[0].tolist() == [1.0, 2.0] and emb[1].tolist() == [7.0, 8.0]
+    # A line with a number too many is a damaged vector, not a word with spaces (the warning's
+    # case): refused, with or without a header, as is a header whose dimension the lines disagree with.
+    extra = _write(tmp_path / "extra.txt", "the 1 2 3\ncat 9 4 5 6\n")
+    with pytest.raises(ValueError, match=r"extra\.txt:2: expected a word and 3 numbers, got 4 values"):
+        load_word2vec_text(extra, vocab)
+    for text, line in (("2 3\nthe 1 2 3\ncat 9 4 5 6\n", 3), ("2 2\nthe 1 2 3\ncat 4 5 6\n", 2)):
+        with pytest.raises(ValueError, match=rf"header\.txt:{line}: expected a word and \d numbers"):
+            load_word2vec_text(_write(tmp_path / "header.txt", text), vocab)
+    # A header announcing more vectors than the file holds: cut short (gensim refuses it too).
+    short = _write(tmp_path / "short.txt", "4 3\nthe 1 2 3\ncat 4 5 6\n")
+    with pytest.raises(ValueError, match=r"short\.txt:1: the header announces 4 vectors, the file holds 2 \(cut short"):
+        load_word2vec_text(short, vocab)
+    with pytest.raises(ValueError, match=r"long\.txt:1: the header announces 1 vectors, the file holds 2$"):
+        load_word2vec_text(_write(tmp_path / "long.txt", "1 3\nthe 1 2 3\ncat 4 5 6\n"), vocab)
     for text in ("the 1 2\ncat 3 4\n", "2 2\nthe 1 2\ncat 3 4\n"):  # a BOM, before a word or a header
         emb, found = load_word2vec_text(_write(tmp_path / "bom.txt", "\ufeff" + text), vocab)
         assert found == 2 and emb[0].tolist() == [1.0, 2.0]
@@ -563,6 +598,8 @@ def test_word2vec_text(tmp_path):
 
 #: url path -> bytes the test server sends with no Content-Length and then closes (a cut transfer).
 UNSIZED: dict[str, bytes] = {}
+#: url path -> (bytes, the Content-Length header's value) the test server sends.
+ODD_LENGTH: dict[str, tuple[bytes, str]] = {}
 
 
 @pytest.fixture
@@ -573,6 +610,7 @@ def http_root(tmp_path):
     root.mkdir()
     requests = []
     UNSIZED.clear()
+    ODD_LENGTH.clear()
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -584,6 +622,13 @@ def http_root(tmp_path):
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(UNSIZED[self.path])
+                return
+            if self.path in ODD_LENGTH:
+                body, length = ODD_LENGTH[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                self.wfile.write(body)
                 return
             super().do_GET()
 
@@ -654,10 +699,33 @@ def test_download_refuses_html_pages_cut_transfers_and_wrong_files(http_root, tm
         UNSIZED[mr_path] = body
         with pytest.raises(RuntimeError, match=message):
             dl.download("mr", dest, base_url=base, timeout=10)
+    # Cut mid-line by a server that sent no Content-Length: the missing line break gives it away.
+    UNSIZED[mr_path] = b"1 a fine film\n0 a du"
+    with pytest.raises(RuntimeError, match=r"rt-polarity\.all: the last line ends without a line break, cut short"):
+        dl.download("mr", dest, base_url=base, timeout=10)
+    assert not any(p.is_file() for p in dest.rglob("*"))
     UNSIZED[mr_path] = b"1 a fine film\n0\n0 a dull one\n"
     lines = []
     (mr,) = dl.download("mr", dest, base_url=base, timeout=10, report=lines.append)
     assert lines == [f"wrote {mr} (29 bytes; format checked; no SHA-256 recorded for this file)"]
+    # A partial file already there (an older, unchecked download) is fetched again, not kept.
+    mr.write_bytes(b"1 a fine film\n0\n0 a du")
+    lines = []
+    dl.download("mr", dest, base_url=base, timeout=10, report=lines.append)
+    assert lines[0].startswith(f"{mr} is there but fails verification (the last line ends without a line break")
+    assert mr.read_bytes() == b"1 a fine film\n0\n0 a dull one\n"
+    # A Content-Length repeated by a proxy ("29, 29") is read as http.client reads it; a cut body is
+    # still caught by it.
+    del UNSIZED[mr_path]
+    mr.unlink()
+    ODD_LENGTH[mr_path] = (b"1 a fine film\n0\n0 a dull one\n", "29, 29")
+    assert dl.download("mr", dest, base_url=base, timeout=10) == [mr] and mr.stat().st_size == 29
+    mr.unlink()
+    ODD_LENGTH[mr_path] = (b"1 a fine film\n0\n", "29, 29")
+    with pytest.raises(RuntimeError, match=r"rt-polarity\.all failed: got 16 of 29 bytes"):
+        dl.download("mr", dest, base_url=base, timeout=10)
+    ODD_LENGTH[mr_path] = (b"1 a fine film\n0\n0 a dull one\n", "29, 30")  # no length to go by
+    assert dl.download("mr", dest, base_url=base, timeout=10) == [mr] and mr.stat().st_size == 29
     # A damaged file already there is downloaded again, not kept.
     del UNSIZED[train_path]
     paths = dl.download("ptb", dest, base_url=base, timeout=10)

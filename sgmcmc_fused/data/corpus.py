@@ -368,6 +368,9 @@ def load_word_corpus_dir(directory: str | os.PathLike, *, min_count: int = 1) ->
 
     ``ptb.train.txt`` and friends are taken first, then ``train.txt``; otherwise the folder must
     hold exactly one such triple (``wiki.train.tokens``, ``wiki.valid.tokens``, ``wiki.test.tokens``).
+    A triple with one split missing (two of its files there), or with a split that is not a file (a
+    folder, a broken link), is an error, also beside a complete triple: the corpus the folder was
+    meant to hold is incomplete, and another would be trained on in its place.
     """
     d = Path(directory)
     if not d.is_dir():
@@ -375,6 +378,15 @@ def load_word_corpus_dir(directory: str | os.PathLike, *, min_count: int = 1) ->
     triples = [("ptb.", ".txt"), ("", ".txt")]
     triples += sorted({m.groups() for p in d.iterdir() if (m := _SPLIT_FILE.fullmatch(p.name))} - set(triples))
     candidates = [[d / f"{prefix}{s}{suffix}" for s in ("train", "valid", "test")] for prefix, suffix in triples]
+    for paths in candidates:
+        there = [p for p in paths if p.exists() or p.is_symlink()]
+        if len(there) >= 2 and len(there) < len(paths) or any(not p.is_file() for p in there):
+            problems = [f"{p.name} is missing" for p in paths if p not in there]
+            problems += [f"{p.name} is {_not_a_file(p)}" for p in there if not p.is_file()]
+            raise FileNotFoundError(
+                f"{d}: {'; '.join(problems)}, beside {', '.join(p.name for p in paths if p.is_file()) or 'nothing'}: "
+                "an incomplete corpus (add the split, or remove the others)"
+            )
     complete = [paths for paths in candidates if all(p.is_file() for p in paths)]
     if complete and (len(complete) == 1 or complete[0][0].name in ("ptb.train.txt", "train.txt")):
         return load_word_corpus(*complete[0], min_count=min_count)
@@ -383,18 +395,14 @@ def load_word_corpus_dir(directory: str | os.PathLike, *, min_count: int = 1) ->
             f"{d}: holds {len(complete)} corpora ({', '.join(p[0].name for p in complete)}); name one by its prefix, "
             f"e.g. {d / complete[0][0].name[: complete[0][0].name.rindex('train')].rstrip('.')}"
         )
-    # Name what is wrong with a split that is there but is not a file (a folder, a broken link).
-    odd = [
-        f"{p.name} is {'a folder' if p.is_dir() else 'a broken link' if p.is_symlink() else 'not a regular file'}"
-        for paths in candidates
-        for p in paths
-        if (p.exists() or p.is_symlink()) and not p.is_file()
-    ]
     raise FileNotFoundError(
         f"{d}: expected ptb.train.txt, ptb.valid.txt and ptb.test.txt (or train.txt, valid.txt, test.txt, or "
         f"another PREFIX.train.txt triple); found {sorted(p.name for p in d.iterdir())}"
-        + (f" ({'; '.join(odd)})" if odd else "")
     )
+
+
+def _not_a_file(path: Path) -> str:
+    return "a folder" if path.is_dir() else "a broken link" if path.is_symlink() else "not a regular file"
 
 
 def load_char_corpus(path: str | os.PathLike, split: tuple[float, float, float] = (0.9, 0.05, 0.05)) -> Corpus:

@@ -141,7 +141,24 @@ def verify(rel: str, body: bytes) -> str:
         for number, line in enumerate(body.splitlines(), 1):
             if line.strip() and not _LABELLED_LINE.match(line):
                 raise RuntimeError(f"line {number} does not start with an integer label: {line[:60]!r}")
+        # Without a digest this is what tells a transfer cut mid-line (a server that sends no
+        # Content-Length, then closes early) from the published file, whose lines all end.
+        if not body.endswith(b"\n"):
+            raise RuntimeError(f"the last line ends without a line break, cut short? ({body[-60:]!r})")
     return "format checked; no SHA-256 recorded for this file"
+
+
+def _content_length(value: str | None) -> int | None:
+    """The body's length announced by a Content-Length header, or None if there is none or it cannot be
+    read. A header repeated with one value (``19479, 19479``, as some proxies merge duplicates) gives
+    that value; ``http.client`` itself ignores a header it cannot parse, and so does this."""
+    if value is None:
+        return None
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1:
+        return None
+    (only,) = values
+    return int(only) if only.isdigit() else None
 
 
 def _rehost(url: str, base_url: str | None) -> str:
@@ -156,7 +173,7 @@ def _fetch(url: str, rel: str, dest: Path, timeout: float) -> str:
     dest's folder, fsync, rename); returns how it was verified. A file that fails is not written."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            expected = resp.headers.get("Content-Length")
+            expected = _content_length(resp.headers.get("Content-Length"))
             body = bytearray()
             while chunk := resp.read(_CHUNK):
                 body += chunk
@@ -166,7 +183,7 @@ def _fetch(url: str, rel: str, dest: Path, timeout: float) -> str:
         raise RuntimeError(f"download of {url} failed: {e.reason} (is the network reachable?)") from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
         raise RuntimeError(f"download of {url} failed: {e!r}") from None
-    if expected is not None and len(body) != int(expected):
+    if expected is not None and len(body) != expected:
         raise RuntimeError(f"download of {url} failed: got {len(body)} of {expected} bytes (connection cut?)")
     try:
         if _HTML.match(body):  # before a transform, whose own complaint would hide the cause

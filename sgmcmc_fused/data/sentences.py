@@ -149,21 +149,26 @@ def load_word2vec_text(
     line (GloVe files have none). Rows of words found in the file are their vectors (the first
     occurrence wins); the others are drawn from U(-0.25, 0.25) with `generator` (Kim 2014).
     `found` is how many vocabulary words had a vector. `dim` defaults to the header's (or the first
-    vector's) length; a line of another length is an error. The file is streamed, and only the
-    vectors of vocabulary words are parsed, so multi-gigabyte files cost one pass over the text.
-    A line that is not UTF-8 is decoded as Windows-1252 (one warning for the file). Lines whose
-    word holds spaces (``. . . 0.1 ...`` in GloVe 840B) are skipped with a warning: a sentence
-    token never holds a space.
+    vector's) length; a line of another length is an error, and so is a header whose count of
+    vectors is not the file's (a file cut short, as gensim refuses it). The file is streamed, and
+    only the vectors of vocabulary words are parsed, so multi-gigabyte files cost one pass over the
+    text. A line that is not UTF-8 is decoded as Windows-1252 (one warning for the file). In a file
+    without a header (GloVe), lines whose word holds spaces (``. . . 0.1 ...`` in GloVe 840B) are
+    skipped with a warning: a sentence token never holds a space. A line whose extra fields are all
+    numbers is no such word, but a vector of the wrong length.
 
     Raises:
         ValueError ``file:line`` for a line of the wrong length or with a value that is not a finite
         number (of a vocabulary word's line: the others are not parsed);
-        ValueError if the file is in word2vec's binary format or has no vectors.
+        ValueError if the file is in word2vec's binary format, has no vectors, or holds another
+        number of vectors than its header says.
     """
     path = Path(path)
     rows: dict[int, torch.Tensor] = {}
     fell_back = None
     spaced: list[int] = []  # lines whose word holds spaces
+    header_count = None  # the vectors a "count dim" header announces
+    vectors = 0  # vector lines read
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -175,7 +180,7 @@ def load_word2vec_text(
             if fields and fields[-1] == "":  # word2vec writes a trailing space
                 fields.pop()
             if lineno == 1 and len(fields) == 2 and all(s.isdigit() for s in fields):
-                header_dim = int(fields[1])
+                header_count, header_dim = int(fields[0]), int(fields[1])
                 if dim is None:
                     dim = header_dim
                 elif dim != header_dim:
@@ -187,9 +192,16 @@ def load_word2vec_text(
                 dim = len(fields) - 1
                 if dim < 1:
                     raise ValueError(f"{path}:{lineno}: expected 'word v_1 ... v_dim', got {line[:60]!r}")
-            if len(fields) > dim + 1 and all(_is_float(v) for v in fields[-dim:]):
+            vectors += 1
+            if (
+                header_count is None
+                and len(fields) > dim + 1
+                and all(_is_float(v) for v in fields[-dim:])
+                and not all(_is_float(v) for v in fields[1:-dim])
+            ):
                 # A word with spaces in it (GloVe 840B has ". . ." and the like): never a vocabulary
-                # word, whose tokens are whitespace-split.
+                # word, whose tokens are whitespace-split. word2vec and fastText files (those with a
+                # header) split words at spaces, so there such a line is damaged.
                 spaced.append(lineno)
                 continue
             if len(fields) != dim + 1:
@@ -212,6 +224,11 @@ def load_word2vec_text(
             rows[i] = row
     if dim is None:
         raise ValueError(f"{path}: no word vectors in the file")
+    if header_count is not None and vectors != header_count:
+        raise ValueError(
+            f"{path}:1: the header announces {header_count} vectors, the file holds {vectors}"
+            + (" (cut short?)" if vectors < header_count else "")
+        )
     if fell_back:
         warnings.warn(
             f"{path}:{fell_back}: not valid UTF-8; such lines were read as Windows-1252", UnicodeWarning, stacklevel=2
