@@ -132,6 +132,27 @@ def test_a_changed_prior_std_or_num_data_takes_effect_at_the_next_step():
     assert torch.allclose(plain.detach(), torch.full((2,), 1 - 0.1 / 10), rtol=1e-6)
 
 
+def test_a_prior_removed_takes_its_weight_decay_along_and_a_new_one_applies():
+    """prior_std set to None: the group steps with its own weight_decay (0) again, as SGD without weight
+    decay does (a zero gradient leaves theta where it is); a prior set afterwards applies 1/(N σ²)."""
+    theta = torch.nn.Parameter(torch.ones(3))
+    opt = SGLD([theta], lr=0.1, num_data=10, prior_std=1.0, add_noise=False)
+    theta.grad = torch.zeros(3)
+    opt.step()
+    assert torch.allclose(theta.detach(), torch.full((3,), 0.99), rtol=1e-6)
+    opt.param_groups[0]["prior_std"] = None
+    opt.step()
+    assert torch.allclose(theta.detach(), torch.full((3,), 0.99), rtol=1e-6)
+    assert opt.param_groups[0]["weight_decay"] == 0.0
+    opt.param_groups[0]["prior_std"] = 0.5
+    opt.step()
+    assert torch.allclose(theta.detach(), torch.full((3,), 0.99 * (1 - 0.1 / (10 * 0.25))), rtol=1e-6)
+    # Removed together with a weight_decay of the user's: that one stays.
+    opt.param_groups[0].update(prior_std=None, weight_decay=0.05)
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == 0.05
+
+
 @pytest.mark.parametrize("change", ["weight_decay beside a prior", "prior beside a weight_decay"])
 def test_two_priors_made_after_construction_are_refused_at_the_step(change):
     theta = torch.nn.Parameter(torch.ones(3))
@@ -511,6 +532,92 @@ def test_non_finite_gradient_raises_naming_the_parameter_and_updates_nothing(bad
     for i, s in before[1]["state"].items():
         assert s["step"] == after["state"][i]["step"]
         assert torch.equal(s["square_avg"], after["state"][i]["square_avg"])
+
+
+def _two_groups():
+    torch.manual_seed(0)
+    body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+    opt = PSGLD([{"params": body.parameters()}, {"params": head.parameters()}], lr=1e-2, num_data=100, seed=0)
+    return body, head, opt
+
+
+def test_a_parameter_whose_dtype_changed_keeps_stepping_with_its_square_avg():
+    """After head.double() the step goes on, as torch's RMSprop does: the group's V follows its parameter
+    to float64 (exactly, an fp32 value being an fp64 one), and both groups step once more. The
+    reference is a second optimizer whose state was loaded after the change (load_state_dict casts)."""
+    x = torch.randn(8, 3)
+    body, head, opt = _two_groups()
+    head(body(x)).sum().backward()
+    opt.step()
+    head.double()
+    twin_body, twin_head = copy.deepcopy(body), copy.deepcopy(head)
+    twin = PSGLD([{"params": twin_body.parameters()}, {"params": twin_head.parameters()}], lr=1e-2, num_data=100)
+    twin.load_state_dict(opt.state_dict())
+    for b, h, o in ((body, head, opt), (twin_body, twin_head, twin)):
+        o.zero_grad()
+        h(b(x).double()).sum().backward()
+        o.step()
+    assert opt.state[head.weight]["square_avg"].dtype == torch.float64
+    for a, b in zip(
+        [*body.parameters(), *head.parameters()], [*twin_body.parameters(), *twin_head.parameters()], strict=True
+    ):
+        assert torch.equal(a, b)
+    assert [opt.state[p]["step"] for p in (body.weight, head.weight)] == [2, 2]
+
+
+def _snapshot(params, opt):
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()["state"])
+
+
+def _unchanged(params, opt, before) -> bool:
+    values, state = before
+    now = opt.state_dict()["state"]
+    return all(torch.equal(a, p) for a, p in zip(values, params, strict=True)) and all(
+        now[i]["step"] == s["step"] and torch.equal(now[i]["square_avg"], s["square_avg"]) for i, s in state.items()
+    )
+
+
+def test_a_step_refused_by_a_later_call_updates_no_earlier_one():
+    """Two leaves over one memory in the second group: its fused call refuses them. The first group,
+    stepped by an earlier call, must not have moved (nor its noise counter, which would then draw the
+    same noise twice)."""
+    torch.manual_seed(0)
+    body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+    alias = torch.nn.Parameter(head.weight.data)  # a leaf of its own over head.weight's memory
+    opt = PSGLD([{"params": body.parameters()}, {"params": [head.weight, alias]}], lr=1e-2, num_data=100, seed=0)
+    params = [*body.parameters(), head.weight]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()  # alias has no gradient yet, so it is left out
+    alias.grad = torch.ones_like(alias)
+    before = _snapshot(params, opt)
+    with pytest.raises(ValueError, match=r"psgld_step_: params\[0\] and params\[1\] share memory"):
+        opt.step()
+    assert _unchanged(params, opt, before)
+
+
+def test_an_expanded_parameter_is_refused_before_any_update():
+    ok = torch.nn.Parameter(torch.randn(3))
+    expanded = torch.randn(1, 3).expand(2, 3).detach().requires_grad_()
+    opt = PSGLD([ok, expanded], lr=0.1, num_data=10, seed=0)
+    ok.grad, expanded.grad = torch.ones(3), torch.ones(2, 3)
+    before = ok.detach().clone()
+    with pytest.raises(ValueError, match=r"stream id 1 \(shape \(2, 3\), strides \(0, 1\)\) is an expanded tensor"):
+        opt.step()
+    assert torch.equal(ok.detach(), before) and not opt.state
+
+
+def test_a_resized_parameter_is_refused_before_any_update():
+    body, head, opt = _two_groups()
+    head(body(torch.randn(8, 3))).sum().backward()
+    opt.step()
+    params = [*body.parameters(), *head.parameters()]
+    head.bias.data = torch.zeros(2)
+    head.bias.grad = torch.zeros(2)
+    before = _snapshot(params, opt)
+    with pytest.raises(ValueError, match=r"has shape \(2,\), but its square_avg \(1,\): a parameter resized"):
+        opt.step()
+    assert _unchanged(params, opt, before)
 
 
 def test_nan_policy_skip_counts_and_leaves_state_untouched():

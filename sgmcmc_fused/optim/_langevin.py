@@ -9,12 +9,12 @@ import math
 import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.optim import Optimizer
 
-from ..kernels.langevin.contract import StepHyper
+from ..kernels.langevin.contract import StepHyper, StepLists, check_no_overlap
 from ..kernels.langevin.reference import opmath_dtype
 from ..kernels.registry import BACKENDS, select_backend
 from ..kernels.stream import MAX_STREAM_ID, draw_seed
@@ -212,7 +212,7 @@ class LangevinOptimizer(Optimizer):
         """A group with ``prior_std`` σ steps with weight_decay 1/(N σ²): when σ or N changed since the last
         step (by the user or a scheduler), its weight_decay is recomputed, so the change takes effect now,
         like a change of lr. While neither changes, the weight_decay stays as it is (a loaded state keeps
-        the one it was saved with).
+        the one it was saved with). A prior_std set to None takes the prior's weight_decay away with it.
 
         Raises:
             ValueError: σ is not a finite number > 0, or two priors: a weight_decay set by hand beside a
@@ -222,6 +222,10 @@ class LangevinOptimizer(Optimizer):
         # A group put into param_groups by hand, not with add_param_group, has no record: its own values.
         record = self._applied_priors[index] if index < len(self._applied_priors) else self._applied_prior(group)
         std = group.get("prior_std")
+        if std is None and record[0] is not None and group["weight_decay"] == record[2]:
+            # The prior was removed, and its weight decay is the one the group steps with: it goes too,
+            # back to the group's own, which was 0 (a prior beside another weight_decay is refused).
+            group["weight_decay"] = 0.0
         if std is not None:
             where = f"parameter group {index}: "
             try:
@@ -255,6 +259,10 @@ class LangevinOptimizer(Optimizer):
         self._init_state(param)["element_offset"] = element_offset
 
     def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        """The state of `p`, made on its first step. A parameter whose dtype or device changed since
+        (``model.double()``, ``model.to(device)``) takes its square_avg along, as load_state_dict
+        does; one whose shape changed is refused (ValueError), its history belonging to another tensor.
+        """
         state = self.state[p]
         if not state:
             state["step"] = 0
@@ -264,6 +272,17 @@ class LangevinOptimizer(Optimizer):
                 state["square_avg"] = torch.zeros_like(
                     p, dtype=opmath_dtype(p.dtype), memory_format=torch.contiguous_format
                 )
+        elif self.PRECONDITIONED:
+            v = state["square_avg"]
+            if v.shape != p.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: parameter with stream id {state['stream_id']} has shape "
+                    f"{tuple(p.shape)}, but its square_avg {tuple(v.shape)}: a parameter resized after it "
+                    "was stepped has no preconditioner to go on with (build a new optimizer for it)"
+                )
+            want = opmath_dtype(p.dtype)
+            if v.dtype != want or v.device != p.device:
+                state["square_avg"] = v.to(device=p.device, dtype=want).contiguous()
         return state
 
     # -- the step ------------------------------------------------------------------
@@ -302,8 +321,15 @@ class LangevinOptimizer(Optimizer):
         if not self._gradients_are_finite(work):
             self.skipped_steps += 1
             return loss
-        for group, params, backend in work:
-            self._step_bucket(group, params, backend)
+        calls = [(self._bucket_call(group, params), backend) for group, params, backend in work]
+        if len(calls) > 1:
+            # One fused call checks its inputs before it writes anything; of several, a later one
+            # refusing (tensors sharing memory) would leave the earlier ones stepped and their noise
+            # counters moved on: check them all first.
+            for call, _ in calls:
+                call.check()
+        for call, backend in calls:
+            call.run(backend)
         return loss
 
     def _buckets(self, group: dict[str, Any]) -> list[list[torch.Tensor]]:
@@ -326,6 +352,14 @@ class LangevinOptimizer(Optimizer):
                 )
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            if not p.is_contiguous() and any(
+                stride == 0 and size > 1 for size, stride in zip(p.shape, p.stride(), strict=True)
+            ):
+                raise ValueError(
+                    f"{type(self).__name__}: parameter with stream id {self._stream_ids[p]} (shape "
+                    f"{tuple(p.shape)}, strides {p.stride()}) is an expanded tensor, whose elements share memory: "
+                    "it cannot be updated in place (make it a tensor of its own, e.g. with .clone())"
+                )
             buckets[(p.device, p.dtype)].append(p)
         return list(buckets.values())
 
@@ -359,38 +393,33 @@ class LangevinOptimizer(Optimizer):
             )
         return True
 
-    def _step_bucket(self, group: dict[str, Any], params: list[torch.Tensor], backend) -> None:
+    def _bucket_call(self, group: dict[str, Any], params: list[torch.Tensor]) -> _BucketCall:
+        """The fused call that steps `params` (one device and dtype) of `group`, ready to run."""
         states = [self._init_state(p) for p in params]
         # The kernels take contiguous tensors; a non-contiguous parameter is
         # stepped on a contiguous copy (logical element order, so the noise is
         # the same) and copied back.
         work = [p if p.is_contiguous() else p.contiguous() for p in params]
         grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in params]
-        add_noise = bool(group["add_noise"])
         hyper = StepHyper(
             lr=float(group["lr"]),
             weight_decay=float(group["weight_decay"]),
             temperature=float(group["temperature"]),
             num_data=int(group["num_data"]),
-            add_noise=add_noise,
+            add_noise=bool(group["add_noise"]),
             seed=int(group["seed"]),
             alpha=float(group["alpha"]) if self.PRECONDITIONED else None,
             eps=float(group["eps"]) if self.PRECONDITIONED else None,
         )
-        stream_ids = [s["stream_id"] for s in states]
-        offsets = [s["element_offset"] for s in states]
-        steps = [s["step"] for s in states]
-        if self.PRECONDITIONED:
-            square_avgs = [s["square_avg"] for s in states]
-            backend.psgld_step_(work, grads, square_avgs, stream_ids, offsets, steps, **hyper.op_kwargs())
-        else:
-            backend.sgld_step_(work, grads, stream_ids, offsets, steps, **hyper.op_kwargs())
-        for p, w in zip(params, work, strict=False):
-            if w is not p:
-                p.copy_(w)
-        if add_noise:
-            for s in states:
-                s["step"] += 1
+        lists = StepLists(
+            work,
+            grads,
+            [s["square_avg"] for s in states] if self.PRECONDITIONED else None,
+            [s["stream_id"] for s in states],
+            [s["element_offset"] for s in states],
+            [s["step"] for s in states],
+        )
+        return _BucketCall(params, states, lists, hyper)
 
     # -- copies and checkpoints ------------------------------------------------------
 
@@ -552,3 +581,43 @@ class LangevinOptimizer(Optimizer):
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+
+class _BucketCall(NamedTuple):
+    """One fused step call of an optimizer: the parameters it updates, their states, and the lists
+    and scalars the backend gets (contiguous copies in `lists.params` for non-contiguous parameters)."""
+
+    params: list[torch.Tensor]
+    states: list[dict[str, Any]]
+    lists: StepLists
+    hyper: StepHyper
+
+    @property
+    def op(self) -> str:
+        return "sgld_step_" if self.lists.square_avgs is None else "psgld_step_"
+
+    def check(self) -> None:
+        """Of the checks the backend makes before it writes anything, the one the optimizer's own
+        construction of the lists does not already pass: no written tensor sharing memory with another
+        (ValueError naming the op). Dtypes, devices, shapes and contiguity hold by construction, and the
+        hyperparameters were checked with the group."""
+        lists = self.lists
+        tensors = [*lists.params, *lists.grads, *(lists.square_avgs or ())]
+        # The tensors are contiguous: each spans [data_ptr, data_ptr + nbytes). Disjoint spans, the
+        # rule, are confirmed in a few microseconds; the full check names the pair otherwise (grads
+        # may share memory with each other: they are only read).
+        spans = sorted((t.data_ptr(), t.data_ptr() + t.nbytes) for t in tensors if t.numel())
+        # Sorted by start, two spans overlap only if some span overlaps the one after it.
+        if any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)):
+            check_no_overlap(self.op, lists.params, lists.grads, lists.square_avgs)
+
+    def run(self, backend) -> None:
+        """Step with `backend`, copy the non-contiguous parameters back, and move the noise on."""
+        step = backend.sgld_step_ if self.lists.square_avgs is None else backend.psgld_step_
+        step(*self.lists.op_args(), **self.hyper.op_kwargs())
+        for p, w in zip(self.params, self.lists.params, strict=True):
+            if w is not p:
+                p.copy_(w)
+        if self.hyper.add_noise:
+            for s in self.states:
+                s["step"] += 1

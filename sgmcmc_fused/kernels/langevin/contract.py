@@ -227,10 +227,10 @@ def check_step_inputs(op: str, lists: StepLists, hyper: StepHyper) -> None:
             raise ValueError(f"{op}: steps[{i}] = {steps[i]} is outside [0, 2^32)")
     # Traced calls (torch.compile, opcheck's fake-tensor pass) hold fake tensors, which have no memory.
     if not torch.compiler.is_compiling() and not any(is_fake(p) for p in params):
-        _check_no_overlap(op, params, grads, square_avgs)
+        check_no_overlap(op, params, grads, square_avgs)
 
 
-def _check_no_overlap(
+def check_no_overlap(
     op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], square_avgs: Sequence[torch.Tensor] | None
 ) -> None:
     """Raise ValueError if a tensor the step writes (a param, a square_avg) shares memory with any other
