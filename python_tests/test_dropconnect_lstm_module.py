@@ -627,6 +627,23 @@ def test_a_compiled_training_forward_has_the_eager_gradients():
         assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-6, what=name)
 
 
+def test_compiled_training_calls_beyond_the_recompile_limit_equal_eager():
+    """Each training call with DropConnect recompiles (the mask counter is a constant of the graph);
+    past torch's recompile limit the module compiled without fullgraph runs eagerly, with the masks of
+    the eager twin, call after call."""
+    torch.manual_seed(23)
+    module = DropConnectLSTM(I, H, dropconnect=0.3, seed=5).train()
+    twin = copy.deepcopy(module)
+    compiled = torch.compile(twin, backend="eager")
+    limit = torch._dynamo.config.recompile_limit
+    for call in range(limit + 3):
+        x = torch.randn(4, 3, I)
+        want, (h_want, _) = module(x)
+        out, (h, _) = compiled(x)
+        assert torch.equal(out, want) and torch.equal(h, h_want), f"call {call}"
+    assert twin.calls == module.calls == limit + 3
+
+
 def test_nn_lstm_attributes():
     lstm, module = _pair(bias=False)
     assert (module.proj_size, module.mode) == (lstm.proj_size, lstm.mode) == (0, "LSTM")
