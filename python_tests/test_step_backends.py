@@ -55,6 +55,25 @@ def test_full_precision_matches_eager(backend, device, dtype, add_noise, method)
         assert moved.abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend,device", [("eager", "cpu"), *BACKEND_DEVICE_PAIRS])
+def test_each_operation_is_rounded_on_its_own(backend, device, dtype):
+    """g' = g + wd * theta rounded twice is exactly 0 here (fl(0.1 * 10) = 1 in fp32 and fp64), so the
+    first pSGLD step leaves theta = 10. Contracted into one FMA, g' would keep the rounding residue of
+    0.1 (1.5e-8 in fp32), which the step multiplies by lr / (eps + sqrt(V)) ~ 1e5: theta 9.9985. A GPU
+    kernel that lets the compiler fuse multiply and add fails here (on the CPU the builds forbid it)."""
+    require_backend(backend, device, [dtype])
+    theta = torch.nn.Parameter(torch.full((8,), 10.0, dtype=dtype, device=device))
+    theta.grad = torch.full((8,), -1.0, dtype=dtype, device=device)
+    opt = PSGLD([theta], lr=1.0, alpha=0.99, eps=1e-5, weight_decay=0.1, num_data=1, add_noise=False, impl=backend)
+    opt.step()
+    assert torch.equal(theta.detach().cpu(), torch.full((8,), 10.0, dtype=dtype))
+    sgld = torch.nn.Parameter(torch.full((8,), 10.0, dtype=dtype, device=device))
+    sgld.grad = torch.full((8,), -1.0, dtype=dtype, device=device)
+    SGLD([sgld], lr=1e5, weight_decay=0.1, num_data=1, add_noise=False, impl=backend).step()
+    assert torch.equal(sgld.detach().cpu(), torch.full((8,), 10.0, dtype=dtype))
+
+
 @pytest.mark.parametrize("method", OPTIMIZERS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE_PAIRS)

@@ -6,7 +6,8 @@ the kernels are defined (device_code_report.py unsets it before importing them).
 Each case gives the kernel's arguments as a launch would: tensors for their dtype,
 Python numbers for their Triton type (triton.runtime.jit.mangle_type decides, as at a
 launch), None for an absent pointer, and the constexpr values the launch code picks
-for the GPU (block sizes from the same helpers, num_warps from the same constant).
+for the GPU (block sizes from the same helpers), compiled with the launches' options
+(triton_common.compile_options).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ class TritonCase:
     label: str
     kernel: object  # triton.runtime.jit.JITFunction
     args: dict[str, object]
-    num_warps: int
 
     def source(self):
         from triton.compiler import ASTSource
@@ -81,7 +81,7 @@ def step_cases() -> list[TritonCase]:
         )
         flags = ", ".join(f for f, on in (("weight decay", weight_decay), ("noise", noise)) if on) or "plain"
         label = f"{'psgld' if preconditioned else 'sgld'} step {_dtype_name(dtype)} ({flags})"
-        return TritonCase(label, step._langevin_step_kernel, args, step._NUM_WARPS)
+        return TritonCase(label, step._langevin_step_kernel, args)
 
     normal = TritonCase(
         "philox_normal float32",
@@ -95,7 +95,6 @@ def step_cases() -> list[TritonCase]:
             step=7,
             BLOCK_QUADS=common.quads_per_program(),
         ),
-        step._NUM_WARPS,
     )
     return [
         *(case(dtype, True, True, True) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)),
@@ -131,7 +130,6 @@ def lstm_cases() -> list[TritonCase]:
             f"dropconnect_weight {_dtype_name(dtype)} {kind_name}",
             lstm._dropconnect_weight_kernel,
             args,
-            lstm._NUM_WARPS,
         )
 
     def forward(dtype, lengths):
@@ -150,7 +148,7 @@ def lstm_cases() -> list[TritonCase]:
             **tiles,
         )
         label = f"lstm_cell_forward {_dtype_name(dtype)}{' (lengths)' if lengths else ''}"
-        return TritonCase(label, lstm._lstm_cell_forward_kernel, args, lstm._NUM_WARPS)
+        return TritonCase(label, lstm._lstm_cell_forward_kernel, args)
 
     def backward(dtype, lengths):
         t = _tensor(dtype)
@@ -170,7 +168,7 @@ def lstm_cases() -> list[TritonCase]:
             **tiles,
         )
         label = f"lstm_cell_backward {_dtype_name(dtype)}{' (output grad, lengths)' if lengths else ''}"
-        return TritonCase(label, lstm._lstm_cell_backward_kernel, args, lstm._NUM_WARPS)
+        return TritonCase(label, lstm._lstm_cell_backward_kernel, args)
 
     return [
         mask(torch.float32, lstm.BERNOULLI),
@@ -188,12 +186,12 @@ def compile_case(case: TritonCase, arch: int, cubin: Path) -> tuple[list[KernelR
     import triton
     from triton.backends.compiler import GPUTarget
 
+    from sgmcmc_fused.kernels.triton_common import compile_options
+
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG prints ptxas -v here
-            compiled = triton.compile(
-                case.source(), target=GPUTarget("cuda", arch, 32), options={"num_warps": case.num_warps}
-            )
+            compiled = triton.compile(case.source(), target=GPUTarget("cuda", arch, 32), options=compile_options())
     except Exception as e:  # noqa: BLE001 - any failure to lower is what the report is for
         return [], f"{case.label} for sm_{arch}: {type(e).__name__}: {e}"
     cubin.write_bytes(compiled.asm["cubin"])

@@ -19,10 +19,11 @@
 // multiple of 4) and misaligned tensors take a per-element guarded path.
 //
 // The per-element math is psgld_element / sgld_element (langevin_math.h), in
-// at::opmath_type<scalar_t>, shared with the CPU kernel. nvcc contracts a*b + c
-// into an FMA there (its default --fmad=true) where the CPU build rounds both
-// operations (-ffp-contract=off), so the two may differ in the last bit; the
-// noise draw has no such pattern and differs only by the ulps of logf/sincosf.
+// at::opmath_type<scalar_t>, shared with the CPU kernel; it spells every
+// multiply and add with the _rn operations of rounding.h, which nvcc never
+// contracts into an FMA, so the GPU rounds as the CPU build (-ffp-contract=off)
+// and the eager reference do. The noise draw differs only by the ulps of
+// logf/sincosf.
 #pragma once
 
 #if !defined(__CUDACC__) && !defined(SGMCMC_FUSED_HOST_EMULATION)

@@ -59,6 +59,7 @@
 
 #include "philox_cuda.cuh"
 #include "sgmcmc_fused/philox.h"
+#include "sgmcmc_fused/rounding.h"  // mul_rn, add_rn, sub_rn (see "Rounding" above)
 
 namespace sgmcmc_fused::cuda {
 
@@ -81,15 +82,6 @@ static_assert(kMaxGridRows > 0 && kMaxGridRows <= 65535, "grid.y is at most 6553
 // Mask kinds, as the ops' `kind` argument (lstm_reference.BERNOULLI / GAUSSIAN).
 constexpr int64_t kBernoulli = 0;
 constexpr int64_t kGaussian = 1;
-
-// ---- rounding-exact arithmetic (see "Rounding" above) -----------------------
-
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 
 // Precise exp/tanh of the math type (the build has no fast-math, so these are
 // the accurate library versions, as in torch's own CUDA sigmoid and tanh).

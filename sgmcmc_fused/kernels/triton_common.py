@@ -61,7 +61,7 @@ _TWO_PI = constexpr(TWO_PI_F32)
 #: 2^-23: ((x >> 9) + 0.5) * 2^-23 maps a uint32 to the open interval (0, 1), exactly in fp32.
 _UNIFORM_SCALE = constexpr(2.0**-23)
 
-#: Quads per program on the GPU: 1024 elements, 8 per thread with the 4 warps the launchers use.
+#: Quads per program on the GPU: 1024 elements, 8 per thread with the 4 warps of NUM_WARPS.
 _BLOCK_QUADS_GPU = 256
 #: The interpreter runs every program as a sequence of numpy calls over the block, so fewer, larger
 #: programs are much faster there (the noise does not depend on the block size).
@@ -272,6 +272,22 @@ def device_guard(tensor: torch.Tensor):
     if tensor.device.type != "cuda" or is_fake(tensor):
         return contextlib.nullcontext()
     return torch.cuda.device(tensor.device)
+
+
+#: Warps per program of every kernel here.
+NUM_WARPS = 4
+
+
+def compile_options() -> dict[str, object]:
+    """The compile options of every launch: NUM_WARPS, and no contraction of ``a * b + c`` into a
+    fused multiply-add (``enable_fp_fusion=False``, nvcc's --fmad=false), so that each operation is
+    rounded on its own as docs/spec.md requires, as in the eager reference and the C++/CUDA kernels.
+    (One FMA can move a result far: in pSGLD, ``g + wd * theta`` that cancels to 0 when rounded twice
+    leaves a residue that the first step multiplies by lr / eps.) Under torch.compile the launch is
+    traced, and Inductor compiles the kernel with its own options: those kernels may contract."""
+    if torch.compiler.is_compiling():
+        return {"num_warps": NUM_WARPS}
+    return {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
 def quads_per_program() -> int:

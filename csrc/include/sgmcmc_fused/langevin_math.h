@@ -7,13 +7,15 @@
 //   G  = 1 / (eps + sqrt(V))
 //   theta = theta - (lr * G) * g' + sqrt(noise_var_scale * G) * xi
 //
-// with noise_var_scale = 2 * lr * temperature / num_data (0 when noise is off).
+// with noise_var_scale = 2 * lr * temperature / num_data (0 when noise is off), each operation
+// rounded on its own (rounding.h: no FMA, on the GPU either).
 // opmath_t is float for fp16/bf16/fp32 storage and double for fp64.
 #pragma once
 
 #include <cmath>
 
 #include "sgmcmc_fused/philox.h"
+#include "sgmcmc_fused/rounding.h"
 
 namespace sgmcmc_fused {
 
@@ -35,19 +37,19 @@ struct LangevinHyper {
 template <typename opmath_t, bool kWeightDecay, bool kNoise>
 SGMCMC_HD void psgld_update(opmath_t& theta, opmath_t g, opmath_t& v, opmath_t xi, const LangevinHyper<opmath_t>& h) {
   using std::sqrt;
-  if constexpr (kWeightDecay) g = g + h.weight_decay * theta;
-  v = h.alpha * v + h.one_minus_alpha * (g * g);
+  if constexpr (kWeightDecay) g = add_rn(g, mul_rn(h.weight_decay, theta));
+  v = add_rn(mul_rn(h.alpha, v), mul_rn(h.one_minus_alpha, mul_rn(g, g)));
   const opmath_t precond = opmath_t(1) / (h.eps + sqrt(v));
-  theta = theta - (h.lr * precond) * g;
-  if constexpr (kNoise) theta = theta + sqrt(h.noise_var_scale * precond) * xi;
+  theta = sub_rn(theta, mul_rn(mul_rn(h.lr, precond), g));
+  if constexpr (kNoise) theta = add_rn(theta, mul_rn(sqrt(mul_rn(h.noise_var_scale, precond)), xi));
 }
 
 // SGLD: pSGLD with G = 1 and no second-moment state.
 template <typename opmath_t, bool kWeightDecay, bool kNoise>
 SGMCMC_HD void sgld_update(opmath_t& theta, opmath_t g, opmath_t xi, const LangevinHyper<opmath_t>& h) {
-  if constexpr (kWeightDecay) g = g + h.weight_decay * theta;
-  theta = theta - h.lr * g;
-  if constexpr (kNoise) theta = theta + h.noise_std * xi;
+  if constexpr (kWeightDecay) g = add_rn(g, mul_rn(h.weight_decay, theta));
+  theta = sub_rn(theta, mul_rn(h.lr, g));
+  if constexpr (kNoise) theta = add_rn(theta, mul_rn(h.noise_std, xi));
 }
 
 // The same with the flags read from h at run time (weight_decay != 0,

@@ -28,10 +28,10 @@ Limitations:
   hyperparameter travels as three fp32 numbers whose fp64 sum is the exact double (see
   :func:`_split_fp64`); fp32 kernels use the first, which is the double rounded to fp32 exactly as
   the C++ kernels round it. Hyperparameters must lie within the fp32 range (|x| < 3.4e38).
-- Compiled kernels contract ``a * b + c`` into fused multiply-adds (the sm_90 PTX has fma.rn), so
-  they can differ from the eager reference in the last bit
-  (docs/spec.md#agreement-between-backends allows 1e-6 relative); under
-  the interpreter every operation rounds separately. Division, square roots and the bf16 rounding
+- Every operation rounds on its own, as in the eager reference: the launches compile without
+  contracting ``a * b + c`` into fused multiply-adds (`triton_common.compile_options`), and the
+  interpreter rounds each numpy operation. A launch traced by torch.compile is compiled by Inductor
+  with its own options, where contraction is on. Division, square roots and the bf16 rounding
   are IEEE round-to-nearest in both (div.rn / sqrt.rn; tl.sqrt and fp32 `/` are approximate).
 
 The device helpers, the Philox stream and the launch and registration code this module shares with
@@ -54,6 +54,7 @@ from ..triton_common import (
     TRITON_IMPORT_ERROR,
     UINT32_LIMIT,
     check_device,
+    compile_options,
     device_guard,
     div_rn,
     jit,
@@ -79,8 +80,6 @@ __all__ = ["not_supported_reasons", "philox_normal", "psgld_step_", "sgld_step_"
 # --------------------------------------------------------------------------------------------------
 # Device code
 # --------------------------------------------------------------------------------------------------
-
-_NUM_WARPS = 4
 
 
 @jit()
@@ -280,7 +279,7 @@ def _launch_langevin_steps(op: str, lists: StepLists, hyper: StepHyper) -> None:
                 HAS_WEIGHT_DECAY=hyper.weight_decay != 0.0,
                 ADD_NOISE=nvs != 0.0,
                 BLOCK_QUADS=block_quads,
-                num_warps=_NUM_WARPS,
+                **compile_options(),
             )
 
 
@@ -321,7 +320,7 @@ def _philox_normal_op(out: torch.Tensor, seed: int, stream_id: int, step: int, e
     grid = (triton.cdiv(num_quads(numel, element_offset), block_quads),)
     with device_guard(out):
         wrap_triton(_philox_normal_kernel)[grid](
-            out, numel, element_offset, seed, stream_id, step, BLOCK_QUADS=block_quads, num_warps=_NUM_WARPS
+            out, numel, element_offset, seed, stream_id, step, BLOCK_QUADS=block_quads, **compile_options()
         )
 
 

@@ -43,10 +43,11 @@ Limitations:
 - Not torch.compile-traceable as a whole (autograd.Function with a data-independent Python loop
   and direct launches); the three ops are.
 - Block sizes were chosen without GPU measurements (no GPU was available when this was written).
-- Compiled kernels may contract ``a * b + c`` into FMAs and use the hardware exp (ex2.approx) for
-  fp32, so they can differ from the eager reference in the last bits
-  (docs/spec.md#agreement-between-backends allows 1e-6
-  relative); under the interpreter every operation rounds separately.
+- The launches compile without contracting ``a * b + c`` into FMAs
+  (`triton_common.compile_options`; a launch traced by torch.compile is compiled by Inductor, which
+  contracts), so each operation rounds on its own as in the eager reference. Compiled kernels use
+  the hardware exp (ex2.approx) for fp32, so they can differ from the reference in the last bits
+  (docs/spec.md#agreement-between-backends allows 1e-6 relative).
 
 Interpreter mode is decided when the Triton modules are imported (this one and
 :mod:`sgmcmc_fused.kernels.triton_common`, whose device helpers it uses): set ``TRITON_INTERPRET=1`` before
@@ -68,6 +69,7 @@ from ..triton_common import (
     TRITON_IMPORT_ERROR,
     UINT32_LIMIT,
     check_device,
+    compile_options,
     device_guard,
     div_rn,
     is_interpreted,
@@ -105,7 +107,6 @@ _WEIGHT_ID_LIMIT = 1 << 31
 #: calls over its tile, so fewer, larger programs are much faster there.
 _CELL_TILE_GPU = 512
 _CELL_TILE_INTERPRETER = 1 << 14
-_NUM_WARPS = 4
 
 # --------------------------------------------------------------------------------------------------
 # Device code
@@ -427,7 +428,7 @@ def _launch_dropconnect_weight(
             _mask_scale(p, kind),
             KIND=kind,
             BLOCK_QUADS=block_quads,
-            num_warps=_NUM_WARPS,
+            **compile_options(),
         )
 
 
@@ -473,7 +474,7 @@ def _launch_cell_forward(
             HAS_LENGTHS=lengths is not None,
             BLOCK_B=block_b,
             BLOCK_H=block_h,
-            num_warps=_NUM_WARPS,
+            **compile_options(),
         )
 
 
@@ -515,7 +516,7 @@ def _launch_cell_backward(
             HAS_LENGTHS=lengths is not None,
             BLOCK_B=block_b,
             BLOCK_H=block_h,
-            num_warps=_NUM_WARPS,
+            **compile_options(),
         )
 
 
