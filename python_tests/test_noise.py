@@ -73,6 +73,17 @@ def test_backend_noise_equals_reference(backend, device, offset, numel):
     assert_close(got, want, rtol=0.0, atol=1e-6, what=f"{backend} noise")
 
 
+@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), ("triton", "cpu")])
+def test_elements_past_2_63_draw_the_reference_noise(backend, device):
+    """An element offset below 2^63 (the limit) whose elements pass it: element indices are unsigned
+    64-bit in the spec, so the CPU kernel's chunks beyond 2^63 must not overflow a signed index."""
+    impl = require_backend(backend, device)
+    offset = 2**63 - 5
+    got = impl.philox_normal(40000, SEED, 11, 5, offset, device)
+    want = reference.philox_normal(40000, SEED, 11, 5, offset, device)
+    assert_close(got, want, rtol=0.0, atol=1e-6, what=f"{backend} noise past 2^63")
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE_PAIRS)
 def test_shard_draws_its_slice_of_the_whole(backend, device):
     impl = require_backend(backend, device)

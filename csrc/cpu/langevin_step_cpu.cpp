@@ -60,7 +60,8 @@ void langevin_step_cpu(const char* op, const StepTensors& t, const StepScalars& 
           kPreconditioned ? static_cast<char*>(t.square_avgs[chunk.tensor].data_ptr()) + chunk.begin * state_item
                           : nullptr,
           chunk.end - chunk.begin,
-          static_cast<uint64_t>(t.element_offsets[chunk.tensor] + chunk.begin),
+          // In uint64: an offset below 2^63 plus a chunk's start may pass 2^63 (the quad index stays exact).
+          static_cast<uint64_t>(t.element_offsets[chunk.tensor]) + static_cast<uint64_t>(chunk.begin),
           static_cast<uint32_t>(t.stream_ids[chunk.tensor]),
           static_cast<uint32_t>(t.steps[chunk.tensor]),
       };
@@ -93,7 +94,7 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t stream_id, i
   const KernelTable& k = kernels();
   at::parallel_for(0, n, kChunkElements, [&](int64_t begin, int64_t end) {
     k.philox_normal(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream_id), static_cast<uint32_t>(step),
-                    static_cast<uint64_t>(element_offset + begin), end - begin, data + begin);
+                    static_cast<uint64_t>(element_offset) + static_cast<uint64_t>(begin), end - begin, data + begin);
   });
 }
 

@@ -158,7 +158,7 @@ def _content_length(value: str | None) -> int | None:
     if len(values) != 1:
         return None
     (only,) = values
-    return int(only) if only.isdigit() else None
+    return int(only) if only.isascii() and only.isdigit() else None
 
 
 def _rehost(url: str, base_url: str | None) -> str:

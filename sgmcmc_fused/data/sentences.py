@@ -152,10 +152,10 @@ def load_word2vec_text(
     vector's) length; a line of another length is an error, and so is a header whose count of
     vectors is not the file's (a file cut short, as gensim refuses it). The file is streamed, and
     only the vectors of vocabulary words are parsed, so multi-gigabyte files cost one pass over the
-    text. A line that is not UTF-8 is decoded as Windows-1252 (one warning for the file). In a file
-    without a header (GloVe), lines whose word holds spaces (``. . . 0.1 ...`` in GloVe 840B) are
-    skipped with a warning: a sentence token never holds a space. A line whose extra fields are all
-    numbers is no such word, but a vector of the wrong length.
+    text. A line that is not UTF-8 is decoded as Windows-1252 (one warning for the file). Lines whose
+    word holds spaces (``. . . 0.1 ...`` in GloVe 840B) are skipped with a warning: a sentence token
+    never holds a space. A line whose extra fields are all numbers is no such word, but a vector of
+    the wrong length.
 
     Raises:
         ValueError ``file:line`` for a line of the wrong length or with a value that is not a finite
@@ -194,14 +194,13 @@ def load_word2vec_text(
                     raise ValueError(f"{path}:{lineno}: expected 'word v_1 ... v_dim', got {line[:60]!r}")
             vectors += 1
             if (
-                header_count is None
-                and len(fields) > dim + 1
+                len(fields) > dim + 1
                 and all(_is_float(v) for v in fields[-dim:])
                 and not all(_is_float(v) for v in fields[1:-dim])
             ):
-                # A word with spaces in it (GloVe 840B has ". . ." and the like): never a vocabulary
-                # word, whose tokens are whitespace-split. word2vec and fastText files (those with a
-                # header) split words at spaces, so there such a line is damaged.
+                # A word with spaces in it (GloVe 840B has ". . .", gensim writes a key "new york" as
+                # it is): never a vocabulary word, whose tokens are whitespace-split. Extra fields that
+                # are all numbers are no word but a vector of the wrong length (refused below).
                 spaced.append(lineno)
                 continue
             if len(fields) != dim + 1:
