@@ -601,15 +601,7 @@ class _BucketCall(NamedTuple):
         construction of the lists does not already pass: no written tensor sharing memory with another
         (ValueError naming the op). Dtypes, devices, shapes and contiguity hold by construction, and the
         hyperparameters were checked with the group."""
-        lists = self.lists
-        tensors = [*lists.params, *lists.grads, *(lists.square_avgs or ())]
-        # The tensors are contiguous: each spans [data_ptr, data_ptr + nbytes). Disjoint spans, the
-        # rule, are confirmed in a few microseconds; the full check names the pair otherwise (grads
-        # may share memory with each other: they are only read).
-        spans = sorted((t.data_ptr(), t.data_ptr() + t.nbytes) for t in tensors if t.numel())
-        # Sorted by start, two spans overlap only if some span overlaps the one after it.
-        if any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)):
-            check_no_overlap(self.op, lists.params, lists.grads, lists.square_avgs)
+        check_no_overlap(self.op, self.lists.params, self.lists.grads, self.lists.square_avgs)
 
     def run(self, backend) -> None:
         """Step with `backend`, copy the non-contiguous parameters back, and move the noise on."""
